@@ -1,0 +1,299 @@
+"""The one typed configuration tree, loaded from YAML once at an entry point and passed down.
+
+Every key has a default, so a file that lists only ``markets`` is valid. Unknown keys are
+rejected with their full path (``markets.0.tickr``), never silently ignored.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from supsup_fin.errors import ConfigError
+
+Policy = Literal["error", "repair", "warn"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MarketConfig(_Section):
+    """One market: where its prices come from.
+
+    ``source`` picks which of ``ticker`` (yahoo), ``dataset`` (bundled: ``sp500``, ``nasdaq``,
+    ``wti``; synthetic: a preset, ``easy`` or ``hard``) or ``path`` (file) is required.
+    """
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-]+$")]
+    source: Literal["yahoo", "bundled", "synthetic", "file"]
+    ticker: str | None = None
+    dataset: str | None = None
+    path: str | None = None
+    asset_class: str = "unknown"
+    seed: int = 0  # synthetic source only: the market's generator seed
+
+    @model_validator(mode="after")
+    def _locator_matches_source(self) -> MarketConfig:
+        needed = {"yahoo": "ticker", "bundled": "dataset", "synthetic": "dataset", "file": "path"}
+        key = needed[self.source]
+        if getattr(self, key) is None:
+            raise ValueError(f"market {self.name!r} has source {self.source!r} and needs {key!r}")
+        return self
+
+
+DateRange = tuple[dt.date | None, dt.date | None]
+
+
+class SegmentsConfig(_Section):
+    """Date segments (inclusive). ``None`` as a start or end means the data's own edge."""
+
+    train: DateRange = (None, dt.date(2012, 12, 31))
+    valid: DateRange = (dt.date(2013, 1, 1), dt.date(2015, 12, 31))
+    test: DateRange = (dt.date(2016, 1, 1), None)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SegmentsConfig:
+        order = [("train", self.train), ("valid", self.valid), ("test", self.test)]
+        for name, (start, end) in order:
+            if start is not None and end is not None and start > end:
+                raise ValueError(f"segment {name!r} starts {start} after it ends {end}")
+        for (n1, (_, end1)), (n2, (start2, _)) in zip(order, order[1:]):
+            if end1 is None or start2 is None:
+                raise ValueError(f"segments {n1!r} and {n2!r} need an end and a start between them")
+            if start2 <= end1:
+                raise ValueError(f"segment {n2!r} starts {start2}, not after {n1!r} ends {end1}")
+        return self
+
+
+class CheckPolicy(_Section):
+    policy: Policy = "warn"
+
+
+class MissingCheck(_Section):
+    policy: Policy = "repair"
+    max_fill: int = Field(5, ge=0, description="forward-fill at most this many consecutive rows")
+
+
+class JumpCheck(_Section):
+    policy: Policy = "warn"
+    threshold: float = Field(0.25, gt=0, description="absolute daily simple return")
+
+
+class StaleCheck(_Section):
+    policy: Policy = "warn"
+    max_repeats: int = Field(5, ge=1, description="identical consecutive closes tolerated")
+
+
+class GapCheck(_Section):
+    policy: Policy = "warn"
+    max_days: int = Field(10, ge=1, description="calendar days between rows tolerated")
+
+
+class HighLowCheck(_Section):
+    policy: Policy = "repair"  # repair = drop the row
+
+
+class YahooConfig(_Section):
+    start: dt.date = dt.date(2000, 1, 1)
+    retries: int = Field(3, ge=0)
+    backoff_s: float = Field(1.0, ge=0)
+    overlap_days: int = Field(10, ge=1)
+    timeout_s: float = Field(30.0, gt=0)
+
+
+class DataConfig(_Section):
+    missing: MissingCheck = MissingCheck()
+    jump: JumpCheck = JumpCheck()
+    stale: StaleCheck = StaleCheck()
+    gap: GapCheck = GapCheck()
+    high_low: HighLowCheck = HighLowCheck()
+    yahoo: YahooConfig = YahooConfig()
+
+
+class FeaturesConfig(_Section):
+    names: tuple[str, ...] = ("ret_1", "ret_5", "ret_20", "vol_5", "vol_20", "ma_gap_20", "drawdown_60", "vol_ratio")
+    lookback: int = Field(8, ge=1)
+    horizon: int = Field(5, ge=1)
+    n_classes: Literal[2, 3] = 3
+
+
+class RegimesConfig(_Section):
+    n_states: int | tuple[int, int] = 3
+    n_restarts: int = Field(3, ge=1)
+    n_iter: int = Field(200, ge=1)
+    covariance_type: Literal["full", "diag"] = "full"
+    vol_window: int = Field(10, ge=2)
+    warmup: int = Field(250, ge=10, description="rows the windowed filter runs before its answer")
+    random_state: int = 0
+
+    @field_validator("n_states")
+    @classmethod
+    def _states(cls, v: int | tuple[int, int]) -> int | tuple[int, int]:
+        lo, hi = (v, v) if isinstance(v, int) else v
+        if not 2 <= lo <= hi <= 8:
+            raise ValueError(f"n_states must be an int or a (lo, hi) range within 2..8, got {v}")
+        return v
+
+
+class NetworkConfig(_Section):
+    hidden: tuple[int, ...] = (256, 256)
+    seed: int = 0
+
+
+class MasksConfig(_Section):
+    method: str = "edge_popup"
+    density: float = Field(0.5, gt=0, le=1)
+
+
+class TrainingConfig(_Section):
+    steps: int = Field(300, ge=1)
+    batch_size: int = Field(256, ge=1)
+    lr: float = Field(0.1, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(1e-4, ge=0)
+    min_task_rows: int = Field(60, ge=1, description="fewer training rows: no regime mask (ALL is used)")
+    seed: int = 0
+
+
+class GatingConfig(_Section):
+    mode: Literal["hard", "soft", "market"] = "soft"
+
+
+class BacktestConfig(_Section):
+    window: Literal["expanding", "rolling"] = "expanding"
+    retrain_every: int = Field(60, ge=1)
+    cost_bps: float = Field(1.0, ge=0)
+    slippage_bps: float = Field(1.0, ge=0)
+
+
+class TrackingConfig(_Section):
+    experiment: str = "supsup-fin"
+    model_name: str = "supsup-fin"
+    metric: Literal["log_loss", "accuracy"] = "log_loss"
+    margin: float = Field(0.0, ge=0)
+    uri: str | None = None
+
+
+class ScheduleConfig(_Section):
+    retrain_cron: str = "0 22 * * 1-5"
+    forecast_cron: str = "30 22 * * 1-5"
+    timezone: str = "America/New_York"
+
+
+class RuntimeConfig(_Section):
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = Field(None, ge=1)
+    task_runner: Literal["threads", "dask"] = "threads"
+    max_workers: int = Field(4, ge=1)
+
+
+class Config(_Section):
+    """The whole configuration. Only ``markets`` has no default."""
+
+    name: str = "supsup-fin"
+    markets: Annotated[tuple[MarketConfig, ...], Field(min_length=1)]
+    segments: SegmentsConfig = SegmentsConfig()
+    data: DataConfig = DataConfig()
+    features: FeaturesConfig = FeaturesConfig()
+    regimes: RegimesConfig = RegimesConfig()
+    network: NetworkConfig = NetworkConfig()
+    masks: MasksConfig = MasksConfig()
+    training: TrainingConfig = TrainingConfig()
+    gating: GatingConfig = GatingConfig()
+    backtest: BacktestConfig = BacktestConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+
+    @model_validator(mode="after")
+    def _unique_market_names(self) -> Config:
+        names = [m.name for m in self.markets]
+        dups = sorted({n for n in names if names.count(n) > 1})
+        if dups:
+            raise ValueError(f"market names must be unique, repeated: {dups}")
+        return self
+
+    def market(self, name: str) -> MarketConfig:
+        """The market called ``name``; a ``ConfigError`` listing the known names otherwise."""
+        for m in self.markets:
+            if m.name == name:
+                return m
+        raise ConfigError(f"unknown market {name!r}; configured: {[m.name for m in self.markets]}")
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted-key view of the whole tree (``regimes.n_states`` ...) for tracking."""
+        return _flatten(self.model_dump(mode="json"))
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for k, v in tree.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    if isinstance(tree, list) and tree and all(isinstance(v, dict) for v in tree):
+        out = {}
+        for i, v in enumerate(tree):
+            key = v.get("name", i) if isinstance(v, dict) else i
+            out.update(_flatten(v, f"{prefix}{key}."))
+        return out
+    return {prefix.rstrip("."): tree}
+
+
+def _format_errors(err: ValidationError, where: str) -> str:
+    lines = []
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"]) or "<root>"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"unknown key {path!r}")
+        elif e["type"] == "missing":
+            lines.append(f"missing required key {path!r}")
+        else:
+            got = e.get("input")
+            got_s = "" if isinstance(got, dict | list) else f" (got {got!r})"
+            lines.append(f"{path}: {e['msg']}{got_s}")
+    return f"{where}: " + "; ".join(lines)
+
+
+def config_from_dict(tree: dict[str, Any], where: str = "<config>") -> Config:
+    """Validate a plain dict as a :class:`Config`; errors name ``where`` and the key path."""
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{where}: expected a mapping at the top level, got {type(tree).__name__}")
+    try:
+        cfg = Config.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, where)) from None
+    from supsup_fin.features import check_feature_names
+
+    try:
+        check_feature_names(cfg)
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
+    return cfg
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a YAML config file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    return config_from_dict(tree, where=str(path))
+
+
+def demo_config_path() -> Path:
+    """The demo configuration shipped with the package (``configs/demo.yaml``)."""
+    from importlib.resources import files
+
+    shipped = Path(str(files("supsup_fin") / "_configs" / "demo.yaml"))
+    if shipped.is_file():
+        return shipped
+    return Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"

@@ -1,0 +1,223 @@
+"""Causal features, forward-return classes and the model's input windows.
+
+Every feature at row t is a function of a fixed window of prices ending at t, computed
+window-exactly (``supsup_fin._rolling``), so it is bitwise identical on any suffix of the
+series that still covers its warm-up. Scalers and class edges are fitted on ``train`` only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+from numpy.lib.stride_tricks import sliding_window_view
+
+from supsup_fin import _rolling as rl
+from supsup_fin.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from supsup_fin.config import Config
+
+_EPS = 1e-8
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """A feature: the columns it needs, its warm-up (rows before its first value), its formula."""
+
+    requires: tuple[str, ...]
+    warmup: int
+    fn: Callable[[pd.DataFrame], np.ndarray]
+
+
+def _close(p: pd.DataFrame) -> np.ndarray:
+    return p["close"].to_numpy(dtype=np.float64)
+
+
+def _ret(k: int) -> Callable[[pd.DataFrame], np.ndarray]:
+    def fn(p: pd.DataFrame) -> np.ndarray:
+        logc = np.log(_close(p))
+        out = np.full(len(logc), np.nan)
+        out[k:] = logc[k:] - logc[:-k]
+        return out
+
+    return fn
+
+
+def _vol(w: int) -> Callable[[pd.DataFrame], np.ndarray]:
+    return lambda p: rl.rolling_std(rl.log_returns(_close(p)), w)
+
+
+def _ma_gap(w: int) -> Callable[[pd.DataFrame], np.ndarray]:
+    return lambda p: np.log(_close(p)) - np.log(rl.rolling_mean(_close(p), w))
+
+
+def _drawdown(w: int) -> Callable[[pd.DataFrame], np.ndarray]:
+    return lambda p: np.log(_close(p)) - np.log(rl.rolling_max(_close(p), w))
+
+
+def _vol_ratio(p: pd.DataFrame) -> np.ndarray:
+    r = rl.log_returns(_close(p))
+    return np.log((rl.rolling_std(r, 5) + _EPS) / (rl.rolling_std(r, 20) + _EPS))
+
+
+def _range(p: pd.DataFrame) -> np.ndarray:
+    return np.log(p["high"].to_numpy(np.float64) / p["low"].to_numpy(np.float64))
+
+
+def _volume_z(p: pd.DataFrame) -> np.ndarray:
+    lv = np.log(p["volume"].to_numpy(np.float64) + 1.0)
+    return (lv - rl.rolling_mean(lv, 20)) / (rl.rolling_std(lv, 20) + _EPS)
+
+
+#: Every feature by name. Close-only features work for every market; the rest are opt-in.
+FEATURES: dict[str, FeatureSpec] = {
+    "ret_1": FeatureSpec(("close",), 1, _ret(1)),
+    "ret_5": FeatureSpec(("close",), 5, _ret(5)),
+    "ret_20": FeatureSpec(("close",), 20, _ret(20)),
+    "vol_5": FeatureSpec(("close",), 5, _vol(5)),
+    "vol_20": FeatureSpec(("close",), 20, _vol(20)),
+    "ma_gap_20": FeatureSpec(("close",), 19, _ma_gap(20)),
+    "drawdown_60": FeatureSpec(("close",), 59, _drawdown(60)),
+    "vol_ratio": FeatureSpec(("close",), 20, _vol_ratio),
+    "range_1": FeatureSpec(("high", "low"), 0, _range),
+    "volume_z20": FeatureSpec(("volume",), 19, _volume_z),
+}
+
+#: Columns each source is known to supply before any data is loaded.
+_KNOWN_COLUMNS = {
+    ("bundled", "wti"): {"close"},
+    ("bundled", "sp500"): {"open", "high", "low", "close", "volume"},
+    ("bundled", "nasdaq"): {"open", "high", "low", "close", "volume"},
+    ("synthetic", None): {"close"},
+}
+
+
+def class_names(n_classes: int) -> list[str]:
+    """``["down", "flat", "up"]`` for 3 classes, ``["down", "up"]`` for 2."""
+    return ["down", "flat", "up"] if n_classes == 3 else ["down", "up"]
+
+
+def feature_warmup(names: Sequence[str]) -> int:
+    """Rows of prices consumed before every named feature has a value."""
+    return max(FEATURES[n].warmup for n in names)
+
+
+def check_feature_names(cfg: Config) -> None:
+    """Refuse unknown features, and features a configured market is known not to supply."""
+    names = cfg.features.names
+    unknown = [n for n in names if n not in FEATURES]
+    if unknown:
+        raise ConfigError(f"features.names: unknown {unknown}; known: {sorted(FEATURES)}")
+    for m in cfg.markets:
+        cols = _KNOWN_COLUMNS.get((m.source, m.dataset)) or _KNOWN_COLUMNS.get((m.source, None))
+        if cols is None:
+            continue
+        for n in names:
+            missing = set(FEATURES[n].requires) - cols
+            if missing:
+                raise ConfigError(
+                    f"features.names: {n!r} needs columns {sorted(missing)} that market "
+                    f"{m.name!r} ({m.source}:{m.dataset}) does not have (it has {sorted(cols)})"
+                )
+
+
+def make_features(prices: pd.DataFrame, names: Sequence[str], market: str = "?") -> pd.DataFrame:
+    """Raw (unscaled) features, one column per name, NaN during warm-up.
+
+    Parameters
+    ----------
+    prices : prices frame, ``[n]`` rows with at least the columns the features need.
+    names : feature names from :data:`FEATURES`.
+
+    Returns
+    -------
+    DataFrame ``[n, len(names)]`` indexed like ``prices``.
+    """
+    cols = {}
+    for n in names:
+        spec = FEATURES[n]
+        missing = [c for c in spec.requires if c not in prices.columns]
+        if missing:
+            raise DataError(
+                f"market {market!r}: feature {n!r} needs columns {missing}, "
+                f"the prices have {list(prices.columns)}"
+            )
+        cols[n] = spec.fn(prices)
+    return pd.DataFrame(cols, index=prices.index)
+
+
+def forward_returns(prices: pd.DataFrame, horizon: int) -> pd.Series:
+    """``log(c_{t+h} / c_t)``; NaN for the last ``horizon`` rows (the target reaches past the data)."""
+    logc = np.log(_close(prices))
+    out = np.full(len(logc), np.nan)
+    out[:-horizon] = logc[horizon:] - logc[:-horizon]
+    return pd.Series(out, index=prices.index, name=f"fwd_ret_{horizon}")
+
+
+def fit_class_edges(train_fwd: np.ndarray, n_classes: int) -> np.ndarray:
+    """Quantile edges of the training forward returns: tertiles for 3 classes, median for 2."""
+    x = np.asarray(train_fwd, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    if len(x) < 10 * n_classes:
+        raise DataError(f"need at least {10 * n_classes} training targets to split classes, got {len(x)}")
+    return np.quantile(x, np.arange(1, n_classes) / n_classes)
+
+
+def classify(fwd: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Class index of each forward return (``-1`` where it is NaN). Shape ``[n]`` int64."""
+    fwd = np.asarray(fwd, dtype=np.float64)
+    out = np.digitize(fwd, edges).astype(np.int64)
+    out[~np.isfinite(fwd)] = -1
+    return out
+
+
+@dataclass(frozen=True)
+class Scaler:
+    """Per-feature standardisation fitted on the training window."""
+
+    mean: np.ndarray
+    std: np.ndarray
+
+    @classmethod
+    def fit(cls, features: np.ndarray) -> Scaler:
+        f = np.asarray(features, dtype=np.float64)
+        f = f[np.isfinite(f).all(axis=1)]
+        if len(f) < 2:
+            raise DataError(f"cannot fit a feature scaler on {len(f)} complete rows")
+        std = f.std(axis=0)
+        return cls(mean=f.mean(axis=0), std=np.where(std > 0, std, 1.0))
+
+    def transform(self, features: np.ndarray, clip: float = 5.0) -> np.ndarray:
+        z = (np.asarray(features, dtype=np.float64) - self.mean) / self.std
+        return np.clip(z, -clip, clip)
+
+    def to_dict(self) -> dict[str, list[float]]:
+        return {"mean": self.mean.tolist(), "std": self.std.tolist()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, list[float]]) -> Scaler:
+        return cls(mean=np.asarray(d["mean"], np.float64), std=np.asarray(d["std"], np.float64))
+
+
+def input_windows(scaled: np.ndarray, lookback: int) -> np.ndarray:
+    """Flatten the last ``lookback`` feature rows ending at each row t.
+
+    Parameters
+    ----------
+    scaled : ``[n, F]`` scaled features (NaN during warm-up).
+
+    Returns
+    -------
+    ``[n, lookback * F]`` float32, row t = rows ``t-lookback+1 .. t`` oldest first; NaN where
+    any of them is missing.
+    """
+    n, f = scaled.shape
+    out = np.full((n, lookback * f), np.nan, dtype=np.float32)
+    if n >= lookback:
+        win = sliding_window_view(scaled, lookback, axis=0)  # [n-L+1, F, L]
+        out[lookback - 1:] = win.transpose(0, 2, 1).reshape(len(win), lookback * f)
+    return out
