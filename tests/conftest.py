@@ -32,3 +32,46 @@ def _isolated_workspace(tmp_path: pytest.TempPathFactory, monkeypatch: pytest.Mo
     """Every test gets its own workspace and MLflow store, never the user's."""
     monkeypatch.setenv("SUPSUP_FIN_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+def small_config_dict(**overrides: dict) -> dict:
+    """Two synthetic markets and a small network: the whole pipeline in seconds."""
+    tree = {
+        "name": "small",
+        "markets": [
+            {"name": "syn_a", "source": "synthetic", "dataset": "easy", "seed": 1},
+            {"name": "syn_b", "source": "synthetic", "dataset": "hard", "seed": 2},
+        ],
+        "regimes": {"n_states": 3, "n_restarts": 1, "warmup": 100},
+        "network": {"hidden": [32, 32], "seed": 0},
+        "training": {"steps": 40, "batch_size": 64},
+        "tracking": {"experiment": "small", "model_name": "small-model"},
+        "runtime": {"threads": 1},
+    }
+    for k, v in overrides.items():
+        tree[k] = {**tree.get(k, {}), **v} if isinstance(v, dict) else v
+    return tree
+
+
+@pytest.fixture(scope="session")
+def small_pipeline(tmp_path_factory: pytest.TempPathFactory):
+    """The library pipeline (no Prefect, no MLflow) on the small config, built once."""
+    from supsup_fin.config import config_from_dict
+    from supsup_fin.data import load_prices
+    from supsup_fin.evaluate import evaluate
+    from supsup_fin.prepare import build_features, fit_regimes
+    from supsup_fin.tasks import make_tasks
+    from supsup_fin.training import build_forecaster, train_tasks
+
+    cfg = config_from_dict(small_config_dict())
+    cache = tmp_path_factory.mktemp("cache")
+    loaded = {m.name: load_prices(m, cfg.data, cache) for m in cfg.markets}
+    fs = {n: build_features(n, lp.frame, cfg) for n, lp in loaded.items()}
+    rf = {n: fit_regimes(n, lp.frame, cfg.regimes, cfg.segments) for n, lp in loaded.items()}
+    tasks = make_tasks(fs, rf, cfg)
+    net, bank = train_tasks(tasks, cfg)
+    forecaster = build_forecaster(fs, rf, net, bank, cfg)
+    prices = {n: lp.frame for n, lp in loaded.items()}
+    ev = evaluate(forecaster, fs, rf, prices)
+    return {"cfg": cfg, "loaded": loaded, "features": fs, "regimes": rf, "tasks": tasks,
+            "net": net, "bank": bank, "forecaster": forecaster, "prices": prices, "evaluation": ev}

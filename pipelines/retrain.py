@@ -1,0 +1,105 @@
+"""The ``retrain`` flow: ingest -> features -> regimes -> tasks -> train masks -> evaluate ->
+log -> register -> promote. Each task is one library call; markets fan out as tasks."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from supsup_fin.config import Config, MarketConfig, config_from_dict
+from supsup_fin.data import LoadedPrices, load_prices
+from supsup_fin.evaluate import Evaluation, evaluate
+from supsup_fin.gating import RegimeGatedForecaster
+from supsup_fin.masks import FrozenNet, MaskBank
+from supsup_fin.prepare import FeatureSet, RegimeFit, build_features, fit_regimes
+from supsup_fin.summary import retrain_summary
+from supsup_fin.tasks import Task, make_tasks
+from supsup_fin.tracking import RunRecord, log_retrain
+from supsup_fin.training import build_forecaster, train_tasks
+from supsup_fin.workspace import Workspace
+
+
+@task(name="ingest", cache_policy=NO_CACHE)
+def ingest(market: MarketConfig, cfg: Config, cache_dir: Path) -> LoadedPrices:
+    return load_prices(market, cfg.data, cache_dir)
+
+
+@task(name="features", cache_policy=NO_CACHE)
+def features(lp: LoadedPrices, cfg: Config) -> FeatureSet:
+    return build_features(lp.market, lp.frame, cfg)
+
+
+@task(name="regimes", cache_policy=NO_CACHE)
+def regimes(lp: LoadedPrices, cfg: Config) -> RegimeFit:
+    return fit_regimes(lp.market, lp.frame, cfg.regimes, cfg.segments)
+
+
+@task(name="tasks", cache_policy=NO_CACHE)
+def tasks(fs: dict[str, FeatureSet], rf: dict[str, RegimeFit], cfg: Config) -> list[Task]:
+    return make_tasks(fs, rf, cfg)
+
+
+@task(name="train-masks", cache_policy=NO_CACHE)
+def train(task_list: list[Task], cfg: Config) -> tuple[FrozenNet, MaskBank]:
+    return train_tasks(task_list, cfg)
+
+
+@task(name="forecaster", cache_policy=NO_CACHE)
+def assemble(fs: dict[str, FeatureSet], rf: dict[str, RegimeFit], net: FrozenNet, bank: MaskBank, cfg: Config) -> RegimeGatedForecaster:
+    return build_forecaster(fs, rf, net, bank, cfg)
+
+
+@task(name="evaluate", cache_policy=NO_CACHE)
+def score(forecaster: RegimeGatedForecaster, fs: dict[str, FeatureSet], rf: dict[str, RegimeFit], prices: dict[str, pd.DataFrame]) -> Evaluation:
+    return evaluate(forecaster, fs, rf, prices)
+
+
+@task(name="log-register-promote", cache_policy=NO_CACHE)
+def record(cfg: Config, ws: Workspace, loaded: dict[str, LoadedPrices], rf: dict[str, RegimeFit],
+           ev: Evaluation, forecaster: RegimeGatedForecaster, timings: dict[str, float]) -> RunRecord:
+    return log_retrain(cfg, ws, loaded=loaded, regimes=rf, evaluation=ev, forecaster=forecaster, timings=timings)
+
+
+@flow(name="retrain")
+def retrain_flow(config: dict[str, Any], workspace: str | None = None) -> dict[str, Any]:
+    """Retrain every configured market's masks and register the forecaster."""
+    start = time.perf_counter()
+    clock: dict[str, float] = {}
+
+    def lap(stage: str, t0: float) -> float:
+        now = time.perf_counter()
+        clock[stage] = round(now - t0, 3)
+        return now
+
+    cfg = config_from_dict(config)
+    ws = Workspace.resolve(workspace)
+    t = start
+    futures = {m.name: ingest.submit(m, cfg, ws.cache_dir) for m in cfg.markets}
+    loaded = {n: f.result() for n, f in futures.items()}
+    t = lap("ingest", t)
+    f_fs = {n: features.submit(lp, cfg) for n, lp in loaded.items()}
+    f_rf = {n: regimes.submit(lp, cfg) for n, lp in loaded.items()}
+    fs = {n: f.result() for n, f in f_fs.items()}
+    rf = {n: f.result() for n, f in f_rf.items()}
+    t = lap("features_regimes", t)
+    net, bank = train(tasks(fs, rf, cfg), cfg)
+    t = lap("train_masks", t)
+    forecaster = assemble(fs, rf, net, bank, cfg)
+    ev = score(forecaster, fs, rf, {n: lp.frame for n, lp in loaded.items()})
+    t = lap("evaluate", t)
+    run = record(cfg, ws, loaded, rf, ev, forecaster, dict(clock))
+    lap("log_register", t)
+    return retrain_summary(cfg, ev, run, elapsed_s=time.perf_counter() - start, timings=clock)
+
+
+def run_retrain(cfg: Config, workspace: str | Path | None = None) -> dict[str, Any]:
+    """Run the flow with the configured task runner (threads)."""
+    runner = ThreadPoolTaskRunner(max_workers=cfg.runtime.max_workers)
+    flow_ = retrain_flow.with_options(task_runner=runner)
+    return flow_(config=cfg.model_dump(mode="json"), workspace=str(workspace) if workspace else None)

@@ -1,0 +1,174 @@
+"""Seeded Markov-switching price generator with known regimes (for tests, benchmarks, the oracle).
+
+Each market follows its own three-state Markov chain ``z_t`` (sticky transitions, started from the
+stationary distribution). Daily log returns follow a regime-switching AR(1)::
+
+    r_t = mu[z_t] + phi[z_t] * (r_{t-1} - mu[z_{t-1}]) + sigma[z_t] * eps_t,   eps_t ~ N(0, 1)
+
+and ``close_t = start_price * exp(r_0 + ... + r_t)`` on business days. Regime ``0`` is the calmest;
+regimes ascend in volatility. Market ``i`` draws from child ``i`` of ``SeedSequence(seed)``, so the
+first market of a multi-market draw equals the single-market draw with the same seed.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from supsup_fin.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SyntheticPreset:
+    """Parameters of the generator; per-regime tuples are in ascending-volatility order."""
+
+    name: str
+    drift: tuple[float, float, float]
+    vol: tuple[float, float, float]
+    ar: tuple[float, float, float]
+    transition: tuple[tuple[float, float, float], ...]
+    regime_names: tuple[str, str, str] = ("calm", "normal", "turbulent")
+    start_price: float = 100.0
+
+    def __post_init__(self) -> None:
+        p = np.asarray(self.transition, dtype=float)
+        if p.shape != (3, 3) or not np.allclose(p.sum(axis=1), 1.0) or (p < 0).any():
+            raise ValueError(f"preset {self.name!r}: transition must be a 3x3 row-stochastic matrix, got {p.tolist()}")
+        if not all(a < b for a, b in zip(self.vol, self.vol[1:])):
+            raise ValueError(f"preset {self.name!r}: vol must ascend by regime, got {self.vol}")
+        if not all(abs(a) < 1 for a in self.ar):
+            raise ValueError(f"preset {self.name!r}: AR coefficients must be in (-1, 1), got {self.ar}")
+
+    def stationary(self) -> np.ndarray:
+        """Stationary distribution of the regime chain, shape (3,)."""
+        p = np.asarray(self.transition, dtype=float)
+        vals, vecs = np.linalg.eig(p.T)
+        pi = np.real(vecs[:, int(np.argmin(np.abs(vals - 1.0)))])
+        return pi / pi.sum()
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able parameters."""
+        return {
+            "preset": self.name,
+            "regimes": list(self.regime_names),
+            "transition": [list(map(float, row)) for row in self.transition],
+            "drift": list(map(float, self.drift)),
+            "vol": list(map(float, self.vol)),
+            "ar": list(map(float, self.ar)),
+            "start_price": float(self.start_price),
+            "returns": "log",
+        }
+
+
+SYNTHETIC_PRESETS: dict[str, SyntheticPreset] = {
+    "easy": SyntheticPreset(
+        name="easy",
+        drift=(6e-4, 1e-4, -1.5e-3),
+        vol=(0.006, 0.012, 0.03),
+        ar=(0.05, 0.0, -0.1),
+        transition=((0.99, 0.008, 0.002), (0.005, 0.99, 0.005), (0.004, 0.016, 0.98)),
+    ),
+    "hard": SyntheticPreset(
+        name="hard",
+        drift=(3e-4, 1e-4, -4e-4),
+        vol=(0.009, 0.012, 0.016),
+        ar=(0.02, 0.0, -0.05),
+        transition=((0.95, 0.04, 0.01), (0.03, 0.94, 0.03), (0.02, 0.06, 0.92)),
+    ),
+}
+"""The fixed presets: ``easy`` (well separated, sticky) and ``hard`` (overlapping, less sticky)."""
+
+
+@dataclass(frozen=True, eq=False)
+class SyntheticMarkets:
+    """A synthetic draw.
+
+    Attributes
+    ----------
+    prices : dict[str, DataFrame]
+        Market name -> close-only prices frame, shape (n_days, 1), business days.
+    regimes : dict[str, Series]
+        Market name -> true regime per row (int64, 0 = calmest), same index as its prices.
+    params : dict
+        JSON-able generator parameters (transition matrix, per-regime drift, vol, AR(1)) and the draw's
+        seed, dates and market names.
+    """
+
+    prices: dict[str, pd.DataFrame]
+    regimes: dict[str, pd.Series]
+    params: dict[str, Any]
+
+
+def _simulate(preset: SyntheticPreset, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    p_cum = np.cumsum(np.asarray(preset.transition, dtype=float), axis=1)
+    mu, sigma, phi = (np.asarray(v, dtype=float) for v in (preset.drift, preset.vol, preset.ar))
+    u = rng.random(n)
+    eps = rng.standard_normal(n)
+    z = np.empty(n, dtype=np.int64)
+    z[0] = min(int(np.searchsorted(np.cumsum(preset.stationary()), u[0], side="right")), 2)
+    for t in range(1, n):
+        z[t] = min(int(np.searchsorted(p_cum[z[t - 1]], u[t], side="right")), 2)
+    r = np.empty(n)
+    r[0] = mu[z[0]] + sigma[z[0]] * eps[0]
+    for t in range(1, n):
+        k = z[t]
+        r[t] = mu[k] + phi[k] * (r[t - 1] - mu[z[t - 1]]) + sigma[k] * eps[t]
+    return z, r
+
+
+def generate_synthetic(
+    preset: str,
+    n_markets: int = 1,
+    seed: int = 0,
+    start: str | pd.Timestamp = "2000-01-03",
+    end: str | pd.Timestamp = "2018-12-31",
+) -> SyntheticMarkets:
+    """Draw ``n_markets`` independent Markov-switching price series.
+
+    Parameters
+    ----------
+    preset : str
+        A key of :data:`SYNTHETIC_PRESETS` (``easy`` or ``hard``).
+    n_markets : int
+        Number of markets, named ``f"{preset}_{i}"``.
+    seed : int
+        Seed of ``numpy.random.SeedSequence``; the same seed gives identical output.
+    start, end : str or Timestamp
+        First and last calendar date; rows are the business days between them.
+
+    Returns
+    -------
+    SyntheticMarkets
+        Prices (close only, shape (n_days, 1) each), true regimes and parameters.
+
+    Raises
+    ------
+    DataError
+        Unknown preset (the message lists the valid ones), ``n_markets < 1`` or fewer than 2 days.
+    """
+    try:
+        spec = SYNTHETIC_PRESETS[preset]
+    except KeyError:
+        raise DataError(f"unknown synthetic preset {preset!r}; valid: {sorted(SYNTHETIC_PRESETS)}") from None
+    if n_markets < 1:
+        raise DataError(f"n_markets must be >= 1, got {n_markets}")
+    dates = pd.bdate_range(pd.Timestamp(start), pd.Timestamp(end), name="date").as_unit("ns")
+    if len(dates) < 2:
+        raise DataError(f"synthetic range {start}..{end} holds {len(dates)} business day(s); need at least 2")
+    prices: dict[str, pd.DataFrame] = {}
+    regimes: dict[str, pd.Series] = {}
+    for i, child in enumerate(np.random.SeedSequence(seed).spawn(n_markets)):
+        name = f"{preset}_{i}"
+        z, r = _simulate(spec, len(dates), np.random.default_rng(child))
+        prices[name] = pd.DataFrame({"close": spec.start_price * np.exp(np.cumsum(r))}, index=dates)
+        regimes[name] = pd.Series(z, index=dates, name="regime")
+    params = {**spec.to_dict(), "seed": int(seed), "markets": list(prices),
+              "start": dates[0].strftime("%Y-%m-%d"), "end": dates[-1].strftime("%Y-%m-%d")}
+    logger.debug("generated %d synthetic market(s) from preset %r, seed %d", n_markets, preset, seed)
+    return SyntheticMarkets(prices=prices, regimes=regimes, params=params)

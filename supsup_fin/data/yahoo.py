@@ -1,0 +1,263 @@
+"""Yahoo Finance prices through yfinance, with a per-ticker parquet cache and incremental updates.
+
+One call of :func:`fetch_yahoo`:
+
+1. No cache (or one written for another ``yahoo.start``): download from ``yahoo.start``.
+2. A cache: download from ``last cached date - overlap_days`` and compare the closes on the dates
+   both hold (rtol 1e-6; the last cached row is left out of the comparison when others exist, as it
+   may have been a bar of a session still in progress). Equal: keep the cache, take the fresh
+   version of its last row and append the new rows. Different, or no common date: adjusted history
+   was rescaled (a dividend or split), so download the whole series from ``yahoo.start`` again.
+3. Each download is tried ``1 + retries`` times with exponential backoff and jitter. An exception
+   or an empty frame (what ``yfinance.download`` returns offline or for an unknown ticker) is a
+   failed attempt.
+4. When every attempt fails, serve the cache with a logged warning saying how stale it is (source
+   ``"yahoo-cache"``); with no cache, raise :class:`DataError`.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from supsup_fin.config import YahooConfig
+from supsup_fin.data._cache import cache_paths, read_cache, write_cache
+from supsup_fin.data.frame import PRICE_COLUMNS, validate_frame
+from supsup_fin.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+Download = Callable[..., pd.DataFrame | None]
+"""``yfinance.download``-like: called with keywords ``tickers, start, end, interval, auto_adjust,
+progress, timeout`` (``start``/``end`` as ``YYYY-MM-DD``, ``end`` exclusive)."""
+
+_RTOL = 1e-6
+_jitter = random.Random()
+
+
+class _FetchFailed(Exception):
+    """Every attempt of one download failed."""
+
+    def __init__(self, attempts: int, last_error: str) -> None:
+        super().__init__(last_error)
+        self.attempts = attempts
+        self.last_error = last_error
+
+
+@dataclass(frozen=True, eq=False)
+class YahooFetch:
+    """Result of :func:`fetch_yahoo`: the raw (unvalidated) frame and where it came from."""
+
+    frame: pd.DataFrame
+    source: str  # "yahoo" | "yahoo-cache"
+    mode: str  # "full" | "incremental" | "refetch" | "cache"
+    attempts: int
+
+
+def yfinance_download(**kwargs: Any) -> pd.DataFrame | None:
+    """Call ``yfinance.download``, silencing the deprecation warnings yfinance triggers in pandas."""
+    import yfinance
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"yfinance")
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"yfinance")
+        return yfinance.download(**kwargs)
+
+
+def flatten_yahoo(raw: pd.DataFrame | None, ticker: str) -> pd.DataFrame:
+    """Turn a ``yfinance.download`` frame into prices-frame columns (not yet validated).
+
+    Accepts flat columns or MultiIndex ``(field, ticker)`` / ``(ticker, field)`` columns, picks
+    ``ticker``'s fields, lower-cases them and keeps ``open high low close volume``; dates are made
+    tz-naive (wall clock), sorted, and a repeated date keeps its last row.
+
+    Raises
+    ------
+    ValueError
+        ``raw`` is ``None``, empty, or holds no close for ``ticker``.
+    """
+    if raw is None or not isinstance(raw, pd.DataFrame) or raw.empty:
+        raise ValueError(f"empty response for {ticker!r} (no network, or an unknown ticker)")
+    df = raw
+    fields = {c.lower() for c in ("Open", "High", "Low", "Close", "Adj Close", "Volume")}
+    if isinstance(df.columns, pd.MultiIndex):
+        levels = [{str(v).lower() for v in df.columns.get_level_values(i)} for i in range(df.columns.nlevels)]
+        field_level = next((i for i, lv in enumerate(levels) if lv & fields), None)
+        if field_level is None or df.columns.nlevels != 2:
+            raise ValueError(f"unexpected columns for {ticker!r}: {list(df.columns)}")
+        tick_level = 1 - field_level
+        tickers = list(dict.fromkeys(df.columns.get_level_values(tick_level)))
+        match = [t for t in tickers if str(t).upper() == ticker.upper()]
+        if not match and len(tickers) == 1:
+            match = tickers
+        if not match:
+            raise ValueError(f"no columns for {ticker!r} in response; tickers {tickers}")
+        df = df.xs(match[0], axis=1, level=tick_level)
+    df = df.set_axis([str(c).strip().lower() for c in df.columns], axis=1)
+    if "close" not in df.columns and "adj close" in df.columns:
+        df = df.rename(columns={"adj close": "close"})
+    if "close" not in df.columns:
+        raise ValueError(f"no 'close' column for {ticker!r}; got {list(df.columns)}")
+    df = df[[c for c in PRICE_COLUMNS if c in df.columns]].astype("float64")
+    idx = pd.DatetimeIndex(df.index)
+    if idx.tz is not None:
+        idx = idx.tz_localize(None)
+    df.index = pd.DatetimeIndex(idx.normalize(), name="date").as_unit("ns")
+    if df.index.has_duplicates:  # yfinance has returned today's bar twice; the last one is the latest
+        logger.info("response for %r repeats %d date(s); keeping the last row of each", ticker,
+                    int(df.index.duplicated().sum()))
+        df = df.loc[~df.index.duplicated(keep="last")]
+    df = df.sort_index()
+    if df["close"].isna().all():
+        raise ValueError(f"response for {ticker!r} has no close values")
+    return df
+
+
+def _download(
+    download: Download, ticker: str, start: pd.Timestamp, end: pd.Timestamp, yahoo: YahooConfig,
+    sleep: Callable[[float], None],
+) -> tuple[pd.DataFrame, int]:
+    attempts = yahoo.retries + 1
+    last = "no attempt made"
+    for i in range(attempts):
+        try:
+            raw = download(tickers=ticker, start=start.strftime("%Y-%m-%d"), end=end.strftime("%Y-%m-%d"),
+                           interval="1d", auto_adjust=True, progress=False, timeout=yahoo.timeout_s)
+            return flatten_yahoo(raw, ticker), i + 1
+        except Exception as err:  # any failure of a third-party download is one failed attempt
+            last = f"{type(err).__name__}: {err}"
+        logger.info("download of %r %s..%s failed (attempt %d/%d): %s", ticker, start.date(), end.date(),
+                    i + 1, attempts, last)
+        if i + 1 < attempts:
+            delay = yahoo.backoff_s * 2**i * (1.0 + 0.25 * _jitter.random())
+            if delay > 0:
+                sleep(delay)
+    raise _FetchFailed(attempts, last)
+
+
+def _overlap_equal(cache: pd.DataFrame, fresh: pd.DataFrame) -> bool:
+    if list(cache.columns) != list(fresh.columns):
+        return False
+    common = cache.index.intersection(fresh.index)
+    if len(common) > 1:
+        common = common[common != cache.index[-1]]
+    if len(common) == 0:
+        return False
+    a = cache.loc[common, "close"].to_numpy()
+    b = fresh.loc[common, "close"].to_numpy()
+    return bool(np.allclose(a, b, rtol=_RTOL, atol=0.0, equal_nan=True))
+
+
+def _now(now: pd.Timestamp | str | None) -> pd.Timestamp:
+    ts = pd.Timestamp.now() if now is None else pd.Timestamp(now)
+    return ts.tz_localize(None) if ts.tz is not None else ts
+
+
+def stale_days(as_of: pd.Timestamp, now: pd.Timestamp | str | None) -> int:
+    """Calendar days from ``as_of`` to ``now``'s date (wall clock; never negative)."""
+    return max(0, int((_now(now).normalize() - pd.Timestamp(as_of).normalize()).days))
+
+
+def fetch_yahoo(
+    ticker: str,
+    yahoo: YahooConfig,
+    cache_dir: Path,
+    *,
+    market: str | None = None,
+    now: pd.Timestamp | str | None = None,
+    download: Download | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> YahooFetch:
+    """Fetch a ticker's daily adjusted prices, updating its cache (see the module docstring).
+
+    Parameters
+    ----------
+    ticker : str
+        Yahoo symbol (``SPY``, ``^GSPC``...).
+    yahoo : YahooConfig
+        Start date, retries, backoff, overlap window and timeout.
+    cache_dir : Path
+        Root of the cache; files go to ``cache_dir/yahoo/``.
+    market : str, optional
+        Market name for messages (defaults to the ticker).
+    now : Timestamp, optional
+        The current time (tz-aware values keep their wall clock); the download ends at its date.
+    download : callable, optional
+        Replaces ``yfinance.download`` (tests inject recorded frames and failures).
+    sleep : callable
+        Called with each backoff delay in seconds.
+
+    Returns
+    -------
+    YahooFetch
+        ``frame`` of shape (n_days, k) with prices-frame columns, not yet validated.
+
+    Raises
+    ------
+    DataError
+        Every attempt failed and there is no cache, or the download breaks the prices-frame
+        structure (the cache is then left as it was).
+    """
+    market = market or ticker
+    download = download or yfinance_download
+    now_ts = _now(now)
+    end = now_ts.normalize() + pd.Timedelta(days=1)  # yfinance's end is exclusive
+    full_start = pd.Timestamp(yahoo.start)
+    cached = read_cache(cache_dir, ticker)
+    cache = cached[0] if cached else None
+    moved = cached is not None and cached[1].get("start") != str(yahoo.start)
+    if moved:
+        logger.info("market %r: cache of %r starts from %s, configured start is %s: downloading it all",
+                    market, ticker, cached[1].get("start"), yahoo.start)
+    used = 0
+    try:
+        if cache is None or moved:
+            frame, used = _download(download, ticker, full_start, end, yahoo, sleep)
+            mode = "full"
+        else:
+            last = cache.index[-1]
+            start = max(full_start, last - pd.Timedelta(days=yahoo.overlap_days))
+            fresh, used = _download(download, ticker, start, end, yahoo, sleep)
+            if _overlap_equal(cache, fresh):
+                if last in fresh.index:  # the fresh version of the last cached row replaces it
+                    frame = pd.concat([cache.loc[cache.index < last], fresh.loc[fresh.index >= last]])
+                else:
+                    frame = pd.concat([cache, fresh.loc[fresh.index > last]])
+                mode = "incremental"
+                logger.info("market %r: %r cache up to %s verified on the overlap; %d new row(s)", market,
+                            ticker, last.date(), int((fresh.index > last).sum()))
+            else:
+                logger.info("market %r: %r closes on the overlap since %s differ from the cache "
+                            "(history rescaled by a dividend or split); refetching from %s", market,
+                            ticker, start.date(), full_start.date())
+                frame, more = _download(download, ticker, full_start, end, yahoo, sleep)
+                used += more
+                mode = "refetch"
+    except _FetchFailed as err:
+        used += err.attempts
+        parquet, _ = cache_paths(cache_dir, ticker)
+        if cache is None:
+            raise DataError(
+                f"market {market!r}: could not download ticker {ticker!r} from Yahoo after {err.attempts} "
+                f"attempt(s) (last error: {err.last_error}) and there is no cache at {str(parquet)!r}; "
+                "for offline use configure the bundled source (source: bundled, dataset: sp500 | nasdaq | wti)"
+            ) from None
+        days = stale_days(cache.index[-1], now_ts)
+        logger.warning("market %r: Yahoo download of %r failed after %d attempt(s) (last error: %s); "
+                       "serving the cache up to %s, %d day(s) stale", market, ticker, err.attempts,
+                       err.last_error, cache.index[-1].date(), days)
+        return YahooFetch(cache, "yahoo-cache", "cache", used)
+
+    frame = validate_frame(frame, market)  # a broken download raises here and never reaches the cache
+    write_cache(cache_dir, ticker, frame, {"fetched_at": now_ts.isoformat(), "start": str(yahoo.start),
+                                           "mode": mode})
+    return YahooFetch(frame, "yahoo", mode, used)

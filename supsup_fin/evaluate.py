@@ -1,0 +1,106 @@
+"""Scores on ``valid`` and ``test`` against the class-prior baseline.
+
+Two tables:
+
+- per task (``market/regime`` and ``market/ALL``): the task's mask alone on the evaluation rows
+  assigned to that regime by the causal posterior P(z_{t+1} | x_1..t) (ALL: every row);
+- per market and gate mode: the regime-gated forecaster on every evaluation row.
+
+The baseline always predicts the market's training class frequencies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from supsup_fin.gating import GATE_MODES, RegimeGatedForecaster
+from supsup_fin.prepare import FeatureSet, RegimeFit
+from supsup_fin.tasks import ALL
+
+_EPS = 1e-12
+
+
+def accuracy(probs: np.ndarray, y: np.ndarray) -> float:
+    """Fraction of rows whose most probable class is ``y``. ``probs`` ``[n, C]``."""
+    return float((probs.argmax(axis=1) == y).mean()) if len(y) else float("nan")
+
+
+def log_loss(probs: np.ndarray, y: np.ndarray) -> float:
+    """Mean negative log-likelihood of ``y`` (natural log)."""
+    if not len(y):
+        return float("nan")
+    return float(-np.log(np.clip(probs[np.arange(len(y)), y], _EPS, 1.0)).mean())
+
+
+def brier(probs: np.ndarray, y: np.ndarray) -> float:
+    """Mean squared error between ``probs`` and the one-hot ``y``."""
+    if not len(y):
+        return float("nan")
+    onehot = np.eye(probs.shape[1])[y]
+    return float(((probs - onehot) ** 2).sum(axis=1).mean())
+
+
+def _scores(probs: np.ndarray, prior: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    base = np.broadcast_to(prior, probs.shape)
+    return {
+        "accuracy": accuracy(probs, y), "baseline_accuracy": accuracy(base, y),
+        "log_loss": log_loss(probs, y), "baseline_log_loss": log_loss(base, y),
+        "brier": brier(probs, y), "baseline_brier": brier(base, y),
+    }
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """``tasks``: one row per (task, segment); ``markets``: one row per (market, mode, segment)."""
+
+    tasks: pd.DataFrame
+    markets: pd.DataFrame
+
+    def score(self, segment: str, metric: str, mode: str) -> tuple[float, float]:
+        """Mean over markets of (forecaster, prior baseline) ``metric`` on ``segment``."""
+        m = self.markets[(self.markets.segment == segment) & (self.markets["mode"] == mode)]
+        return float(m[metric].mean()), float(m[f"baseline_{metric}"].mean())
+
+
+@torch.no_grad()
+def evaluate(
+    forecaster: RegimeGatedForecaster, features: dict[str, FeatureSet], regimes: dict[str, RegimeFit],
+    prices: dict[str, pd.DataFrame], segments: tuple[str, ...] = ("valid", "test"),
+) -> Evaluation:
+    """Score every task mask and every gate mode on each segment."""
+    task_rows, market_rows = [], []
+    for market in sorted(features):
+        fs, mm = features[market], forecaster.markets[market]
+        frames = {mode: forecaster.predict_frame(market, prices[market], mode) for mode in GATE_MODES}
+        names = list(mm.regime.names_)
+        for seg in segments:
+            idx = fs.rows(seg)
+            dates = fs.dates[idx]
+            have = frames["market"].index.intersection(dates)
+            idx = idx[np.isin(dates, have)]
+            y = fs.y[idx]
+            for mode, frame in frames.items():
+                probs = frame.loc[fs.dates[idx], [f"p_{c}" for c in forecaster.classes]].to_numpy()
+                market_rows.append({"market": market, "mode": mode, "segment": seg, "n": len(idx),
+                                    **_scores(probs, fs.prior, y)})
+            regime_of = np.nan_to_num(regimes[market].next_proba[idx], nan=0.0).argmax(axis=1)
+            x = torch.as_tensor(fs.X[idx], dtype=torch.float32)
+            for regime in [*names, ALL]:
+                task = mm.all_mask if regime == ALL else mm.masks.get(regime)
+                if task is None or (regime != ALL and task == mm.all_mask):
+                    continue
+                sel = np.ones(len(idx), bool) if regime == ALL else regime_of == names.index(regime)
+                logits = forecaster.net(x[sel], mask=forecaster.bank[task]) if sel.any() else torch.zeros(0, len(fs.prior))
+                probs = torch.softmax(logits.double(), dim=1).numpy()
+                meta = forecaster.bank.meta(task)
+                task_rows.append({
+                    "task": task, "market": market, "regime": regime, "segment": seg,
+                    "n_train": meta.get("n_train"), "n_eval": int(sel.sum()),
+                    "mask_density": float(forecaster.bank[task].density()),
+                    **_scores(probs, fs.prior, y[sel]),
+                })
+    return Evaluation(pd.DataFrame(task_rows), pd.DataFrame(market_rows))

@@ -1,0 +1,319 @@
+"""A named collection of binary masks over one base network, stored at 1 bit per weight.
+
+On disk a bank is a directory:
+
+- ``masks.safetensors``: for task ``name`` and layer ``l``, key ``f"{name}#layer{l}"`` holds the
+  layer's bool mask flattened row-major and packed with ``np.packbits(..., bitorder="little")``
+  (weight ``j`` is bit ``j % 8`` of byte ``j // 8``; padding bits are zero), as a uint8 vector
+  of ``ceil(out * in / 8)`` bytes. Task names may contain any character ("/", "@", ...).
+- ``bank.json``: ``format_version``, ``bit_order``, ``architecture.sizes``, ``seed``, ``base_hash``
+  and ``tasks`` (name -> metadata, in insertion order; each holds ``method``, counted per-layer
+  ``density`` and ``bits_sha256``, the sha256 of the task's packed bytes, layers in order).
+
+No pickle is involved. Loading checks everything against the given network and refuses any
+mismatch or corruption with :class:`~supsup_fin.errors.MaskFileError`.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import safetensors
+import safetensors.numpy
+import torch
+
+from supsup_fin.errors import MaskFileError
+from supsup_fin.masks.mask import Mask
+from supsup_fin.masks.net import FrozenNet
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+BIT_ORDER = "little"
+BITS_FILE = "masks.safetensors"
+META_FILE = "bank.json"
+
+
+def _key(name: str, layer: int) -> str:
+    return f"{name}#layer{layer}"
+
+
+def pack_layer(mask: torch.Tensor) -> np.ndarray:
+    """Bool ``[out, in]`` -> packed uint8 ``[ceil(out * in / 8)]`` (row-major, little bit order)."""
+    return np.packbits(mask.detach().cpu().numpy().astype(bool).ravel(), bitorder=BIT_ORDER)
+
+
+def unpack_layer(bits: np.ndarray, shape: tuple[int, int]) -> torch.Tensor:
+    """Inverse of :func:`pack_layer`: packed uint8 bytes -> bool ``[out, in]``."""
+    n = shape[0] * shape[1]
+    flat = np.unpackbits(bits, count=n, bitorder=BIT_ORDER).astype(bool)
+    return torch.from_numpy(flat.reshape(shape))
+
+
+def _bits_sha256(packed: Iterable[np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for layer in packed:
+        h.update(layer.tobytes())
+    return h.hexdigest()
+
+
+class MaskBank(Mapping[str, Mask]):
+    """Read-only mapping ``task name -> Mask`` (insertion order) bound to one base network.
+
+    Build one with :func:`~supsup_fin.masks.train_masks`, :meth:`load` or :meth:`subset`;
+    ``MaskBank(net)`` is an empty bank for ``net``.
+
+    Parameters
+    ----------
+    net : FrozenNet
+        The base network whose sizes, seed and weights hash the bank records.
+    """
+
+    def __init__(self, net: FrozenNet) -> None:
+        self.sizes: tuple[int, ...] = net.sizes
+        self.seed: int = net.seed
+        self.base_hash: str = net.weights_hash()
+        self._masks: dict[str, Mask] = {}
+        self._meta: dict[str, dict[str, Any]] = {}
+
+    # -- mapping -------------------------------------------------------------------------------
+
+    def __getitem__(self, name: str) -> Mask:
+        try:
+            return self._masks[name]
+        except KeyError:
+            raise KeyError(f"no mask named {name!r}; the bank holds {self.names}") from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._masks)
+
+    def __len__(self) -> int:
+        return len(self._masks)
+
+    def __repr__(self) -> str:
+        return f"MaskBank(sizes={self.sizes}, seed={self.seed}, tasks={self.names})"
+
+    @property
+    def names(self) -> list[str]:
+        """Task names in insertion order."""
+        return list(self._masks)
+
+    @property
+    def shapes(self) -> tuple[tuple[int, int], ...]:
+        """Layer shapes ``((out, in), ...)`` of the base network."""
+        return tuple((self.sizes[i + 1], self.sizes[i]) for i in range(len(self.sizes) - 1))
+
+    def meta(self, name: str) -> dict[str, Any]:
+        """A copy of task ``name``'s metadata (method, per-layer density, n_train, bits_sha256, ...)."""
+        self[name]
+        return copy.deepcopy(self._meta[name])
+
+    def nbytes_bits(self) -> int:
+        """Bytes of packed mask bits: ``Σ_tasks Σ_layers ceil(out * in / 8)``."""
+        return len(self) * sum((o * i + 7) // 8 for o, i in self.shapes)
+
+    def matches(self, net: FrozenNet) -> bool:
+        """True when ``net`` is the base network this bank was built on."""
+        return net.sizes == self.sizes and net.seed == self.seed and net.weights_hash() == self.base_hash
+
+    def subset(self, names: Iterable[str]) -> MaskBank:
+        """A new bank with only ``names`` (in the given order), masks and metadata shared."""
+        out = self._empty_like()
+        for name in names:
+            out._masks[name] = self[name]
+            out._meta[name] = copy.deepcopy(self._meta[name])
+        return out
+
+    def _empty_like(self) -> MaskBank:
+        out = MaskBank.__new__(MaskBank)
+        out.sizes, out.seed, out.base_hash = self.sizes, self.seed, self.base_hash
+        out._masks, out._meta = {}, {}
+        return out
+
+    def _extended(self, entries: Mapping[str, tuple[Mask, dict[str, Any]]]) -> MaskBank:
+        """A new bank with this bank's masks (the same objects) followed by ``entries``."""
+        out = self.subset(self.names)
+        for name, (mask, meta) in entries.items():
+            if not isinstance(name, str) or not name:
+                raise ValueError(f"task names must be non-empty strings, got {name!r}")
+            if name in out._masks:
+                raise ValueError(f"the bank already holds a mask named {name!r}")
+            if not mask.is_binary or mask.shapes != self.shapes:
+                raise ValueError(f"mask {name!r} must be bool with shapes {list(self.shapes)}, got {mask!r}")
+            packed = [pack_layer(m) for m in mask.layers]
+            full = dict(meta)
+            full["density"] = [float(torch.count_nonzero(m)) / m.numel() for m in mask.layers]
+            full["bits_sha256"] = _bits_sha256(packed)
+            json.dumps(full)  # fail here, not at save time, on non-JSON metadata
+            out._masks[name], out._meta[name] = mask, full
+        return out
+
+    # -- files ---------------------------------------------------------------------------------
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the bank to directory ``path`` atomically (temp dir beside it, then rename).
+
+        An existing bank directory at ``path`` is replaced; anything else there is refused.
+        Returns the path.
+        """
+        path = Path(path)
+        is_bank = path.is_dir() and ((path / META_FILE).is_file() or not any(path.iterdir()))
+        if path.exists() and not is_bank:
+            raise ValueError(f"{path} exists and is not a mask bank directory; refusing to overwrite it")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        try:
+            os.chmod(tmp, 0o755)
+            tensors = {
+                _key(name, i): pack_layer(layer)
+                for name, mask in self._masks.items()
+                for i, layer in enumerate(mask.layers)
+            }
+            _write_durably(tmp / BITS_FILE, safetensors.numpy.save(tensors))
+            _write_durably(tmp / META_FILE, json.dumps(self._header(), indent=2).encode("utf-8"))
+            _replace_dir(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        logger.info("saved %d masks (%d bytes of bits) to %s", len(self), self.nbytes_bits(), path)
+        return path
+
+    def _header(self) -> dict[str, Any]:
+        return {
+            "format_version": FORMAT_VERSION,
+            "bit_order": BIT_ORDER,
+            "architecture": {"sizes": list(self.sizes)},
+            "seed": self.seed,
+            "base_hash": self.base_hash,
+            "tasks": copy.deepcopy(self._meta),
+        }
+
+    @staticmethod
+    def read_spec(path: str | os.PathLike[str]) -> dict[str, Any]:
+        """``{"sizes", "seed", "base_hash", "names"}`` of the bank at ``path``, to rebuild its net."""
+        doc = _read_header(Path(path))
+        return {
+            "sizes": tuple(doc["architecture"]["sizes"]),
+            "seed": doc["seed"],
+            "base_hash": doc["base_hash"],
+            "names": list(doc["tasks"]),
+        }
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], net: FrozenNet) -> MaskBank:
+        """Load the bank at ``path`` built on ``net``.
+
+        Raises :class:`MaskFileError`, naming the file and what was expected vs found, on another
+        format version, another base network (sizes, seed or weights hash) or corrupted bits.
+        """
+        path = Path(path)
+        doc = _read_header(path)
+        meta_file = path / META_FILE
+        bank = MaskBank(net)
+        for field, found, expected in (
+            ("architecture.sizes", tuple(doc["architecture"]["sizes"]), bank.sizes),
+            ("seed", doc["seed"], bank.seed),
+            ("base_hash", doc["base_hash"], bank.base_hash),
+        ):
+            if found != expected:
+                raise MaskFileError(f"{meta_file}: {field} is {found!r} but the net has {expected!r}")
+        packed = _read_bits(path / BITS_FILE, list(doc["tasks"]), bank.shapes)
+        for name, meta in doc["tasks"].items():
+            found = _bits_sha256(packed[name])
+            expected = meta.get("bits_sha256") if isinstance(meta, dict) else None
+            if found != expected:
+                raise MaskFileError(
+                    f"{path / BITS_FILE}: bits of task {name!r} hash to {found}, {META_FILE} expects {expected}"
+                )
+            bank._masks[name] = Mask([unpack_layer(b, s) for b, s in zip(packed[name], bank.shapes)])
+            bank._meta[name] = meta
+        logger.info("loaded %d masks from %s", len(bank), path)
+        return bank
+
+
+def _read_bits(
+    bits_file: Path, names: list[str], shapes: tuple[tuple[int, int], ...]
+) -> dict[str, list[np.ndarray]]:
+    """Packed layers of each task from ``bits_file``, checked for presence, dtype and length."""
+    if not bits_file.is_file():
+        raise MaskFileError(f"{bits_file}: missing; a mask bank needs {BITS_FILE} beside {META_FILE}")
+    try:
+        arrays = safetensors.numpy.load(bits_file.read_bytes())
+    except (safetensors.SafetensorError, ValueError) as exc:
+        raise MaskFileError(f"{bits_file}: not a readable safetensors file ({exc})") from exc
+    expected_keys = {_key(name, i) for name in names for i in range(len(shapes))}
+    if set(arrays) != expected_keys:
+        missing, extra = sorted(expected_keys - set(arrays)), sorted(set(arrays) - expected_keys)
+        raise MaskFileError(
+            f"{bits_file}: tensors do not match {META_FILE} (missing {missing[:5]}, extra {extra[:5]})"
+        )
+    packed: dict[str, list[np.ndarray]] = {}
+    for name in names:
+        packed[name] = []
+        for i, (out_f, in_f) in enumerate(shapes):
+            bits, n_bytes = arrays[_key(name, i)], (out_f * in_f + 7) // 8
+            if bits.dtype != np.uint8 or bits.shape != (n_bytes,):
+                raise MaskFileError(
+                    f"{bits_file}: {_key(name, i)!r} should be uint8 [{n_bytes}], "
+                    f"found {bits.dtype} {list(bits.shape)}"
+                )
+            packed[name].append(bits)
+    return packed
+
+
+def _read_header(path: Path) -> dict[str, Any]:
+    meta_file = path / META_FILE
+    if not meta_file.is_file():
+        raise MaskFileError(f"{meta_file}: missing; a mask bank directory holds {META_FILE} and {BITS_FILE}")
+    try:
+        doc = json.loads(meta_file.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MaskFileError(f"{meta_file}: not valid JSON ({exc})") from exc
+    if not isinstance(doc, dict):
+        raise MaskFileError(f"{meta_file}: expected a JSON object, found {type(doc).__name__}")
+    version = doc.get("format_version")
+    if version != FORMAT_VERSION:
+        raise MaskFileError(f"{meta_file}: format_version is {version!r}, this code reads {FORMAT_VERSION}")
+    if doc.get("bit_order") != BIT_ORDER:
+        raise MaskFileError(f"{meta_file}: bit_order is {doc.get('bit_order')!r}, expected {BIT_ORDER!r}")
+    sizes = doc.get("architecture", {}).get("sizes") if isinstance(doc.get("architecture"), dict) else None
+    if not isinstance(sizes, list) or len(sizes) < 2 or not all(type(s) is int and s > 0 for s in sizes):
+        raise MaskFileError(f"{meta_file}: architecture.sizes should list positive ints, found {sizes!r}")
+    if type(doc.get("seed")) is not int or not isinstance(doc.get("base_hash"), str):
+        raise MaskFileError(f"{meta_file}: expected an int seed and a string base_hash")
+    if not isinstance(doc.get("tasks"), dict):
+        raise MaskFileError(f"{meta_file}: expected a 'tasks' object, found {type(doc.get('tasks')).__name__}")
+    return doc
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Rename ``src`` to ``dst``; an existing ``dst`` is moved aside first and removed after."""
+    if not dst.exists():
+        os.rename(src, dst)
+        return
+    old = dst.with_name(f".{dst.name}.old-{uuid.uuid4().hex}")
+    os.rename(dst, old)
+    try:
+        os.rename(src, dst)
+    except BaseException:
+        os.rename(old, dst)
+        raise
+    shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,279 @@
+"""Batched supermask training: every new task of a group in one forward and one backward per step.
+
+Scores of the T tasks are stacked on a leading task axis (``[T, out, in]`` per layer); the
+effective weights ``W ⊙ M_t`` of all tasks are formed at once and applied with ``torch.bmm``.
+Each task draws its own minibatch from its own generator, the loss is the sum of per-task mean
+cross-entropies, and SGD with momentum and weight decay is elementwise, so a task's gradients,
+updates and final bits do not depend on which other tasks share its group.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from supsup_fin.masks.bank import MaskBank
+from supsup_fin.masks.forms import MaskForm, get_form
+from supsup_fin.masks.mask import Mask
+from supsup_fin.masks.net import FrozenNet, as_tensor
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[int, int, dict[str, float]], None]
+TaskData = tuple[torch.Tensor | np.ndarray, torch.Tensor | np.ndarray]
+
+# Independent random streams of one task.
+_STREAM_INIT, _STREAM_BATCHES, _STREAM_NOISE = 0, 1, 2
+_PROGRESS_EVERY = 10
+# Metadata keys the engine writes itself (the bank adds "density" and "bits_sha256").
+_RESERVED_META = frozenset(
+    {"method", "density_target", "n_train", "data_sha256", "steps", "batch_size", "lr", "momentum",
+     "weight_decay", "seed", "final_loss", "density", "bits_sha256"}
+)
+
+
+def task_generator(seed: int, name: str, stream: int) -> torch.Generator:
+    """CPU generator for ``(seed, task name, stream)``, stable across runs and processes.
+
+    The name enters through the first 8 bytes of its UTF-8 sha256 (not Python's ``hash``).
+    """
+    digest = np.frombuffer(hashlib.sha256(name.encode("utf-8")).digest()[:8], dtype="<u4")
+    state = np.random.SeedSequence([seed, *(int(d) for d in digest), stream]).generate_state(1, np.uint64)
+    return torch.Generator().manual_seed(int(state[0]) >> 1)
+
+
+def train_masks(
+    net: FrozenNet,
+    tasks: Mapping[str, TaskData],
+    method: str | MaskForm = "edge_popup",
+    density: float = 0.5,
+    steps: int = 300,
+    batch_size: int = 256,
+    lr: float = 0.1,
+    momentum: float = 0.9,
+    weight_decay: float = 1e-4,
+    seed: int = 0,
+    bank: MaskBank | None = None,
+    device: str | torch.device | None = None,
+    progress: Progress | None = None,
+    task_meta: Mapping[str, Mapping[str, Any]] | None = None,
+) -> MaskBank:
+    """Train one supermask per task on the frozen ``net``, all tasks together.
+
+    Parameters
+    ----------
+    net : FrozenNet
+        Base network; never modified.
+    tasks : mapping name -> (X, y)
+        ``X`` float ``[N, in]``, ``y`` int ``[N]`` with classes in ``[0, sizes[-1])``; N may differ.
+    method : str or MaskForm
+        A key of ``MASK_FORMS`` (or a form object).
+    density : float
+        Kept fraction in ``(0, 1]`` (exact per layer for ``edge_popup``, initial for ``threshold``).
+    steps, batch_size, lr, momentum, weight_decay, seed
+        SGD schedule (cosine LR over ``steps``); each task samples ``batch_size`` rows with
+        replacement per step from a generator seeded by ``(seed, name)``.
+    bank : MaskBank, optional
+        Existing bank on the same net; its masks are carried over untouched.
+    device : optional
+        Where to train (default: the net's device). Masks come back as CPU bool tensors.
+    progress : callable(step, steps, losses), optional
+        Called every 10 steps and at the end with each task's current minibatch loss.
+    task_meta : mapping name -> dict, optional
+        JSON-able extra metadata stored with each task.
+
+    Returns
+    -------
+    MaskBank
+        ``bank``'s masks followed by the new ones, in ``tasks`` order.
+    """
+    form = get_form(method)
+    _check_hyperparameters(density, steps, batch_size, lr, momentum, weight_decay, seed)
+    base = MaskBank(net) if bank is None else bank
+    if not base.matches(net):
+        raise ValueError(f"bank was built on sizes={base.sizes}, seed={base.seed}, not on {net!r}")
+    names = list(tasks)
+    for name in names:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"task names must be non-empty strings, got {name!r}")
+        if name in base:
+            raise ValueError(f"task {name!r} is already in the bank; choose a new name (bank: {base.names})")
+    extra = dict(task_meta or {})
+    unknown = sorted(set(extra) - set(names), key=str)
+    if unknown:
+        raise ValueError(f"task_meta names tasks that are not being trained: {unknown}")
+    for name, user in extra.items():
+        _check_user_meta(name, user)
+    if not names:
+        return base.subset(base.names)
+    form.validate(net.shapes, density)
+    data = {name: _validate_task(name, *tasks[name], net) for name in names}
+    dev = net.device if device is None else torch.device(device)
+    logger.info("training %d %s masks on %s for %d steps: %s", len(names), form.name, dev, steps, names)
+
+    final, losses = _train_scores(
+        net, form, data, names, dev, density, steps, batch_size, lr, momentum, weight_decay, seed, progress
+    )
+    entries = {}
+    for t, name in enumerate(names):
+        mask = Mask([layer[t] for layer in final])
+        meta = {
+            "method": form.name,
+            "density_target": density,
+            "n_train": int(data[name][0].shape[0]),
+            "data_sha256": _data_hash(*data[name]),
+            "steps": steps, "batch_size": batch_size, "lr": lr, "momentum": momentum,
+            "weight_decay": weight_decay, "seed": seed, "final_loss": losses[name],
+        }
+        entries[name] = (mask, {**meta, **extra.get(name, {})})
+    out = base._extended(entries)
+    logger.info("trained %d masks; bank now holds %d", len(names), len(out))
+    return out
+
+
+def _train_scores(
+    net: FrozenNet,
+    form: MaskForm,
+    data: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    names: list[str],
+    dev: torch.device,
+    density: float,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+    seed: int,
+    progress: Progress | None,
+) -> tuple[list[torch.Tensor], dict[str, float]]:
+    """Run the batched loop; returns CPU bool masks ``[T, out, in]`` per layer and last losses."""
+    n_tasks = len(names)
+    weights = [w.to(dev) for w in net.weights]
+    init_gens = [task_generator(seed, n, _STREAM_INIT) for n in names]
+    batch_gens = [task_generator(seed, n, _STREAM_BATCHES) for n in names]
+    noise_gens = [task_generator(seed, n, _STREAM_NOISE) for n in names]
+    scores = []
+    for shape in net.shapes:
+        init = torch.stack([form.init_scores(shape, density, g) for g in init_gens])
+        scores.append(init.to(dev).requires_grad_(True))
+
+    x_all = torch.cat([data[n][0] for n in names]).to(dev)
+    y_all = torch.cat([data[n][1] for n in names]).to(dev)
+    sizes = [int(data[n][0].shape[0]) for n in names]
+    offsets = torch.tensor(np.cumsum([0, *sizes[:-1]]), dtype=torch.int64).view(n_tasks, 1)
+
+    opt = torch.optim.SGD(scores, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    for step in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = 0.5 * lr * (1.0 + math.cos(math.pi * step / steps))
+        rows = torch.stack([torch.randint(n, (batch_size,), generator=g) for n, g in zip(sizes, batch_gens)])
+        idx = (rows + offsets).view(-1).to(dev)
+        xb = x_all[idx].view(n_tasks, batch_size, -1)
+        yb = y_all[idx]
+        masks = [form.make_mask(s, density, training=True, generators=noise_gens) for s in scores]
+        logits = batched_logits(weights, masks, xb)
+        ce = F.cross_entropy(logits.reshape(n_tasks * batch_size, -1), yb, reduction="none")
+        loss_t = ce.view(n_tasks, batch_size).mean(dim=1) + sum(form.penalty(s) for s in scores)
+        opt.zero_grad(set_to_none=True)
+        loss_t.sum().backward()
+        opt.step()
+        if progress is not None and ((step + 1) % _PROGRESS_EVERY == 0 or step + 1 == steps):
+            progress(step + 1, steps, dict(zip(names, loss_t.detach().cpu().tolist())))
+    with torch.no_grad():
+        final = [form.final_mask(s, density).cpu() for s in scores]
+    return final, dict(zip(names, loss_t.detach().cpu().tolist()))
+
+
+def batched_logits(weights: list[torch.Tensor], masks: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """Logits of T tasks at once.
+
+    Parameters
+    ----------
+    weights : list of ``[out, in]`` tensors
+    masks : list of ``[T, out, in]`` tensors
+    x : ``[T, B, in]``
+
+    Returns
+    -------
+    torch.Tensor ``[T, B, classes]``
+    """
+    h, last = x, len(weights) - 1
+    for i, (w, m) in enumerate(zip(weights, masks)):
+        h = torch.bmm(h, (w * m).transpose(1, 2))
+        if i < last:
+            h = torch.relu(h)
+    return h
+
+
+def _check_hyperparameters(
+    density: float, steps: int, batch_size: int, lr: float, momentum: float, weight_decay: float, seed: int
+) -> None:
+    checks = [
+        ("density", density, 0 < density <= 1, "in (0, 1]"),
+        ("steps", steps, isinstance(steps, int) and steps >= 1, "an int >= 1"),
+        ("batch_size", batch_size, isinstance(batch_size, int) and batch_size >= 1, "an int >= 1"),
+        ("lr", lr, lr > 0, "> 0"),
+        ("momentum", momentum, 0 <= momentum < 1, "in [0, 1)"),
+        ("weight_decay", weight_decay, weight_decay >= 0, ">= 0"),
+        ("seed", seed, isinstance(seed, int) and seed >= 0, "a non-negative int"),
+    ]
+    for what, value, ok, expected in checks:
+        if not ok:
+            raise ValueError(f"{what} must be {expected}, got {value!r}")
+
+
+def _check_user_meta(name: str, user: object) -> None:
+    if not isinstance(user, Mapping):
+        raise ValueError(f"task_meta of {name!r} must be a dict, got {type(user).__name__}")
+    clash = sorted(set(user) & _RESERVED_META)
+    if clash:
+        raise ValueError(f"task_meta of {name!r} reuses reserved keys {clash}")
+    try:
+        json.dumps(dict(user))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"task_meta of {name!r} is not JSON-serialisable: {exc}") from None
+
+
+def _validate_task(
+    name: str, x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray, net: FrozenNet
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """CPU float32 ``[N, in]`` and int64 ``[N]`` tensors of one task, or a ``ValueError`` naming it."""
+    if not isinstance(x, torch.Tensor | np.ndarray) or not isinstance(y, torch.Tensor | np.ndarray):
+        raise ValueError(f"task {name!r}: X and y must be torch tensors or numpy arrays")
+    x = as_tensor(x, np.float32)
+    y = torch.from_numpy(np.array(y)) if isinstance(y, np.ndarray) else y
+    if x.dim() != 2 or x.shape[1] != net.sizes[0] or x.shape[0] < 1:
+        raise ValueError(f"task {name!r}: X must be shaped [N >= 1, {net.sizes[0]}], got {tuple(x.shape)}")
+    if y.dim() != 1 or y.shape[0] != x.shape[0]:
+        raise ValueError(f"task {name!r}: y must be shaped [{x.shape[0]}], got {tuple(y.shape)}")
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise ValueError(f"task {name!r}: y must hold integer class labels, got {y.dtype}")
+    x = x.detach().to("cpu", torch.float32)
+    y = y.detach().to("cpu", torch.int64)
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"task {name!r}: X holds non-finite values (first at row {_first_bad_row(x)})")
+    n_classes = net.sizes[-1]
+    if int(y.min()) < 0 or int(y.max()) >= n_classes:
+        lo, hi = int(y.min()), int(y.max())
+        raise ValueError(f"task {name!r}: labels must lie in [0, {n_classes}), got values in [{lo}, {hi}]")
+    return x, y
+
+
+def _first_bad_row(x: torch.Tensor) -> int:
+    return int(torch.nonzero(~torch.isfinite(x).all(dim=1))[0, 0])
+
+
+def _data_hash(x: torch.Tensor, y: torch.Tensor) -> str:
+    """sha256 of the training data (shape, little-endian float32 X, little-endian int64 y)."""
+    h = hashlib.sha256(np.asarray(x.shape, dtype="<i8").tobytes())
+    h.update(np.ascontiguousarray(x.numpy(), dtype="<f4").tobytes())
+    h.update(np.ascontiguousarray(y.numpy(), dtype="<i8").tobytes())
+    return h.hexdigest()

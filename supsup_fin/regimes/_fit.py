@@ -1,0 +1,302 @@
+"""EM fits with hmmlearn: restarts, degeneracy checks, fallbacks and BIC selection.
+
+hmmlearn is used for ``fit`` and for ``score``/``bic`` on the training features only; its
+posteriors look ahead and are never used. Its messages ("Model is not converging", numpy
+runtime warnings in degenerate fits, scikit-learn's k-means warnings) are caught here, per
+thread, and turned into our own log records and diagnostics, so none escapes as a Python
+warning or as an hmmlearn log line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from hmmlearn.hmm import GaussianHMM
+from threadpoolctl import threadpool_limits
+
+from supsup_fin.errors import SupsupError
+from supsup_fin.regimes import _forward
+
+log = logging.getLogger(__name__)
+
+COVARIANCE_TYPES: tuple[str, ...] = ("full", "diag", "spherical", "tied")
+"""Covariance types hmmlearn's ``GaussianHMM`` accepts."""
+
+MIN_OCCUPANCY_FRACTION: float = 0.005
+"""A state whose smoothed expected share of training rows is below this (or below ``d + 1``
+rows) counts as never visited and makes the fit degenerate."""
+
+
+class RegimeFitError(SupsupError):
+    """No non-degenerate HMM could be fitted under the given constraints."""
+
+
+class _HmmlearnCapture(logging.Filter):
+    """Diverts hmmlearn log records of threads currently inside :func:`captured` to a list."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.local = threading.local()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        sink: list[str] | None = getattr(self.local, "sink", None)
+        if sink is None:
+            return True
+        sink.append(record.getMessage())
+        return False
+
+
+_CAPTURE = _HmmlearnCapture()
+_HMMLEARN_LOGGERS = ("hmmlearn.base", "hmmlearn.hmm", "hmmlearn._emissions", "hmmlearn._utils")
+_install_lock = threading.Lock()
+_installed = False
+
+
+@contextlib.contextmanager
+def captured() -> Iterator[list[str]]:
+    """Collect hmmlearn's log messages and any Python warnings raised inside the block."""
+    global _installed
+    with _install_lock:
+        if not _installed:
+            for name in _HMMLEARN_LOGGERS:
+                logging.getLogger(name).addFilter(_CAPTURE)
+            _installed = True
+    sink: list[str] = []
+    previous = getattr(_CAPTURE.local, "sink", None)
+    _CAPTURE.local.sink = sink
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield sink
+        sink.extend(f"{w.category.__name__}: {w.message}" for w in caught)
+    finally:
+        _CAPTURE.local.sink = previous
+
+
+@dataclass
+class FitResult:
+    """One fitted HMM, parameters in hmmlearn's (arbitrary) state order."""
+
+    n_states: int
+    covariance_type: str
+    startprob: np.ndarray  # [K]
+    transmat: np.ndarray  # [K, K]
+    means: np.ndarray  # [K, d]
+    covars: np.ndarray  # [K, d, d], always full
+    log_likelihood: float
+    bic: float
+    converged: bool
+    n_iter: int
+    seed: int
+    messages: list[str] = field(default_factory=list)
+
+
+def _occupancy(x: np.ndarray, res: FitResult) -> np.ndarray:
+    """Smoothed expected number of rows per state ``[K]`` (our own forward-backward)."""
+    log_b = _forward.gaussian_log_densities(x, res.means, res.covars)
+    log_a = _forward.log_transmat(res.transmat)
+    with np.errstate(divide="ignore"):
+        log_start = np.log(res.startprob)
+    log_alpha, _ = _forward.forward(log_b, log_start, log_a)
+    gamma = _forward.smooth(log_alpha, _forward.backward(log_b, log_a))
+    return gamma.sum(axis=0)
+
+
+def _degeneracy(x: np.ndarray, res: FitResult) -> str | None:
+    """Why a fit is unusable, or ``None``."""
+    params = (res.startprob, res.transmat, res.means, res.covars)
+    if not all(np.isfinite(p).all() for p in params) or not np.isfinite(res.log_likelihood):
+        return "non-finite parameters or log-likelihood"
+    try:
+        occupancy = _occupancy(x, res)
+    except np.linalg.LinAlgError:
+        return "a covariance is not positive-definite"
+    floor = max(x.shape[1] + 1.0, MIN_OCCUPANCY_FRACTION * len(x))
+    if (occupancy < floor).any():
+        k = int(np.argmin(occupancy))
+        return f"state {k} is almost never visited ({occupancy[k]:.1f} of {len(x)} rows)"
+    return None
+
+
+def _fit_once(
+    x: np.ndarray, n_states: int, covariance_type: str, seed: int, n_iter: int, min_covar: float
+) -> FitResult | str:
+    """One EM run; a :class:`FitResult` or the reason it failed."""
+    hmm = GaussianHMM(
+        n_components=n_states,
+        covariance_type=covariance_type,
+        n_iter=n_iter,
+        min_covar=min_covar,
+        random_state=seed,
+    )
+    # EM on [n, 2] data gains nothing from threads, and the OpenMP threads of hmmlearn's
+    # k-means initialisation contending with BLAS threads made fits 10-30x slower on a
+    # 2-core machine (measured: 11 s instead of 0.4 s). Cap BLAS and OpenMP at one thread
+    # for the fit's duration (threadpoolctl's limits are process-wide while they last).
+    with captured() as messages, threadpool_limits(limits=1):
+        try:
+            hmm.fit(x)
+            log_lik = float(hmm.score(x))
+            bic = float(hmm.bic(x))
+        except (ValueError, np.linalg.LinAlgError) as exc:
+            return f"EM failed: {exc}"
+    history = list(hmm.monitor_.history)
+    # hmmlearn's monitor_.converged is also True when n_iter ran out; we want the tolerance met.
+    converged = len(history) >= 2 and history[-1] - history[-2] < hmm.monitor_.tol
+    return FitResult(
+        n_states=n_states,
+        covariance_type=covariance_type,
+        startprob=np.array(hmm.startprob_, dtype=np.float64),
+        transmat=np.array(hmm.transmat_, dtype=np.float64),
+        means=np.array(hmm.means_, dtype=np.float64),
+        covars=np.array(hmm.covars_, dtype=np.float64),
+        log_likelihood=log_lik,
+        bic=bic,
+        converged=bool(converged),
+        n_iter=int(hmm.monitor_.iter),
+        seed=seed,
+        messages=list(messages),
+    )
+
+
+def fit_best(
+    x: np.ndarray,
+    n_states: int,
+    covariance_type: str,
+    seeds: Sequence[int],
+    n_iter: int,
+    min_covar: float,
+) -> FitResult | str:
+    """Best non-degenerate fit over restarts (highest training log-likelihood).
+
+    Parameters
+    ----------
+    x : numpy.ndarray
+        Shape ``[n, d]``, standardised training features.
+    n_states, covariance_type, n_iter, min_covar
+        Passed to ``GaussianHMM``.
+    seeds : sequence of int
+        One ``random_state`` per restart.
+
+    Returns
+    -------
+    FitResult or str
+        The best fit, or the reason every restart failed.
+    """
+    candidates: list[FitResult] = []
+    reasons: list[str] = []
+    for seed in seeds:
+        res = _fit_once(x, n_states, covariance_type, int(seed), n_iter, min_covar)
+        if isinstance(res, str):
+            reasons.append(res)
+            log.debug("k=%d %s seed=%d: %s", n_states, covariance_type, seed, res)
+            continue
+        if res.messages:
+            log.debug("k=%d %s seed=%d: hmmlearn said %s", n_states, covariance_type, seed,
+                      "; ".join(sorted(set(res.messages))))
+        candidates.append(res)
+    # Highest likelihood first; the occupancy check (a forward-backward) runs only as needed.
+    for res in sorted(candidates, key=lambda r: (-r.log_likelihood, r.seed)):
+        why = _degeneracy(x, res)
+        if why is None:
+            return res
+        reasons.append(why)
+    return "; ".join(dict.fromkeys(reasons)) or "no restarts"
+
+
+def fit_with_fallback(
+    x: np.ndarray,
+    n_states: int,
+    covariance_type: str,
+    seeds: Sequence[int],
+    n_iter: int,
+    min_covar: float,
+    allow_fewer_states: bool,
+) -> tuple[FitResult, str | None]:
+    """Fit, falling back to diagonal covariance and then to fewer states on degeneracy.
+
+    Returns
+    -------
+    result : FitResult
+        The first usable fit in the order ``(k, covariance_type)``, ``(k, "diag")``,
+        ``(k - 1, covariance_type)``, ``(k - 1, "diag")``, ... down to one state.
+    fallback : str or None
+        Why the requested configuration was not used, or ``None`` if it was.
+
+    Raises
+    ------
+    RegimeFitError
+        If nothing usable was found (with ``allow_fewer_states=False``: at ``n_states``).
+    """
+    reasons: list[str] = []
+    lowest = 1 if allow_fewer_states else n_states
+    for k in range(n_states, lowest - 1, -1):
+        types = [covariance_type] if covariance_type in ("diag", "spherical") else [
+            covariance_type, "diag"]
+        for cov in types:
+            res = fit_best(x, k, cov, seeds, n_iter, min_covar)
+            if isinstance(res, FitResult):
+                fallback = None
+                if reasons:
+                    fallback = (f"fell back from {n_states} states, {covariance_type} "
+                                f"covariance to {k} states, {cov} covariance: "
+                                + " | ".join(reasons))
+                    log.warning("HMM fit %s", fallback)
+                return res, fallback
+            reasons.append(f"{k} states {cov}: {res}")
+    raise RegimeFitError("no usable HMM fit: " + " | ".join(reasons))
+
+
+def select_by_bic(
+    x: np.ndarray,
+    k_range: tuple[int, int],
+    covariance_type: str,
+    seeds: Sequence[int],
+    n_iter: int,
+    min_covar: float,
+) -> tuple[FitResult, str | None, dict[int, float]]:
+    """Fit every state count in ``k_range`` (inclusive) and keep the lowest BIC.
+
+    A count whose fits are all degenerate (even with diagonal covariance) scores ``inf``; if
+    every count does, the search falls back below ``k_range[0]``.
+
+    Known limitation: consecutive realised-volatility features share ``vol_window - 1``
+    returns, so they are strongly autocorrelated within a regime and the HMM's conditional
+    independence fails. BIC then rewards extra states that follow slow drifts of the
+    volatility within a regime: on sampled 2-state series ``(2, 4)`` picks 4 (3 with stickier
+    chains), and even i.i.d. returns get 3 states from ``(1, 3)``. Treat a BIC-chosen count
+    as an upper bound, or fix the count per market.
+
+    Returns
+    -------
+    result : FitResult
+        The chosen fit.
+    fallback : str or None
+        As in :func:`fit_with_fallback`.
+    bics : dict of int to float
+        hmmlearn's ``bic`` on the training features per state count.
+    """
+    lo, hi = k_range
+    fits: dict[int, tuple[FitResult, str | None]] = {}
+    bics: dict[int, float] = {}
+    for k in range(lo, hi + 1):
+        try:
+            fits[k] = fit_with_fallback(x, k, covariance_type, seeds, n_iter, min_covar, False)
+            bics[k] = fits[k][0].bic
+        except RegimeFitError as exc:
+            log.warning("BIC search: %s", exc)
+            bics[k] = float("inf")
+    log.info("BIC by state count: %s", {k: round(b, 1) for k, b in bics.items()})
+    if fits:
+        best = min(fits, key=lambda k: (bics[k], k))
+        return fits[best][0], fits[best][1], bics
+    if lo == 1:
+        raise RegimeFitError(f"no usable HMM fit for any state count in {k_range}")
+    res, fallback = fit_with_fallback(x, lo - 1, covariance_type, seeds, n_iter, min_covar, True)
+    return res, f"no usable fit with {lo}..{hi} states; {fallback or ''}", bics

@@ -1,0 +1,125 @@
+"""Causal HMM observations from a prices frame.
+
+Two features per trading day t, both built from ``close`` up to and including t only:
+
+- ``log_return``: ``log(c_t) - log(c_{t-1})``;
+- ``log_vol``: ``log`` of the sample standard deviation (ddof=1) of the last ``vol_window``
+  log returns, floored at :data:`VOL_FLOOR` so that a run of stale prices gives a finite value.
+
+Both come from :mod:`supsup_fin._rolling`, whose statistics are window-exact: a feature row is
+bitwise the same whatever came before its window. The first ``vol_window`` price rows have no
+complete window and are dropped, so the feature index is a suffix of the prices' dates.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from supsup_fin._rolling import log_returns, rolling_std
+from supsup_fin.errors import DataError
+
+FEATURE_NAMES: tuple[str, str] = ("log_return", "log_vol")
+"""Column names of the observation matrix, in order."""
+
+VOL_FLOOR: float = 1e-8
+"""Smallest realised volatility taken into the log (a window of identical prices has vol 0)."""
+
+
+def validate_prices(prices: object, min_rows: int, purpose: str) -> pd.DataFrame:
+    """Check the structural contract of a prices frame.
+
+    Parameters
+    ----------
+    prices : object
+        Expected: a ``DataFrame`` indexed by a strictly increasing ``DatetimeIndex`` with a
+        float column ``close`` that is finite and > 0.
+    min_rows : int
+        Fewest rows ``purpose`` needs.
+    purpose : str
+        What the rows are for, used in error messages (e.g. ``"RegimeModel.fit"``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``prices`` itself (not copied).
+
+    Raises
+    ------
+    DataError
+        Naming what was expected and what came.
+    """
+    if not isinstance(prices, pd.DataFrame):
+        raise DataError(f"{purpose}: expected a prices DataFrame, got {type(prices).__name__}")
+    if "close" not in prices.columns:
+        raise DataError(
+            f"{purpose}: expected a 'close' column, got columns {list(map(str, prices.columns))}"
+        )
+    if not isinstance(prices.index, pd.DatetimeIndex):
+        raise DataError(
+            f"{purpose}: expected a DatetimeIndex named 'date', got {type(prices.index).__name__}"
+        )
+    if len(prices) < min_rows:
+        raise DataError(f"{purpose}: expected at least {min_rows} price rows, got {len(prices)}")
+    if not (prices.index.is_monotonic_increasing and prices.index.is_unique):
+        raise DataError(f"{purpose}: expected strictly increasing, unique dates in the index")
+    close = pd.to_numeric(prices["close"], errors="coerce").to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(close)
+    if bad.any():
+        raise DataError(
+            f"{purpose}: column 'close' expected finite numbers, got {int(bad.sum())} missing or "
+            f"non-numeric values, first on {prices.index[np.argmax(bad)].date()}"
+        )
+    nonpos = close <= 0
+    if nonpos.any():
+        first = int(np.argmax(nonpos))
+        raise DataError(
+            f"{purpose}: column 'close' expected prices > 0, got {float(close[first])!r} on "
+            f"{prices.index[first].date()} ({int(nonpos.sum())} non-positive rows)"
+        )
+    return prices
+
+
+def raw_features(prices: pd.DataFrame, vol_window: int) -> tuple[np.ndarray, pd.DatetimeIndex]:
+    """Unscaled observations of a validated prices frame.
+
+    Parameters
+    ----------
+    prices : pandas.DataFrame
+        Validated prices frame with ``n`` rows, ``n > vol_window``.
+    vol_window : int
+        Window (rows of log returns) of the realised volatility.
+
+    Returns
+    -------
+    features : numpy.ndarray
+        Shape ``[n - vol_window, 2]``: log return, log realised volatility.
+    index : pandas.DatetimeIndex
+        Shape ``[n - vol_window]``: ``prices.index[vol_window:]``.
+    """
+    close = prices["close"].to_numpy(dtype=np.float64)
+    ret = log_returns(close)
+    vol = rolling_std(ret, vol_window)
+    out = np.empty((len(close) - vol_window, 2))
+    out[:, 0] = ret[vol_window:]
+    out[:, 1] = np.log(np.maximum(vol[vol_window:], VOL_FLOOR))
+    index = prices.index[vol_window:]
+    return out, index
+
+
+def standardise(raw: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """``(raw - mean) / std`` column by column (element-wise, so row-wise exact).
+
+    Parameters
+    ----------
+    raw : numpy.ndarray
+        Shape ``[n, d]``.
+    mean, std : numpy.ndarray
+        Shape ``[d]``, fitted on the training window.
+
+    Returns
+    -------
+    numpy.ndarray
+        Shape ``[n, d]``.
+    """
+    return (raw - mean) / std

@@ -1,0 +1,428 @@
+"""``RegimeModel``: one Gaussian HMM per market, in canonical state order, with causal posteriors.
+
+hmmlearn fits the parameters (see :mod:`supsup_fin.regimes._fit`); every probability is then
+computed by our own recursions in :mod:`supsup_fin.regimes._forward` from plain numpy
+parameters. Only :meth:`RegimeModel.filter_proba`, :meth:`RegimeModel.predict_next_proba` and
+:meth:`RegimeModel.rolling_next_proba` may feed a decision; :meth:`RegimeModel.smooth_proba`
+looks ahead and only labels training rows.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any, Self
+
+import numpy as np
+import pandas as pd
+
+from supsup_fin.errors import DataError, SupsupError
+from supsup_fin.regimes import _forward, _persist
+from supsup_fin.regimes._persist import _is_int
+from supsup_fin.regimes._canonical import match_states, regime_names, volatility_order
+from supsup_fin.regimes._fit import COVARIANCE_TYPES, fit_with_fallback, select_by_bic
+from supsup_fin.regimes.features import FEATURE_NAMES, raw_features, standardise, validate_prices
+
+log = logging.getLogger(__name__)
+
+TRADING_DAYS_PER_YEAR = 252
+_N_FEATURES = len(FEATURE_NAMES)
+_ROWS_PER_PARAMETER = 10  # fit needs >= 10 * n_states * d feature rows
+
+
+class NotFittedError(SupsupError):
+    """A method that needs fitted parameters was called before ``fit``."""
+
+
+class RegimeModel:
+    """Gaussian HMM of a market's regimes on standardised (log return, log realised vol).
+
+    scikit-learn contract: ``__init__`` only stores the hyperparameters; :meth:`fit`
+    validates them and the data, sets the attributes ending in ``_`` and returns ``self``.
+
+    Parameters
+    ----------
+    n_states : int or (int, int)
+        State count, or an inclusive range searched by BIC.
+    n_restarts : int
+        EM restarts per state count; the highest training log-likelihood is kept.
+    n_iter : int
+        EM iteration cap.
+    covariance_type : {"full", "diag", "spherical", "tied"}
+        hmmlearn covariance type (``covars_`` is stored full whatever the type).
+    vol_window : int
+        Log returns per realised-volatility window (>= 2).
+    min_covar : float
+        Floor on covariance diagonals, in standardised units.
+    random_state : int, numpy.random.Generator or None
+        Seeds the restarts' random states; resolved in :meth:`fit`.
+
+    Attributes
+    ----------
+    n_states_ : int
+    names_ : list of str
+        Regime names; ascending volatility unless aligned to a previous fit.
+    startprob_ : numpy.ndarray, shape [K]
+    transmat_ : numpy.ndarray, shape [K, K]
+    means_ : numpy.ndarray, shape [K, 2]
+        In standardised feature units.
+    covars_ : numpy.ndarray, shape [K, 2, 2]
+    stationary_ : numpy.ndarray, shape [K]
+        Stationary distribution of ``transmat_``: the filter's prior at a sequence's start.
+    expected_durations_ : numpy.ndarray, shape [K]
+        ``1 / (1 - A_kk)`` in trading days.
+    feature_mean_, feature_std_ : numpy.ndarray, shape [2]
+        Scaler fitted on the training features.
+    covariance_type_ : str
+        Covariance type actually used (differs from the hyperparameter after a fallback).
+    converged_ : bool
+        EM stopped because the log-likelihood gain fell below tolerance (not by ``n_iter``).
+    log_likelihood_ : float
+        Training log-likelihood of the standardised features.
+    bic_ : dict of int to float
+        BIC per state count tried (one entry without a range).
+    permutation_ : list of int or None
+        With ``previous``: ``permutation_[j]`` is the index, in this fit's ascending-volatility
+        order, of the state stored at position ``j`` (aligned to the previous fit's state j).
+    n_iter_ : int
+        EM iterations of the kept restart.
+    fallback_ : str or None
+        Why the requested configuration was replaced (diagonal covariance, fewer states).
+    n_train_rows_ : int
+        Feature rows the model was fitted on.
+    """
+
+    def __init__(
+        self,
+        n_states: int | tuple[int, int] = 3,
+        *,
+        n_restarts: int = 3,
+        n_iter: int = 200,
+        covariance_type: str = "full",
+        vol_window: int = 10,
+        min_covar: float = 1e-3,
+        random_state: int | np.random.Generator | None = 0,
+    ) -> None:
+        self.n_states = n_states
+        self.n_restarts = n_restarts
+        self.n_iter = n_iter
+        self.covariance_type = covariance_type
+        self.vol_window = vol_window
+        self.min_covar = min_covar
+        self.random_state = random_state
+
+    # ------------------------------------------------------------------ parameters
+
+    def get_params(self) -> dict[str, Any]:
+        """Hyperparameters as given to ``__init__``."""
+        return {
+            "n_states": self.n_states,
+            "n_restarts": self.n_restarts,
+            "n_iter": self.n_iter,
+            "covariance_type": self.covariance_type,
+            "vol_window": self.vol_window,
+            "min_covar": self.min_covar,
+            "random_state": self.random_state,
+        }
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"RegimeModel({args})"
+
+    def _state_range(self) -> tuple[int, int]:
+        """Validate the hyperparameters; return the inclusive state-count range."""
+        n = self.n_states
+        if _is_int(n) and n >= 1:
+            lo = hi = int(n)
+        elif (isinstance(n, (tuple, list)) and len(n) == 2 and all(_is_int(v) for v in n)
+              and 1 <= n[0] <= n[1]):
+            lo, hi = int(n[0]), int(n[1])
+        else:
+            raise SupsupError(f"RegimeModel: n_states expected an int >= 1 or a (lo, hi) tuple "
+                              f"with 1 <= lo <= hi, got {n!r}")
+        for name, low in (("n_restarts", 1), ("n_iter", 1), ("vol_window", 2)):
+            value = getattr(self, name)
+            if not _is_int(value) or value < low:
+                raise SupsupError(f"RegimeModel: {name} expected an int >= {low}, got {value!r}")
+        if self.covariance_type not in COVARIANCE_TYPES:
+            raise SupsupError(f"RegimeModel: covariance_type expected one of "
+                              f"{list(COVARIANCE_TYPES)}, got {self.covariance_type!r}")
+        if not (isinstance(self.min_covar, (int, float)) and self.min_covar > 0):
+            raise SupsupError(f"RegimeModel: min_covar expected a number > 0, "
+                              f"got {self.min_covar!r}")
+        return lo, hi
+
+    def _restart_seeds(self) -> list[int]:
+        rs = self.random_state
+        if not (rs is None or _is_int(rs) or isinstance(rs, np.random.Generator)):
+            raise SupsupError(f"RegimeModel: random_state expected an int, a numpy Generator "
+                              f"or None, got {rs!r}")
+        rng = np.random.default_rng(rs)
+        return [int(s) for s in rng.integers(0, 2**31 - 1, size=self.n_restarts)]
+
+    def _check_fitted(self, what: str) -> None:
+        if not hasattr(self, "transmat_"):
+            raise NotFittedError(f"This RegimeModel is not fitted yet: call fit(prices) "
+                                 f"before {what}")
+
+    # ------------------------------------------------------------------ fitting
+
+    def fit(self, prices: pd.DataFrame, previous: RegimeModel | None = None) -> Self:
+        """Fit the HMM on a training prices frame.
+
+        Parameters
+        ----------
+        prices : pandas.DataFrame
+            Training segment only, ``n`` rows, column ``close``; needs
+            ``n >= 10 * n_states * 2 + vol_window`` (``n_states``: the range's upper end).
+        previous : RegimeModel, optional
+            Earlier fit of the same market lineage: its state count is kept (``n_states`` is
+            ignored) and the new states are matched to its states by the Hungarian algorithm
+            on the state means (both in ``previous``'s standardised units), so regime ``k``
+            keeps its meaning and name. Fewer-state fallbacks are then not allowed.
+
+        Returns
+        -------
+        RegimeModel
+            ``self``.
+        """
+        lo, hi = self._state_range()
+        if previous is not None:
+            if not isinstance(previous, RegimeModel):
+                raise SupsupError(f"RegimeModel.fit: previous expected a fitted RegimeModel, "
+                                  f"got {type(previous).__name__}")
+            previous._check_fitted("using it as previous=")
+            lo = hi = previous.n_states_
+        min_rows = _ROWS_PER_PARAMETER * hi * _N_FEATURES + self.vol_window
+        validate_prices(prices, min_rows, f"RegimeModel.fit with {hi} states")
+        raw, index = raw_features(prices, self.vol_window)
+        mean, std = raw.mean(axis=0), raw.std(axis=0)
+        if not (std > 0).all():
+            raise DataError(f"RegimeModel.fit: expected varying features, got constant "
+                            f"{[FEATURE_NAMES[i] for i in np.flatnonzero(std <= 0)]}")
+        x = standardise(raw, mean, std)
+        seeds = self._restart_seeds()
+        args = (self.covariance_type, seeds, self.n_iter, self.min_covar)
+        if lo == hi:
+            res, fallback = fit_with_fallback(x, lo, *args, allow_fewer_states=previous is None)
+            bics = {res.n_states: res.bic}
+        else:
+            res, fallback, bics = select_by_bic(x, (lo, hi), *args)
+
+        order = volatility_order(res.means, res.covars)
+        names = regime_names(res.n_states)
+        permutation = None
+        if previous is not None:
+            in_prev_units = (res.means[order] * std + mean - previous.feature_mean_) \
+                / previous.feature_std_
+            perm = match_states(in_prev_units, previous.means_)
+            order = order[perm]
+            permutation = [int(p) for p in perm]
+            names = list(previous.names_)
+            if permutation != sorted(permutation):
+                log.info("refit states reordered to match the previous fit: %s", permutation)
+
+        self.n_states_ = int(res.n_states)
+        self.names_ = names
+        self.startprob_ = res.startprob[order]
+        self.transmat_ = res.transmat[np.ix_(order, order)]
+        self.means_ = res.means[order]
+        self.covars_ = res.covars[order]
+        self.feature_mean_ = mean
+        self.feature_std_ = std
+        self.covariance_type_ = res.covariance_type
+        self.converged_ = bool(res.converged)
+        self.log_likelihood_ = float(res.log_likelihood)
+        self.bic_ = {int(k): float(v) for k, v in bics.items()}
+        self.permutation_ = permutation
+        self.n_iter_ = int(res.n_iter)
+        self.fallback_ = fallback
+        self.n_train_rows_ = len(x)
+        self._set_derived()
+        if not self.converged_:
+            log.warning("HMM EM did not converge within n_iter=%d (k=%d, log-likelihood %.3f)",
+                        self.n_iter, self.n_states_, self.log_likelihood_)
+        log.info("fitted %d-state HMM on %d rows %s..%s: log-likelihood %.2f, %d EM iterations, "
+                 "converged=%s", self.n_states_, len(x), index[0].date(), index[-1].date(),
+                 self.log_likelihood_, self.n_iter_, self.converged_)
+        return self
+
+    def _set_derived(self, stationary: np.ndarray | None = None) -> None:
+        self.stationary_ = (_forward.stationary_distribution(self.transmat_)
+                            if stationary is None else stationary)
+        with np.errstate(divide="ignore"):
+            self.expected_durations_ = 1.0 / (1.0 - np.diag(self.transmat_))
+
+    # ------------------------------------------------------------------ posteriors
+
+    def min_rows(self, window: int) -> int:
+        """Price rows one :meth:`rolling_next_proba` row needs: ``window + vol_window``."""
+        if not _is_int(window) or window < 1:
+            raise SupsupError(f"window expected an int >= 1, got {window!r}")
+        return int(window) + int(self.vol_window)
+
+    def _observations(self, prices: pd.DataFrame, what: str, min_rows: int | None = None
+                      ) -> tuple[np.ndarray, pd.DatetimeIndex]:
+        """Standardised features ``[n', 2]`` and their dates."""
+        self._check_fitted(what)
+        validate_prices(prices, self.vol_window + 1 if min_rows is None else min_rows,
+                        f"RegimeModel.{what}")
+        raw, index = raw_features(prices, self.vol_window)
+        return standardise(raw, self.feature_mean_, self.feature_std_), index
+
+    def _log_densities(self, prices: pd.DataFrame, what: str, min_rows: int | None = None
+                       ) -> tuple[np.ndarray, pd.DatetimeIndex]:
+        x, index = self._observations(prices, what, min_rows)
+        return _forward.gaussian_log_densities(x, self.means_, self.covars_), index
+
+    def _log_start(self) -> np.ndarray:
+        with np.errstate(divide="ignore"):
+            return np.log(self.stationary_)
+
+    def _frame(self, proba: np.ndarray, index: pd.DatetimeIndex) -> pd.DataFrame:
+        return pd.DataFrame(proba, index=index, columns=list(self.names_))
+
+    def features(self, prices: pd.DataFrame) -> pd.DataFrame:
+        """Standardised HMM observations.
+
+        Returns
+        -------
+        pandas.DataFrame
+            Shape ``[n - vol_window, 2]``, columns ``log_return, log_vol``, index
+            ``prices.index[vol_window:]``; row t uses prices ``t - vol_window .. t`` only.
+        """
+        x, index = self._observations(prices, "features")
+        return pd.DataFrame(x, index=index, columns=list(FEATURE_NAMES))
+
+    def filter_proba(self, prices: pd.DataFrame) -> pd.DataFrame:
+        """Filtered posteriors ``P(z_t | x_1..t)``, the forward recursion.
+
+        Starts from ``stationary_`` at the first feature row, so a row depends only on the
+        rows up to it (bitwise: appending rows never changes it).
+
+        Returns
+        -------
+        pandas.DataFrame
+            Shape ``[n - vol_window, K]``, columns ``names_``, rows sum to 1.
+        """
+        log_b, index = self._log_densities(prices, "filter_proba")
+        log_alpha, _ = _forward.forward(log_b, self._log_start(),
+                                        _forward.log_transmat(self.transmat_))
+        return self._frame(np.exp(log_alpha), index)
+
+    def predict_next_proba(self, prices: pd.DataFrame) -> pd.DataFrame:
+        """One-step forecasts ``P(z_{t+1} | x_1..t) = filter_t @ transmat_``.
+
+        Returns
+        -------
+        pandas.DataFrame
+            Shape ``[n - vol_window, K]``; row t is the forecast made at t for t + 1.
+        """
+        filtered = self.filter_proba(prices)
+        proba = _forward.next_step(filtered.to_numpy(), self.transmat_)
+        return self._frame(proba, filtered.index)
+
+    def smooth_proba(self, prices: pd.DataFrame) -> pd.DataFrame:
+        """Smoothed posteriors ``P(z_t | x_1..n)`` (forward-backward; looks ahead).
+
+        For labelling training rows only, never for a decision at t.
+
+        Returns
+        -------
+        pandas.DataFrame
+            Shape ``[n - vol_window, K]``; the last row equals the filter's last row.
+        """
+        log_b, index = self._log_densities(prices, "smooth_proba")
+        log_a = _forward.log_transmat(self.transmat_)
+        log_alpha, _ = _forward.forward(log_b, self._log_start(), log_a)
+        return self._frame(_forward.smooth(log_alpha, _forward.backward(log_b, log_a)), index)
+
+    def rolling_next_proba(self, prices: pd.DataFrame, window: int) -> pd.DataFrame:
+        """One-step forecasts, each from only the last ``window`` feature rows.
+
+        Row t equals ``predict_next_proba(prices.loc[:t].iloc[-min_rows(window):]).iloc[-1]``:
+        the filter restarts from ``stationary_`` at each window's first row. All windows
+        advance together, vectorised over a ``[n_windows, K]`` state.
+
+        Parameters
+        ----------
+        prices : pandas.DataFrame
+            At least ``min_rows(window)`` rows.
+        window : int
+            Feature rows per window.
+
+        Returns
+        -------
+        pandas.DataFrame
+            Shape ``[n - vol_window - window + 1, K]``, index: the feature dates from the
+            ``window``-th on.
+        """
+        need = self.min_rows(window)
+        log_b, index = self._log_densities(prices, "rolling_next_proba", need)
+        log_last = _forward.forward_last_of_windows(
+            log_b, int(window), self._log_start(), _forward.log_transmat(self.transmat_))
+        proba = _forward.next_step(np.exp(log_last), self.transmat_)
+        return self._frame(proba, index[int(window) - 1:])
+
+    # ------------------------------------------------------------------ summaries
+
+    def regime_stats(self, prices: pd.DataFrame) -> pd.DataFrame:
+        """Per-regime statistics of ``prices`` under smoothed-argmax labels.
+
+        Each feature row is assigned to the regime with the highest smoothed probability
+        (a look-ahead labelling, for description only). Durations are lengths of runs of
+        consecutive equal labels, in trading days (the first and last runs are censored).
+
+        Returns
+        -------
+        pandas.DataFrame
+            Index ``names_`` (``regime``); columns ``n_rows``, ``frequency``,
+            ``mean_log_return`` (daily), ``ann_volatility`` (std of daily log returns, ddof=1,
+            times sqrt(252)), ``mean_duration_days`` (observed runs) and
+            ``expected_duration_days`` (``expected_durations_``). NaN where a regime has no rows.
+        """
+        labels = self.smooth_proba(prices).to_numpy().argmax(axis=1)
+        raw, _ = raw_features(prices, self.vol_window)
+        returns = raw[:, 0]
+        starts = np.flatnonzero(np.r_[True, labels[1:] != labels[:-1]])
+        lengths = np.diff(np.r_[starts, len(labels)])
+        rows = []
+        for k in range(self.n_states_):
+            mask = labels == k
+            r = returns[mask]
+            runs = lengths[labels[starts] == k]
+            rows.append({
+                "n_rows": int(mask.sum()),
+                "frequency": float(mask.mean()),
+                "mean_log_return": float(r.mean()) if len(r) else np.nan,
+                "ann_volatility": (float(r.std(ddof=1) * np.sqrt(TRADING_DAYS_PER_YEAR))
+                                   if len(r) > 1 else np.nan),
+                "mean_duration_days": float(runs.mean()) if len(runs) else np.nan,
+                "expected_duration_days": float(self.expected_durations_[k]),
+            })
+        return pd.DataFrame(rows, index=pd.Index(self.names_, name="regime"))
+
+    # ------------------------------------------------------------------ persistence
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every fitted parameter and hyperparameter as a JSON-able dict.
+
+        Floats are written as Python floats (``json`` round-trips them exactly), so
+        :meth:`from_dict` rebuilds a model whose ``filter_proba`` is bitwise identical.
+        Layout: see :func:`supsup_fin.regimes._persist.to_dict`.
+        """
+        self._check_fitted("to_dict")
+        return _persist.to_dict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> RegimeModel:
+        """Rebuild a fitted model from :meth:`to_dict` output (e.g. after a JSON round trip).
+
+        Raises
+        ------
+        SupsupError
+            If the dict is of another format or version, or misses or mis-shapes a field.
+        """
+        model = _persist.from_dict(cls, d)
+        model._set_derived(model.stationary_)  # the stored stationary_, not recomputed
+        return model

@@ -1,0 +1,49 @@
+"""The JSON-able summary a retrain returns (and ``supsup-fin demo --json`` prints)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from supsup_fin.config import Config
+from supsup_fin.evaluate import Evaluation
+from supsup_fin.tracking import RunRecord
+
+_TASK_KEYS = ("accuracy", "baseline_accuracy", "log_loss", "baseline_log_loss", "mask_density")
+
+
+def _num(v: Any) -> Any:
+    if isinstance(v, float):
+        return None if math.isnan(v) else round(v, 6)
+    return v
+
+
+def retrain_summary(
+    cfg: Config, ev: Evaluation, run: RunRecord, *, elapsed_s: float, timings: dict[str, float]
+) -> dict[str, Any]:
+    """Per-task and per-market test scores, the registry's decision and where it was recorded."""
+    test = ev.tasks[ev.tasks.segment == "test"]
+    tasks = [
+        {"task": r["task"], "market": r["market"], "regime": r["regime"], "n_train": int(r["n_train"]),
+         "n_test": int(r["n_eval"]), **{k: _num(r[k]) for k in _TASK_KEYS}}
+        for r in test.to_dict("records")
+    ]
+    markets = [
+        {"market": r["market"], "mode": r["mode"], "segment": r["segment"], "n": int(r["n"]),
+         **{k: _num(r[k]) for k in ("accuracy", "baseline_accuracy", "log_loss", "baseline_log_loss")}}
+        for r in ev.markets.to_dict("records")
+    ]
+    d = run.decision
+    return {
+        "markets": [m.name for m in cfg.markets],
+        "tasks": tasks,
+        "forecaster": markets,
+        "registered_model": {"name": run.model_name, "version": run.version, "aliases": sorted(run.aliases)},
+        "promotion": {"promoted": d.promoted, "metric": d.metric, "valid_score": _num(d.score),
+                      "valid_baseline": _num(d.baseline_score), "champion_version": d.champion_version,
+                      "champion_score": _num(d.champion_score), "reason": d.reason},
+        "tracking_uri": run.tracking_uri,
+        "run_id": run.run_id,
+        "elapsed_s": round(elapsed_s, 2),
+        "timings_s": timings,
+    }

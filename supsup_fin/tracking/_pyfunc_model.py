@@ -1,0 +1,33 @@
+"""MLflow models-from-code entry: the registered forecaster.
+
+Loads the forecaster artifact (mask bank + JSON spec; the base network is rebuilt from its
+seed) and delegates to :class:`supsup_fin.gating.RegimeGatedForecaster`. No pickled objects.
+
+Input: rows of ``market``, ``date``, ``close`` (``open high low volume`` optional), at least the
+model's ``min_rows`` per market. Output: one forecast row per market.
+"""
+
+from __future__ import annotations
+
+import mlflow
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+from supsup_fin.errors import SupsupError
+from supsup_fin.gating import RegimeGatedForecaster
+from supsup_fin.tracking.model import forecasts_from_payload
+
+
+class SupsupForecaster(mlflow.pyfunc.PythonModel):
+    def load_context(self, context) -> None:  # noqa: ANN001 - MLflow's signature
+        self.forecaster = RegimeGatedForecaster.load(context.artifacts["forecaster"])
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:  # noqa: ANN001
+        try:
+            return forecasts_from_payload(self.forecaster, model_input)
+        except SupsupError as err:
+            raise MlflowException(str(err), error_code=INVALID_PARAMETER_VALUE) from None
+
+
+mlflow.models.set_model(SupsupForecaster())

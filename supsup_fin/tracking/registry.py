@@ -1,0 +1,112 @@
+"""Champion / challenger bookkeeping on the MLflow model registry (aliases, version tags)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+
+import mlflow
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from supsup_fin.errors import RegistryError
+
+log = logging.getLogger(__name__)
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+HIGHER_IS_BETTER = {"accuracy": True, "log_loss": False}
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Whether a new version became champion, and the scores that decided it."""
+
+    version: int
+    promoted: bool
+    metric: str
+    score: float
+    baseline_score: float
+    champion_version: int | None
+    champion_score: float | None
+    reason: str
+
+    def as_tags(self) -> dict[str, str]:
+        return {f"promotion.{k}": str(v) for k, v in asdict(self).items()}
+
+
+def _beats(a: float, b: float, metric: str, margin: float) -> bool:
+    return a > b + margin if HIGHER_IS_BETTER[metric] else a < b - margin
+
+
+def champion_version(client: MlflowClient, name: str) -> int | None:
+    """The version holding the champion alias, or None."""
+    try:
+        return int(client.get_model_version_by_alias(name, CHAMPION).version)
+    except MlflowException:
+        return None
+
+
+def decide(
+    client: MlflowClient, name: str, version: int, metric: str, score: float, baseline: float,
+    margin: float,
+) -> Decision:
+    """Tag the new version ``challenger``; make it ``champion`` if it beats the baseline and the
+    current champion's recorded validation score by ``margin``. Records the decision as tags."""
+    client.set_registered_model_alias(name, CHALLENGER, str(version))
+    champ = champion_version(client, name)
+    champ_score = None
+    if champ is not None:
+        tags = client.get_model_version(name, str(champ)).tags
+        champ_score = float(tags["valid_score"]) if "valid_score" in tags else None
+    if not _beats(score, baseline, metric, margin):
+        promoted, reason = False, f"valid {metric} {score:.4f} does not beat the class prior {baseline:.4f}"
+    elif champ_score is not None and not _beats(score, champ_score, metric, margin):
+        promoted, reason = False, f"valid {metric} {score:.4f} does not beat champion v{champ} ({champ_score:.4f})"
+    else:
+        promoted = True
+        vs = f"champion v{champ} ({champ_score:.4f})" if champ_score is not None else "no champion"
+        reason = f"valid {metric} {score:.4f} beats the class prior {baseline:.4f} and {vs}"
+    decision = Decision(version, promoted, metric, score, baseline, champ, champ_score, reason)
+    for k, v in {"valid_metric": metric, "valid_score": str(score), "valid_baseline": str(baseline),
+                 **decision.as_tags()}.items():
+        client.set_model_version_tag(name, str(version), k, v)
+    if promoted:
+        client.set_registered_model_alias(name, CHAMPION, str(version))
+    log.info("model %s v%d: %s", name, version, reason)
+    return decision
+
+
+def aliases(client: MlflowClient, name: str, version: int) -> list[str]:
+    return list(client.get_model_version(name, str(version)).aliases)
+
+
+def delete_version(client: MlflowClient, name: str, version: int) -> None:
+    """Remove a version that was registered by a run that then failed."""
+    try:
+        client.delete_model_version(name, str(version))
+    except MlflowException as err:  # the version is already gone: nothing to undo
+        log.warning("could not delete %s v%d: %s", name, version, err)
+
+
+def load_champion(name: str) -> tuple[mlflow.pyfunc.PyFuncModel, int]:
+    """The pyfunc model behind ``models:/<name>@champion`` and its version number."""
+    client = MlflowClient()
+    version = champion_version(client, name)
+    if version is None:
+        try:
+            versions = client.search_model_versions(f"name = '{name}'")
+        except MlflowException:
+            versions = []
+        hint = f"; latest version is {max(int(v.version) for v in versions)}" if versions else "; run `supsup-fin retrain` first"
+        raise RegistryError(f"registered model {name!r} has no '{CHAMPION}' alias{hint}")
+    return mlflow.pyfunc.load_model(f"models:/{name}@{CHAMPION}"), version
+
+
+def download_forecaster(name: str, version: str, dest: str) -> str:
+    """Download a registered version's forecaster directory (``version``: a number or an alias)."""
+    uri = f"models:/{name}/{version}" if version.isdigit() else f"models:/{name}@{version}"
+    try:
+        root = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=dest)
+    except MlflowException as err:
+        raise RegistryError(f"cannot load {uri}: {err.message.splitlines()[0]}") from None
+    return f"{root.rstrip('/')}/artifacts/forecaster"

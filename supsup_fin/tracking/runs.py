@@ -1,0 +1,101 @@
+"""One MLflow run per retrain: config, data hashes, metrics, plots, the mask bank, the model."""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+
+from supsup_fin.config import Config
+from supsup_fin.data import LoadedPrices
+from supsup_fin.evaluate import Evaluation
+from supsup_fin.gating import RegimeGatedForecaster
+from supsup_fin.prepare import RegimeFit
+from supsup_fin.regimes import plot_regimes
+from supsup_fin.tracking.model import log_forecaster, payload
+from supsup_fin.tracking.registry import Decision, aliases, decide, delete_version
+from supsup_fin.tracking.store import connect, git_commit, tracking_uri
+from supsup_fin.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+_METRICS = ("accuracy", "baseline_accuracy", "log_loss", "baseline_log_loss", "brier", "baseline_brier")
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """Where a retrain was recorded and what the registry did with it."""
+
+    run_id: str
+    tracking_uri: str
+    model_name: str
+    version: int
+    aliases: list[str]
+    decision: Decision
+
+
+def _metrics(evaluation: Evaluation, regimes: dict[str, RegimeFit]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for r in evaluation.tasks.to_dict("records"):
+        for m in _METRICS:
+            out[f"{r['segment']}.{r['task']}.{m}"] = r[m]
+        out[f"{r['segment']}.{r['task']}.n_eval"] = r["n_eval"]
+    for r in evaluation.markets.to_dict("records"):
+        for m in _METRICS:
+            out[f"{r['segment']}.{r['market']}.{r['mode']}.{m}"] = r[m]
+    for market, rf in regimes.items():
+        out[f"hmm.{market}.log_likelihood"] = float(rf.model.log_likelihood_)
+        out[f"hmm.{market}.converged"] = float(bool(rf.model.converged_))
+        out[f"hmm.{market}.n_states"] = float(rf.model.n_states_)
+    return {k: float(v) for k, v in out.items() if pd.notna(v)}
+
+
+def log_retrain(
+    cfg: Config, workspace: Workspace, *, loaded: dict[str, LoadedPrices], regimes: dict[str, RegimeFit],
+    evaluation: Evaluation, forecaster: RegimeGatedForecaster, timings: dict[str, float] | None = None,
+) -> RunRecord:
+    """Record the run, log and register the forecaster, and decide its promotion.
+
+    A version registered here is deleted again if anything after its registration fails,
+    so a failed run leaves no version behind.
+    """
+    client = connect(cfg.tracking, workspace)
+    mode, metric = cfg.gating.mode, cfg.tracking.metric
+    score, baseline = evaluation.score("valid", metric, mode)
+    with mlflow.start_run(run_name=f"retrain-{cfg.name}") as run, tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        mlflow.log_params({k: str(v)[:500] for k, v in cfg.flat().items()})
+        tags = {"supsup_fin.flow": "retrain", **git_commit()}
+        for m, lp in loaded.items():
+            tags |= {f"data.{m}.hash": lp.data_hash, f"data.{m}.source": lp.source,
+                     f"data.{m}.as_of": str(lp.as_of.date()), f"data.{m}.rows": str(len(lp.frame))}
+        mlflow.set_tags(tags)
+        mlflow.log_metrics(_metrics(evaluation, regimes) | {f"valid.{metric}": score, f"valid.baseline_{metric}": baseline})
+        if timings:
+            mlflow.log_metrics({f"time.{k}_s": v for k, v in timings.items()})
+        for market, rf in regimes.items():
+            plot_regimes(loaded[market].frame, rf.model, tmp_path / f"regimes_{market}.png", title=market)
+            (tmp_path / f"hmm_{market}.json").write_text(json.dumps(rf.model.to_dict(), indent=1))
+            (tmp_path / f"health_{market}.json").write_text(json.dumps(loaded[market].health.to_records(), indent=1, default=str))
+        evaluation.tasks.to_csv(tmp_path / "eval_tasks.csv", index=False)
+        evaluation.markets.to_csv(tmp_path / "eval_markets.csv", index=False)
+        mlflow.log_artifacts(tmp, artifact_path="report")
+        fdir = forecaster.save(tmp_path / "forecaster")
+        mlflow.log_artifacts(str(fdir / "bank"), artifact_path="mask_bank")
+        first = sorted(loaded)[0]
+        example = payload(first, loaded[first].frame, forecaster.min_rows)
+        info = log_forecaster(forecaster, fdir, example, cfg.tracking.model_name)
+        version = int(info.registered_model_version)
+        try:
+            decision = decide(client, cfg.tracking.model_name, version, metric, score, baseline, cfg.tracking.margin)
+            mlflow.set_tags({"registered_version": str(version), **decision.as_tags()})
+        except BaseException:
+            delete_version(client, cfg.tracking.model_name, version)
+            raise
+    return RunRecord(run.info.run_id, tracking_uri(cfg.tracking, workspace), cfg.tracking.model_name,
+                     version, aliases(client, cfg.tracking.model_name, version), decision)

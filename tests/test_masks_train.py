@@ -1,0 +1,174 @@
+"""Batched mask training: exact density, zero forgetting, determinism, group independence, learning."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from supsup_fin.masks import FrozenNet, MaskBank, train_masks
+
+SEED = int(os.environ.get("SUPSUP_TEST_SEED", "0"))
+print(f"SUPSUP_TEST_SEED={SEED}")
+
+SIZES = (16, 64, 64, 3)
+FAST = {"steps": 60, "batch_size": 32}
+
+
+def blobs(seed: int, n: int = 300) -> tuple[np.ndarray, np.ndarray]:
+    """Three well-separated Gaussian classes in 16 dimensions."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(3, SIZES[0])) * 2.0
+    y = rng.integers(0, 3, n)
+    return (centers[y] + rng.normal(size=(n, SIZES[0]))).astype(np.float32), y
+
+
+def same_bits(a, b) -> bool:
+    return all(torch.equal(p, q) for p, q in zip(a.layers, b.layers))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """These nets are tiny: one thread is as fast and immune to a busy machine's thread stalls."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def net() -> FrozenNet:
+    return FrozenNet(SIZES, seed=0)
+
+
+@pytest.fixture(scope="module")
+def data() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    return {
+        "sp500/calm": blobs(SEED + 1),
+        "sp500/ALL": blobs(SEED + 2, n=450),
+        "x/calm@2015-01-02": blobs(SEED + 3),
+    }
+
+
+@pytest.fixture(scope="module")
+def trained(net: FrozenNet, data) -> MaskBank:
+    """The three tasks trained together with edge-popup at density 0.3."""
+    return train_masks(net, data, density=0.3, steps=150, batch_size=64, seed=SEED)
+
+
+def test_edge_popup_density_is_exact_per_layer(trained: MaskBank) -> None:
+    for name in trained.names:
+        mask = trained[name]
+        assert mask.is_binary
+        for layer in mask.layers:
+            assert int(layer.sum()) == round(0.3 * layer.numel())
+        assert trained.meta(name)["density"] == [round(0.3 * m.numel()) / m.numel() for m in mask.layers]
+
+
+def test_masks_learn_separable_data(trained: MaskBank, net: FrozenNet, data) -> None:
+    for name, (x, y) in data.items():
+        acc = (net(x, mask=trained[name]).argmax(dim=1).numpy() == y).mean()
+        assert acc > 0.8, f"{name}: accuracy {acc:.3f} (chance 1/3)"
+
+
+def test_threshold_form_learns_and_reports_counted_density(net: FrozenNet, data) -> None:
+    x, y = data["sp500/calm"]
+    bank = train_masks(net, {"t": (x, y)}, method="threshold", density=0.5, steps=100, batch_size=64, seed=SEED)
+    mask = bank["t"]
+    assert bank.meta("t")["density"] == [int(m.sum()) / m.numel() for m in mask.layers]
+    assert bank.meta("t")["method"] == "threshold"
+    assert (net(x, mask=mask).argmax(dim=1).numpy() == y).mean() > 0.8
+
+
+def test_training_leaves_base_weights_bit_identical(net: FrozenNet, data) -> None:
+    before = [w.clone() for w in net.weights]
+    hash_before = net.weights_hash()
+    train_masks(net, {"a": data["sp500/calm"]}, seed=SEED, **FAST)
+    assert all(torch.equal(a, b) for a, b in zip(before, net.weights))
+    assert net.weights_hash() == hash_before
+
+
+def test_appending_tasks_leaves_old_masks_and_outputs_identical(
+    trained: MaskBank, net: FrozenNet, data
+) -> None:
+    old = {n: [layer.clone() for layer in trained[n].layers] for n in trained.names}
+    x = torch.from_numpy(data["sp500/calm"][0])
+    outputs = {n: net(x, mask=trained[n]) for n in trained.names}
+    metas = {n: trained.meta(n) for n in trained.names}
+    grown = train_masks(net, {"nasdaq/calm": blobs(SEED + 9)}, bank=trained, seed=SEED, **FAST)
+    assert grown.names == [*trained.names, "nasdaq/calm"]
+    for name in trained.names:
+        assert all(torch.equal(a, b) for a, b in zip(old[name], grown[name].layers))
+        assert all(torch.equal(a, b) for a, b in zip(old[name], trained[name].layers))
+        assert torch.equal(net(x, mask=grown[name]), outputs[name])
+        assert grown.meta(name) == metas[name]
+    with pytest.raises(ValueError, match="already in the bank"):
+        train_masks(net, {"sp500/calm": data["sp500/calm"]}, bank=trained, **FAST)
+
+
+def test_same_seed_and_data_give_identical_bits(net: FrozenNet, data) -> None:
+    tasks = {"a": data["sp500/calm"], "b": data["sp500/ALL"]}
+    read_only = {k: (x.copy(), y.copy()) for k, (x, y) in tasks.items()}
+    for x, y in read_only.values():
+        x.flags.writeable = y.flags.writeable = False
+    one = train_masks(net, read_only, seed=SEED, **FAST)
+    as_torch = {k: (torch.from_numpy(x), torch.from_numpy(y)) for k, (x, y) in tasks.items()}
+    two = train_masks(net, as_torch, seed=SEED, **FAST)
+    assert all(same_bits(one[n], two[n]) for n in tasks)
+    other = train_masks(net, {"a": data["sp500/calm"]}, seed=SEED + 1, **FAST)
+    assert not same_bits(one["a"], other["a"])
+
+
+@pytest.mark.parametrize(("method", "threads"), [("edge_popup", 1), ("threshold", 1), ("edge_popup", 2)])
+def test_a_task_trains_the_same_alone_or_in_a_group(net: FrozenNet, data, method: str, threads: int) -> None:
+    """Bitwise: batching tasks on a leading axis must not change any task's arithmetic."""
+    a, b, c = data["sp500/calm"], data["sp500/ALL"], data["x/calm@2015-01-02"]
+    steps = FAST["steps"] if threads == 1 else 15  # multi-threaded small ops crawl on a busy 2-core box
+    torch.set_num_threads(threads)
+    try:
+        alone = train_masks(net, {"a": a}, method=method, seed=SEED, steps=steps, batch_size=32)
+        group = train_masks(net, {"b": b, "a": a, "c": c}, method=method, seed=SEED, steps=steps, batch_size=32)
+    finally:
+        torch.set_num_threads(1)
+    assert same_bits(alone["a"], group["a"])
+    assert alone.meta("a")["final_loss"] == group.meta("a")["final_loss"]
+
+
+def test_progress_and_task_meta(net: FrozenNet, data) -> None:
+    calls = []
+    bank = train_masks(
+        net, {"a": data["sp500/calm"]}, progress=lambda s, n, losses: calls.append((s, n, losses)),
+        task_meta={"a": {"market": "sp500", "regime": "calm"}}, seed=SEED, steps=25, batch_size=16,
+    )
+    assert [c[0] for c in calls] == [10, 20, 25] and all(c[1] == 25 for c in calls)
+    assert set(calls[-1][2]) == {"a"} and np.isfinite(calls[-1][2]["a"])
+    meta = bank.meta("a")
+    assert meta["market"] == "sp500" and meta["method"] == "edge_popup" and meta["n_train"] == 300
+    with pytest.raises(ValueError, match="reserved"):
+        train_masks(net, {"a": data["sp500/calm"]}, task_meta={"a": {"n_train": 1}}, **FAST)
+    with pytest.raises(ValueError, match="JSON"):
+        train_masks(net, {"a": data["sp500/calm"]}, task_meta={"a": {"when": object()}}, **FAST)
+    with pytest.raises(ValueError, match="not being trained"):
+        train_masks(net, {"a": data["sp500/calm"]}, task_meta={"b": {}}, **FAST)
+
+
+def test_bad_arguments_are_refused_with_the_task_named(net: FrozenNet, data) -> None:
+    x, y = data["sp500/calm"]
+    with pytest.raises(ValueError, match="unknown mask method 'popup'.*edge_popup"):
+        train_masks(net, {"a": (x, y)}, method="popup")
+    with pytest.raises(ValueError, match="'a'.*labels"):
+        train_masks(net, {"a": (x, y + 3)}, **FAST)
+    with pytest.raises(ValueError, match="'a'.*X must be shaped"):
+        train_masks(net, {"a": (x[:, :4], y)}, **FAST)
+    bad = x.copy()
+    bad[7, 2] = np.nan
+    with pytest.raises(ValueError, match="'a'.*non-finite.*row 7"):
+        train_masks(net, {"a": (bad, y)}, **FAST)
+    with pytest.raises(ValueError, match="density"):
+        train_masks(net, {"a": (x, y)}, density=0.0)
+    with pytest.raises(ValueError, match="keeps no weight"):
+        train_masks(net, {"a": (x, y)}, density=1e-4)
+    with pytest.raises(ValueError, match="bank was built"):
+        train_masks(FrozenNet(SIZES, seed=1), {"a": (x, y)}, bank=train_masks(net, {}), **FAST)

@@ -1,0 +1,140 @@
+"""Segments, tasks, the gated forecaster and evaluation on small synthetic markets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import small_config_dict
+from supsup_fin.config import config_from_dict
+from supsup_fin.errors import DataError, MaskFileError
+from supsup_fin.gating import RegimeGatedForecaster
+from supsup_fin.prepare import build_features, segment_labels
+
+
+def test_segments_purge_the_horizon() -> None:
+    cfg = config_from_dict(small_config_dict())
+    dates = pd.bdate_range("2012-12-20", "2013-01-15", name="date")
+    seg = segment_labels(dates, cfg.segments, horizon=5)
+    train_rows = dates[seg == "train"]
+    # a training row's target (t + 5 rows) never reaches the valid segment
+    assert all(dates[dates.get_loc(d) + 5] <= pd.Timestamp("2012-12-31") for d in train_rows)
+    assert "" in set(seg)  # the purged rows belong to no segment
+    assert (seg[-5:] == "").all()
+
+
+def test_features_are_fitted_on_train_only(small_pipeline: dict) -> None:
+    cfg, prices = small_pipeline["cfg"], small_pipeline["prices"]["syn_a"]
+    changed = prices.copy()
+    changed.loc["2014-01-01":, "close"] *= 3.0  # rescale everything after train
+    a = build_features("syn_a", prices, cfg)
+    b = build_features("syn_a", changed, cfg)
+    np.testing.assert_array_equal(a.scaler.mean, b.scaler.mean)
+    np.testing.assert_array_equal(a.class_edges, b.class_edges)
+    np.testing.assert_array_equal(a.prior, b.prior)
+
+
+def test_too_short_market_is_a_clear_error(small_pipeline: dict) -> None:
+    cfg = small_pipeline["cfg"]
+    short = small_pipeline["prices"]["syn_a"].iloc[:50]
+    with pytest.raises(DataError, match=r"market 'syn_a': 50 rows of prices, need at least"):
+        build_features("syn_a", short, cfg)
+
+
+def test_tasks_cover_regimes_and_all(small_pipeline: dict) -> None:
+    tasks = {t.name: t for t in small_pipeline["tasks"]}
+    for market in ("syn_a", "syn_b"):
+        assert f"{market}/ALL" in tasks
+        regime_rows = sum(len(t.y) for t in tasks.values() if t.market == market and t.regime != "ALL")
+        assert regime_rows <= len(tasks[f"{market}/ALL"].y)
+    for t in tasks.values():
+        assert t.X.dtype == np.float32 and np.isfinite(t.X).all() and (t.y >= 0).all()
+
+
+def test_bank_has_exact_density_and_base_is_untouched(small_pipeline: dict) -> None:
+    bank, net, cfg = small_pipeline["bank"], small_pipeline["net"], small_pipeline["cfg"]
+    for name in bank.names:
+        for layer in bank[name].layers:
+            assert int(layer.sum()) == round(cfg.masks.density * layer.numel())
+    from supsup_fin.masks import FrozenNet
+
+    fresh = FrozenNet(net.sizes, seed=cfg.network.seed)
+    assert all(torch.equal(a, b) for a, b in zip(fresh.weights, net.weights))
+
+
+@pytest.mark.parametrize("mode", ["hard", "soft", "market"])
+def test_predict_equals_predict_frame_and_uses_only_min_rows(small_pipeline: dict, mode: str) -> None:
+    fc: RegimeGatedForecaster = small_pipeline["forecaster"]
+    prices = small_pipeline["prices"]["syn_b"]
+    frame = fc.predict_frame("syn_b", prices, mode)
+    for end in (len(prices) - 1, len(prices) - 300, 2000):
+        upto = prices.iloc[: end + 1]
+        one = fc.predict("syn_b", upto, mode)
+        row = frame.loc[upto.index[-1]]
+        probs = np.array([one["probabilities"][c] for c in fc.classes])
+        np.testing.assert_allclose(probs, row[[f"p_{c}" for c in fc.classes]].to_numpy(float), atol=1e-6)
+        assert one["regime"] == row["regime"]
+        # only the last min_rows rows matter: older history changes nothing
+        also = fc.predict("syn_b", upto.iloc[-fc.min_rows:], mode)
+        assert also["probabilities"] == one["probabilities"]
+        assert np.isclose(sum(one["probabilities"].values()), 1.0)
+
+
+def test_forecasts_do_not_look_ahead(small_pipeline: dict) -> None:
+    fc, prices = small_pipeline["forecaster"], small_pipeline["prices"]["syn_a"]
+    full = fc.predict_frame("syn_a", prices)
+    cut = prices.iloc[:3000]
+    part = fc.predict_frame("syn_a", cut)
+    pd.testing.assert_frame_equal(part, full.loc[part.index], atol=1e-6, rtol=0)
+
+
+def test_hard_gate_uses_the_most_probable_regime_mask(small_pipeline: dict) -> None:
+    fc, prices = small_pipeline["forecaster"], small_pipeline["prices"]["syn_a"]
+    out = fc.predict("syn_a", prices, "hard")
+    regime = max(out["regime_posterior"], key=out["regime_posterior"].get)
+    assert out["masks"] == {fc.markets["syn_a"].masks[regime]: 1.0}
+    soft = fc.predict("syn_a", prices, "soft")
+    assert np.isclose(sum(soft["masks"].values()), 1.0)
+
+
+def test_predict_rejects_bad_input(small_pipeline: dict) -> None:
+    fc, prices = small_pipeline["forecaster"], small_pipeline["prices"]["syn_a"]
+    with pytest.raises(DataError, match=r"need at least min_rows="):
+        fc.predict("syn_a", prices.iloc[-10:])
+    with pytest.raises(DataError, match="unknown market 'nope'"):
+        fc.predict("nope", prices)
+    bad = prices.iloc[-fc.min_rows:].copy()
+    bad.iloc[5, 0] = -1.0
+    with pytest.raises(DataError, match="syn_a"):
+        fc.predict("syn_a", bad)
+
+
+def test_forecaster_save_load_roundtrip(small_pipeline: dict, tmp_path) -> None:
+    fc, prices = small_pipeline["forecaster"], small_pipeline["prices"]
+    path = fc.save(tmp_path / "f")
+    back = RegimeGatedForecaster.load(path)
+    for m in ("syn_a", "syn_b"):
+        pd.testing.assert_frame_equal(back.predict_frame(m, prices[m]), fc.predict_frame(m, prices[m]))
+    # a corrupted bank is refused with the file named
+    bits = path / "bank" / "masks.safetensors"
+    raw = bytearray(bits.read_bytes())
+    raw[-3] ^= 0xFF
+    bits.write_bytes(bytes(raw))
+    with pytest.raises(MaskFileError, match="masks.safetensors"):
+        RegimeGatedForecaster.load(path)
+
+
+def test_evaluation_tables(small_pipeline: dict) -> None:
+    ev = small_pipeline["evaluation"]
+    assert set(ev.markets["mode"]) == {"hard", "soft", "market"}
+    assert set(ev.tasks.segment) == {"valid", "test"}
+    assert (ev.tasks.n_eval >= 0).all() and ev.tasks.mask_density.between(0.49, 0.51).all()
+    # every ALL task is scored on every evaluation row of its market
+    all_rows = ev.tasks[ev.tasks.regime == "ALL"].set_index(["market", "segment"]).n_eval
+    soft = ev.markets[ev.markets["mode"] == "soft"].set_index(["market", "segment"]).n
+    assert (all_rows.sort_index() == soft.sort_index()).all()
+    # on the easy synthetic market (regime-dependent drift) the gated forecaster beats the prior
+    m = ev.markets[(ev.markets.market == "syn_a") & (ev.markets.segment == "test") & (ev.markets["mode"] == "soft")]
+    assert float(m.log_loss.iloc[0]) < float(m.baseline_log_loss.iloc[0])
