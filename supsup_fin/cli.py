@@ -42,6 +42,8 @@ VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show library 
 def _setup_logging(verbose: bool) -> None:
     level = logging.INFO if verbose else logging.WARNING
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
+    logging.getLogger("mlflow").setLevel(os.environ["MLFLOW_LOGGING_LEVEL"])
     logging.basicConfig(level=level, format="%(name)s: %(message)s", force=True,
                         handlers=[RichHandler(console=err, show_path=False, show_time=False)])
 

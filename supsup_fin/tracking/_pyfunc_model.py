@@ -7,8 +7,6 @@ Input: rows of ``market``, ``date``, ``close`` (``open high low volume`` optiona
 model's ``min_rows`` per market. Output: one forecast row per market.
 """
 
-from __future__ import annotations
-
 import mlflow
 import pandas as pd
 from mlflow.exceptions import MlflowException
@@ -20,7 +18,7 @@ from supsup_fin.tracking.model import forecasts_from_payload
 
 
 class SupsupForecaster(mlflow.pyfunc.PythonModel):
-    def load_context(self, context) -> None:  # noqa: ANN001 - MLflow's signature
+    def load_context(self, context) -> None:  # noqa: ANN001 - MLflow's PythonModelContext
         self.forecaster = RegimeGatedForecaster.load(context.artifacts["forecaster"])
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:  # noqa: ANN001
