@@ -30,7 +30,8 @@ app = typer.Typer(
     name="supsup-fin", no_args_is_help=True, add_completion=False,
     help="Market-regime forecasting with Supermasks in Superposition.",
 )
-out = Console()
+# Piped output keeps whole tables: a terminal's own width, otherwise 160 columns.
+out = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True)
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="YAML config file.")]
@@ -121,7 +122,7 @@ def _show_retrain(summary: dict[str, Any]) -> None:
 
 
 def _show_forecasts(rows: list[dict[str, Any]]) -> None:
-    cols = ["market", "as_of", *[k for k in rows[0] if k.startswith("p_")], "signal", "regime",
+    cols = ["market", "as_of", "target_date", *[k for k in rows[0] if k.startswith("p_")], "signal", "regime",
             "regime_posterior", "masks", "model_version", "source", "stale_days"] if rows else []
     out.print(_table("Forecasts from the champion", rows, cols))
 

@@ -162,7 +162,8 @@ class RegimeGatedForecaster:
     def predict(self, market: str, prices: pd.DataFrame, mode: GateMode | None = None) -> dict[str, Any]:
         """Forecast made at the close of the last row, from the last ``min_rows`` rows only.
 
-        Returns a dict: ``market``, ``as_of``, ``horizon``, ``probabilities`` (class -> p),
+        Returns a dict: ``market``, ``as_of``, ``target_date`` (``as_of`` + ``horizon`` business
+        days: the close the forecast class refers to), ``horizon``, ``probabilities`` (class -> p),
         ``regime`` and ``regime_posterior`` (P(z_{t+1} | x_1..t)), ``masks`` (mask -> weight),
         ``signal`` (p_up - p_down) and ``mode``.
         """
@@ -180,7 +181,8 @@ class RegimeGatedForecaster:
         probs, used = self._route(mm, X, post, mode)
         row = self._rows(mm, window.index[-1:], probs, post, used, mode).iloc[0]
         return {
-            "market": market, "as_of": str(window.index[-1].date()), "horizon": self.horizon,
+            "market": market, "as_of": str(window.index[-1].date()),
+            "target_date": str((window.index[-1] + pd.offsets.BDay(self.horizon)).date()), "horizon": self.horizon,
             "probabilities": {c: float(row[f"p_{c}"]) for c in self.classes},
             "regime": row["regime"],
             "regime_posterior": {r: float(row[f"regime_{r}"]) for r in mm.regime.names_},

@@ -95,6 +95,8 @@ def test_hard_gate_uses_the_most_probable_regime_mask(small_pipeline: dict) -> N
     out = fc.predict("syn_a", prices, "hard")
     regime = max(out["regime_posterior"], key=out["regime_posterior"].get)
     assert out["masks"] == {fc.markets["syn_a"].masks[regime]: 1.0}
+    assert out["as_of"] == str(prices.index[-1].date())
+    assert (pd.Timestamp(out["target_date"]) - prices.index[-1]).days in (7, 9)  # 5 business days on
     soft = fc.predict("syn_a", prices, "soft")
     assert np.isclose(sum(soft["masks"].values()), 1.0)
 

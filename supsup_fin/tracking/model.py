@@ -47,7 +47,7 @@ def forecasts_from_payload(forecaster: RegimeGatedForecaster, frame: pd.DataFram
         )
         f = forecaster.predict(str(market), prices)
         out.append({
-            "market": f["market"], "as_of": f["as_of"], "horizon": f["horizon"],
+            "market": f["market"], "as_of": f["as_of"], "target_date": f["target_date"], "horizon": f["horizon"],
             **{f"p_{c}": p for c, p in f["probabilities"].items()},
             "signal": f["signal"], "regime": f["regime"],
             "regime_posterior": json.dumps(f["regime_posterior"]), "masks": json.dumps(f["masks"]),
@@ -63,7 +63,8 @@ def signature(classes: list[str]) -> ModelSignature:
         *[ColSpec("double", c, required=False) for c in OPTIONAL_COLUMNS],
     ])
     outputs = Schema([
-        ColSpec("string", "market"), ColSpec("string", "as_of"), ColSpec("long", "horizon"),
+        ColSpec("string", "market"), ColSpec("string", "as_of"), ColSpec("string", "target_date"),
+        ColSpec("long", "horizon"),
         *[ColSpec("double", f"p_{c}") for c in classes],
         ColSpec("double", "signal"), ColSpec("string", "regime"), ColSpec("string", "regime_posterior"),
         ColSpec("string", "masks"), ColSpec("string", "mode"),
