@@ -1,0 +1,3 @@
+"""Deployment commands: ``models``, ``promote``, ``rollback``, ``serve``, ``schedule``."""
+
+from __future__ import annotations
