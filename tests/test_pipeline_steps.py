@@ -140,3 +140,17 @@ def test_evaluation_tables(small_pipeline: dict) -> None:
     # on the easy synthetic market (regime-dependent drift) the gated forecaster beats the prior
     m = ev.markets[(ev.markets.market == "syn_a") & (ev.markets.segment == "test") & (ev.markets["mode"] == "soft")]
     assert float(m.log_loss.iloc[0]) < float(m.baseline_log_loss.iloc[0])
+
+
+def test_training_reports_progress(small_pipeline: dict) -> None:
+    from supsup_fin import progress
+    from supsup_fin.training import train_tasks
+
+    cfg = config_from_dict(small_config_dict(training={"steps": 20}))
+    seen: list[tuple[str, int, int]] = []
+    with progress.listening(lambda stage, done, total, info: seen.append((stage, done, total))):
+        train_tasks(small_pipeline["tasks"][:2], cfg)
+    assert seen and all(s == "train masks" and t == 20 for s, _, t in seen)
+    assert [d for _, d, _ in seen] == sorted(d for _, d, _ in seen) and seen[-1][1] == 20
+    train_tasks(small_pipeline["tasks"][:1], cfg)  # nobody listening: nothing recorded, no error
+    assert seen[-1][1] == 20
