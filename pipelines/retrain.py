@@ -3,6 +3,7 @@ log -> register -> promote. Each task is one library call; markets fan out as ta
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -10,9 +11,11 @@ from typing import Any
 import pandas as pd
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
-from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-from supsup_fin.config import Config, MarketConfig, config_from_dict
+from pipelines._server import prefect_server
+from supsup_fin.config import Config, MarketConfig, RuntimeConfig, config_from_dict
 from supsup_fin.data import LoadedPrices, load_prices
 from supsup_fin.evaluate import Evaluation, evaluate
 from supsup_fin.gating import RegimeGatedForecaster
@@ -21,7 +24,17 @@ from supsup_fin.prepare import FeatureSet, RegimeFit, build_features, fit_regime
 from supsup_fin.summary import retrain_summary
 from supsup_fin.tasks import Task, make_tasks
 from supsup_fin.tracking import RunRecord, log_retrain
-from supsup_fin.training import build_forecaster, train_tasks
+from supsup_fin.tracking.registry import champion_bank
+from supsup_fin.training import (
+    MaskBits,
+    build_forecaster,
+    build_network,
+    merge_banks,
+    reusable_masks,
+    to_bits,
+    train_group,
+    training_groups,
+)
 from supsup_fin.workspace import Workspace
 
 
@@ -45,9 +58,18 @@ def tasks(fs: dict[str, FeatureSet], rf: dict[str, RegimeFit], cfg: Config) -> l
     return make_tasks(fs, rf, cfg)
 
 
+@task(name="champion-masks", cache_policy=NO_CACHE)
+def champion_masks(task_list: list[Task], cfg: Config, ws: Workspace) -> MaskBank:
+    """The champion's masks that are still valid for these tasks (empty when carry-over is off)."""
+    net = build_network(cfg, task_list[0].X.shape[1])
+    previous, label = champion_bank(cfg.tracking, ws, net) if cfg.tracking.carry_over else (None, "")
+    return reusable_masks(task_list, previous, net, label)
+
+
 @task(name="train-masks", cache_policy=NO_CACHE)
-def train(task_list: list[Task], cfg: Config) -> tuple[FrozenNet, MaskBank]:
-    return train_tasks(task_list, cfg)
+def train(group: list[Task], cfg: Config) -> MaskBits:
+    """One batched training group (on a Dask worker: base rebuilt from its seed; only masks return)."""
+    return to_bits(train_group(group, cfg))
 
 
 @task(name="forecaster", cache_policy=NO_CACHE)
@@ -88,7 +110,12 @@ def retrain_flow(config: dict[str, Any], workspace: str | None = None) -> dict[s
     fs = {n: f.result() for n, f in f_fs.items()}
     rf = {n: f.result() for n, f in f_rf.items()}
     t = lap("features_regimes", t)
-    net, bank = train(tasks(fs, rf, cfg), cfg)
+    task_list = tasks(fs, rf, cfg)
+    carried = champion_masks(task_list, cfg, ws)
+    todo = [tk for tk in task_list if tk.name not in carried]
+    groups = [train.submit(g, cfg) for g in training_groups(todo, cfg.runtime)]
+    net = build_network(cfg, task_list[0].X.shape[1])
+    bank = merge_banks(net, [carried, *[g.result() for g in groups]])
     t = lap("train_masks", t)
     forecaster = assemble(fs, rf, net, bank, cfg)
     ev = score(forecaster, fs, rf, {n: lp.frame for n, lp in loaded.items()})
@@ -98,8 +125,34 @@ def retrain_flow(config: dict[str, Any], workspace: str | None = None) -> dict[s
     return retrain_summary(cfg, ev, run, elapsed_s=time.perf_counter() - start, timings=clock)
 
 
+def task_runner(runtime: RuntimeConfig) -> TaskRunner:
+    """Threads (default), or Dask: the scheduler at ``dask_address`` or a local process cluster."""
+    if runtime.task_runner == "threads":
+        return ThreadPoolTaskRunner(max_workers=runtime.max_workers)
+    from prefect_dask import DaskTaskRunner
+
+    if runtime.dask_address:
+        return DaskTaskRunner(address=runtime.dask_address)
+    return DaskTaskRunner(cluster_kwargs={
+        "n_workers": runtime.n_workers, "threads_per_worker": runtime.threads_per_worker,
+        "processes": True, "host": "127.0.0.1", "dashboard_address": None,
+    })
+
+
 def run_retrain(cfg: Config, workspace: str | Path | None = None) -> dict[str, Any]:
-    """Run the flow with the configured task runner (threads)."""
-    runner = ThreadPoolTaskRunner(max_workers=cfg.runtime.max_workers)
-    flow_ = retrain_flow.with_options(task_runner=runner)
-    return flow_(config=cfg.model_dump(mode="json"), workspace=str(workspace) if workspace else None)
+    """Run the flow with the configured task runner (``runtime.task_runner``).
+
+    Dask process workers need a real Prefect server: without ``PREFECT_API_URL`` one is started
+    on 127.0.0.1 (``schedule.prefect_port``) for the run and stopped after it.
+    """
+    flow_ = retrain_flow.with_options(task_runner=task_runner(cfg.runtime))
+    params = {"config": cfg.model_dump(mode="json"), "workspace": str(workspace) if workspace else None}
+    if cfg.runtime.task_runner != "dask" or os.environ.get("PREFECT_API_URL"):
+        return flow_(**params)
+    with prefect_server(Workspace.resolve(workspace), cfg.schedule.prefect_port) as api_url:
+        os.environ["PREFECT_API_URL"] = api_url  # local cluster workers inherit it
+        try:
+            with temporary_settings(updates={PREFECT_API_URL: api_url}):
+                return flow_(**params)
+        finally:
+            del os.environ["PREFECT_API_URL"]

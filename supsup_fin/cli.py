@@ -92,14 +92,22 @@ def retrain(config: ConfigOpt, as_json: JsonOpt = False, home: HomeOpt = None, v
 @fails_cleanly
 def forecast(
     config: ConfigOpt, market: Annotated[list[str] | None, typer.Option("--market", "-m", help="Only this market (repeatable).")] = None,
+    store: Annotated[bool, typer.Option("--store", help="Also append to the forecasts table and log an MLflow run (idempotent).")] = False,
     as_json: JsonOpt = False, home: HomeOpt = None, verbose: VerboseOpt = False,
 ) -> None:
     """Forecast the latest date of each market with the registered champion."""
-    from supsup_fin.live import forecast_markets
+    from supsup_fin.live import forecast_markets, store_forecasts
 
     setup_logging(verbose)
-    rows = forecast_markets(load_config(config), Workspace.resolve(home), market or None)
-    print_json(rows) if as_json else _show_forecasts(rows)
+    cfg, ws = load_config(config), Workspace.resolve(home)
+    rows = forecast_markets(cfg, ws, market or None)
+    stored = store_forecasts(cfg, ws, rows) if store else None
+    if as_json:
+        print_json({"forecasts": rows, "stored": stored} if store else rows)
+        return
+    _show_forecasts(rows)
+    if stored:
+        out.print(f"forecasts table {stored['table']}: {stored['added']} added, {stored['skipped']} already there")
 
 
 @app.command()

@@ -104,6 +104,7 @@ class YahooConfig(_Section):
     backoff_s: float = Field(1.0, ge=0)
     overlap_days: int = Field(10, ge=1)
     timeout_s: float = Field(30.0, gt=0)
+    stale_warn_days: int = Field(5, ge=0, description="warn when the latest row is older than this many calendar days")
 
 
 class DataConfig(_Section):
@@ -124,12 +125,17 @@ class FeaturesConfig(_Section):
 
 class RegimesConfig(_Section):
     n_states: int | tuple[int, int] = 3
-    n_restarts: int = Field(3, ge=1)
+    n_restarts: int = Field(3, ge=1, le=20, description="EM restarts per state count (bounds the search)")
     n_iter: int = Field(200, ge=1)
     covariance_type: Literal["full", "diag"] = "full"
     vol_window: int = Field(10, ge=2)
     warmup: int = Field(250, ge=10, description="rows the windowed filter runs before its answer")
     random_state: int = 0
+    selection: Literal["bic_returns", "bic_features"] = Field(
+        "bic_returns", description="state-count criterion for a range: BIC of a returns-only HMM (works) "
+        "or of the two-feature HMM (over-selects: overlapping vol windows)")
+    observations: Literal["return_vol", "return"] = Field(
+        "return_vol", description="HMM observations: (log return, log realised vol) or log return only")
 
     @field_validator("n_states")
     @classmethod
@@ -146,8 +152,24 @@ class NetworkConfig(_Section):
 
 
 class MasksConfig(_Section):
-    method: str = "edge_popup"
+    method: Literal["edge_popup", "threshold", "hard_concrete"] = "edge_popup"
     density: float = Field(0.5, gt=0, le=1)
+    erdos_renyi: bool = Field(False, description="edge_popup: Erdős–Rényi per-layer budget (same overall density)")
+    tau: float = Field(2.0 / 3.0, gt=0, description="hard_concrete: initial Gumbel-sigmoid temperature")
+    tau_final: float | None = Field(None, gt=0, description="hard_concrete: final temperature (None: no annealing)")
+    l0_lambda: float = Field(0.0, ge=0, description="hard_concrete: weight of the expected-L0 penalty λ·Σp")
+    init_p: float | None = Field(None, gt=0, lt=1, description="hard_concrete: initial keep probability (None: density)")
+    store_probabilities: bool = Field(False, description="hard_concrete: keep p as uint8 beside the bits")
+    stochastic_samples: int = Field(16, ge=1, description="hard_concrete: masks averaged by stochastic inference")
+    superfluous: int = Field(0, ge=0, description="extra output units for SupSup task inference (FrozenNet)")
+
+    def form_options(self) -> dict[str, Any]:
+        """Options of the chosen form, as ``train_masks(form_options=...)`` takes them."""
+        if self.method == "edge_popup":
+            return {"erdos_renyi": self.erdos_renyi}
+        if self.method == "hard_concrete":
+            return {"tau": self.tau, "tau_final": self.tau_final, "l0_lambda": self.l0_lambda, "init_p": self.init_p}
+        return {}
 
 
 class TrainingConfig(_Section):
@@ -177,12 +199,16 @@ class TrackingConfig(_Section):
     metric: Literal["log_loss", "accuracy"] = "log_loss"
     margin: float = Field(0.0, ge=0)
     uri: str | None = None
+    keep_last: int = Field(10, ge=1, description="retention: keep the last N versions' artifacts (and every champion)")
+    carry_over: bool = Field(True, description="reuse the champion's masks whose market, regime, data and config are unchanged")
 
 
 class ScheduleConfig(_Section):
     retrain_cron: str = "0 22 * * 1-5"
     forecast_cron: str = "30 22 * * 1-5"
     timezone: str = "America/New_York"
+    prefect_port: int = Field(4200, ge=1, le=65535, description="port of the Prefect server `schedule` starts on 127.0.0.1")
+    serve_port: int = Field(5001, ge=1, le=65535, description="port of `serve` on 127.0.0.1")
 
 
 class RuntimeConfig(_Section):
@@ -190,6 +216,11 @@ class RuntimeConfig(_Section):
     threads: int | None = Field(None, ge=1)
     task_runner: Literal["threads", "dask"] = "threads"
     max_workers: int = Field(4, ge=1)
+    training_groups: Literal["all", "market"] = Field(
+        "all", description="train every mask in one batched group, or one group per market (dask: always market)")
+    dask_address: str | None = Field(None, description="an existing Dask scheduler (tcp://...); None: a local cluster")
+    n_workers: int = Field(2, ge=1, description="local Dask cluster: worker processes")
+    threads_per_worker: int = Field(1, ge=1, description="local Dask cluster: threads per worker")
 
 
 class Config(_Section):

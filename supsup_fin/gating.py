@@ -210,7 +210,8 @@ class RegimeGatedForecaster:
     def to_dict(self) -> dict[str, Any]:
         return {
             "format_version": FORMAT_VERSION,
-            "network": {"sizes": list(self.net.sizes), "seed": self.net.seed, "base_hash": self.net.weights_hash()},
+            "network": {"sizes": list(self.net.sizes), "seed": self.net.seed, "superfluous": self.net.superfluous,
+                        "base_hash": self.net.weights_hash()},
             "features": {"names": list(self.feature_names), "lookback": self.lookback, "horizon": self.horizon},
             "regime_window": self.regime_window, "mode": self.mode, "min_rows": self.min_rows,
             "classes": self.classes,
@@ -246,7 +247,8 @@ class RegimeGatedForecaster:
             raise MaskFileError(
                 f"{spec_file}: format_version {spec.get('format_version')!r}, expected {FORMAT_VERSION}"
             )
-        net = FrozenNet(sizes=tuple(spec["network"]["sizes"]), seed=spec["network"]["seed"])
+        net = FrozenNet(sizes=tuple(spec["network"]["sizes"]), seed=spec["network"]["seed"],
+                        superfluous=spec["network"].get("superfluous", 0))
         if net.weights_hash() != spec["network"]["base_hash"]:
             raise MaskFileError(
                 f"{spec_file}: base network hash {spec['network']['base_hash'][:12]}... does not match "

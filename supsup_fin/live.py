@@ -1,4 +1,4 @@
-"""Live forecasts from the registered champion on the latest data."""
+"""Live forecasts from the registered champion on the latest data, and their storage."""
 
 from __future__ import annotations
 
@@ -6,37 +6,60 @@ import json
 import logging
 from typing import Any
 
+import pandas as pd
+
 from supsup_fin.config import Config
-from supsup_fin.data import load_prices
-from supsup_fin.tracking import connect, load_champion, payload
+from supsup_fin.data import LoadedPrices, load_prices
+from supsup_fin.forecasts import append_forecasts, table_path
+from supsup_fin.tracking import connect, load_champion, log_forecasts, payload
 from supsup_fin.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
 
-def forecast_markets(cfg: Config, workspace: Workspace, markets: list[str] | None = None) -> list[dict[str, Any]]:
-    """One forecast per market from ``models:/<model_name>@champion`` (nothing in memory).
-
-    Each row: market, as_of, horizon, class probabilities, signal, regime, regime posterior,
-    mask(s) used, gate mode, model version, and the data's source and staleness.
-    """
+def champion(cfg: Config, workspace: Workspace) -> tuple[Any, int]:
+    """The pyfunc model behind ``models:/<model_name>@champion`` and its version."""
     connect(cfg.tracking, workspace)
-    model, version = load_champion(cfg.tracking.model_name)
-    meta = model.metadata.metadata or {}
-    min_rows = int(meta["min_rows"])
-    known = set(meta.get("markets", []))
-    names = markets or [m.name for m in cfg.markets]
-    rows = []
-    for name in names:
-        market = cfg.market(name)
-        if known and name not in known:
-            log.warning("market %r is configured but the champion v%d has no masks for it", name, version)
-            continue
-        lp = load_prices(market, cfg.data, workspace.cache_dir)
-        out = model.predict(payload(name, lp.frame, min_rows)).iloc[0].to_dict()
-        out["regime_posterior"] = json.loads(out["regime_posterior"])
-        out["masks"] = json.loads(out["masks"])
-        out |= {"model_version": version, "source": lp.source, "data_as_of": str(lp.as_of.date()),
-                "stale_days": lp.stale_days}
-        rows.append(out)
-    return rows
+    return load_champion(cfg.tracking.model_name)
+
+
+def forecast_one(model: Any, version: int, lp: LoadedPrices) -> dict[str, Any]:
+    """One forecast row for ``lp``'s market made at its last date.
+
+    Keys: market, as_of, target_date, horizon, ``p_<class>``, signal, regime, regime_posterior
+    (dict), masks (dict), mode, model_version, source, data_as_of, stale_days.
+    """
+    min_rows = int((model.metadata.metadata or {})["min_rows"])
+    out = model.predict(payload(lp.market, lp.frame, min_rows)).iloc[0].to_dict()
+    out["regime_posterior"] = json.loads(out["regime_posterior"])
+    out["masks"] = json.loads(out["masks"])
+    out |= {"model_version": version, "source": lp.source, "data_as_of": str(lp.as_of.date()),
+            "stale_days": lp.stale_days}
+    return out
+
+
+def known_markets(model: Any, version: int, names: list[str]) -> list[str]:
+    """``names`` the champion has masks for (a warning for each other one)."""
+    known = set((model.metadata.metadata or {}).get("markets", []))
+    keep = [n for n in names if not known or n in known]
+    for name in sorted(set(names) - set(keep)):
+        log.warning("market %r is configured but the champion v%d has no masks for it", name, version)
+    return keep
+
+
+def forecast_markets(cfg: Config, workspace: Workspace, markets: list[str] | None = None) -> list[dict[str, Any]]:
+    """One forecast per market from ``models:/<model_name>@champion`` (nothing in memory)."""
+    model, version = champion(cfg, workspace)
+    names = known_markets(model, version, markets or [m.name for m in cfg.markets])
+    return [forecast_one(model, version, load_prices(cfg.market(n), cfg.data, workspace.cache_dir)) for n in names]
+
+
+def store_forecasts(cfg: Config, workspace: Workspace, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Append ``rows`` to the forecasts table and log the new ones in an MLflow run (idempotent).
+
+    Returns ``{"table", "added", "skipped", "run_id"}``; no run is logged when nothing is new.
+    """
+    added: pd.DataFrame = append_forecasts(workspace, rows)
+    run_id = log_forecasts(cfg.tracking, workspace, added) if len(added) else None
+    return {"table": str(table_path(workspace)), "added": len(added), "skipped": len(rows) - len(added),
+            "run_id": run_id}

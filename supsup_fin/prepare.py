@@ -142,7 +142,8 @@ def fit_regimes(
     model = RegimeModel(
         n_states=regimes.n_states, n_restarts=regimes.n_restarts, n_iter=regimes.n_iter,
         covariance_type=regimes.covariance_type, vol_window=regimes.vol_window,
-        random_state=regimes.random_state,
+        random_state=regimes.random_state, selection=regimes.selection,
+        observations=regimes.observations,
     )
     try:
         model.fit(train, previous=previous)

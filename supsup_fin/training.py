@@ -13,7 +13,7 @@ import torch
 from supsup_fin import progress
 from supsup_fin.config import Config, RuntimeConfig
 from supsup_fin.gating import MarketModel, RegimeGatedForecaster
-from supsup_fin.masks import FrozenNet, MaskBank, train_masks
+from supsup_fin.masks import FrozenNet, Mask, MaskBank, train_masks
 from supsup_fin.prepare import FeatureSet, RegimeFit
 from supsup_fin.tasks import ALL, Task, task_name
 
@@ -33,16 +33,69 @@ def resolve_device(runtime: RuntimeConfig) -> torch.device:
 
 def build_network(cfg: Config, in_dim: int) -> FrozenNet:
     """The frozen base: ``in_dim -> hidden... -> n_classes``, regenerated from the config's seed."""
-    return FrozenNet(sizes=(in_dim, *cfg.network.hidden, cfg.features.n_classes), seed=cfg.network.seed)
+    return FrozenNet(sizes=(in_dim, *cfg.network.hidden, cfg.features.n_classes), seed=cfg.network.seed,
+                     superfluous=cfg.masks.superfluous)
 
 
-def train_tasks(tasks: list[Task], cfg: Config, bank: MaskBank | None = None) -> tuple[FrozenNet, MaskBank]:
-    """Train every task's mask together on the config's frozen network.
+def reusable_masks(tasks: list[Task], previous: MaskBank | None, net: FrozenNet, source: str = "champion") -> MaskBank:
+    """The masks of ``previous`` that ``tasks`` can reuse bit-identically, in ``tasks`` order.
 
-    Returns the network and a bank holding ``bank``'s masks (untouched) plus the new ones.
+    A mask is reused when ``previous`` was built on ``net`` and holds a mask of the same name
+    whose recorded market, regime, data hash and config hash equal the task's. Each reused mask
+    gets ``carried_from=source`` in its metadata; its bits are the same tensor objects.
     """
-    if not tasks:
-        raise ValueError("no tasks to train: every market was skipped")
+    if previous is None or not previous.matches(net):
+        if previous is not None:
+            log.info("carry-over: the previous bank was built on another base network; retraining every mask")
+        return MaskBank(net)
+    keys = ("market", "regime", "data_hash", "config_hash")
+    keep = {}
+    for task in tasks:
+        if task.name in previous:
+            old = previous.meta(task.name)
+            if all(old.get(k) == task.meta.get(k) for k in keys):
+                keep[task.name] = (previous[task.name], {**old, "carried_from": source})
+    log.info("carry-over: %d of %d masks unchanged since %s", len(keep), len(tasks), source)
+    return merge_banks(net, keep)
+
+
+MaskBits = dict[str, tuple[list[torch.Tensor], dict]]
+"""What travels back from a training worker: ``name -> (bool layers [out, in], metadata)``
+(``Mask`` objects do not pickle; their layers do)."""
+
+
+def to_bits(bank: MaskBank) -> MaskBits:
+    """A bank's masks as plain bool tensors and metadata (picklable; no base network)."""
+    return {n: (list(bank[n].layers), bank.meta(n)) for n in bank.names}
+
+
+def merge_banks(net: FrozenNet, parts: list[MaskBank | MaskBits] | MaskBits) -> MaskBank:
+    """One bank on ``net`` from banks and/or :data:`MaskBits` (or ``name -> (Mask, meta)``), in order."""
+    entries: dict[str, tuple[Mask, dict]] = {}
+    for part in parts if isinstance(parts, list) else [parts]:
+        if isinstance(part, MaskBank):
+            entries |= {n: (part[n], part.meta(n)) for n in part.names}
+        else:
+            entries |= {n: (m if isinstance(m, Mask) else Mask(m), meta) for n, (m, meta) in part.items()}
+    return MaskBank(net)._extended(entries)  # masks' own API: appends already-trained masks
+
+
+def training_groups(tasks: list[Task], runtime: RuntimeConfig) -> list[list[Task]]:
+    """The batched training groups: every task together, or one group per market (``dask``: always)."""
+    if runtime.training_groups == "all" and runtime.task_runner != "dask":
+        return [tasks] if tasks else []
+    groups: dict[str, list[Task]] = {}
+    for task in tasks:
+        groups.setdefault(task.market, []).append(task)
+    return list(groups.values())
+
+
+def train_group(tasks: list[Task], cfg: Config, bank: MaskBank | None = None) -> MaskBank:
+    """Train ``tasks``' masks together in one batched pass (appended to ``bank``).
+
+    Rebuilds the frozen base from the config's seed and applies ``runtime.threads`` first, so a
+    Dask worker gives the same bits as the driver; only the returned bank needs to travel.
+    """
     net = build_network(cfg, tasks[0].X.shape[1])
     device = resolve_device(cfg.runtime)
     t = cfg.training
@@ -53,13 +106,34 @@ def train_tasks(tasks: list[Task], cfg: Config, bank: MaskBank | None = None) ->
         mean = sum(losses.values()) / max(len(losses), 1)
         progress.report("train masks", step, steps, f"mean loss {mean:.4f}")
 
-    bank = train_masks(
+    return train_masks(
         net, {task.name: (task.X, task.y) for task in tasks}, method=cfg.masks.method,
         density=cfg.masks.density, steps=t.steps, batch_size=t.batch_size, lr=t.lr,
         momentum=t.momentum, weight_decay=t.weight_decay, seed=t.seed, bank=bank,
         device=device, progress=on_step, task_meta={task.name: task.meta for task in tasks},
+        form_options=cfg.masks.form_options(), store_probabilities=cfg.masks.store_probabilities,
     )
-    return net.to("cpu"), bank
+
+
+def train_tasks(
+    tasks: list[Task], cfg: Config, bank: MaskBank | None = None, previous: MaskBank | None = None,
+    previous_name: str = "champion",
+) -> tuple[FrozenNet, MaskBank]:
+    """Train every task's mask on the config's frozen network, group by group.
+
+    Masks that ``previous`` (the champion's bank) holds for an unchanged task are carried over
+    bit-identically (see :func:`reusable_masks`); the rest are trained in the groups of
+    :func:`training_groups`. Returns the network and a bank holding ``bank``'s masks
+    (untouched), the carried ones, then the new ones.
+    """
+    if not tasks:
+        raise ValueError("no tasks to train: every market was skipped")
+    net = build_network(cfg, tasks[0].X.shape[1])
+    carried = reusable_masks(tasks, previous, net, previous_name)
+    out = merge_banks(net, [b for b in (bank, carried) if b is not None])
+    for group in training_groups([t for t in tasks if t.name not in carried], cfg.runtime):
+        out = train_group(group, cfg, out)
+    return net.to("cpu"), out
 
 
 def build_forecaster(

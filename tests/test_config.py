@@ -61,4 +61,4 @@ def test_load_config_errors_name_the_file(tmp_path: Path) -> None:
 
 def test_flat_view_has_dotted_keys() -> None:
     flat = load_config(CONFIGS / "demo.yaml").flat()
-    assert flat["regimes.n_states"] == 3 and flat["markets.wti.dataset"] == "wti"
+    assert flat["regimes.n_states"] == [2, 3] and flat["markets.wti.dataset"] == "wti"

@@ -245,3 +245,16 @@ def test_real_yfinance_offline_counts_as_failure(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="SUPSUP-NO-SUCH-TICKER-0.*empty response.*bundled"):
         load_prices(market, data_cfg(retries=0, timeout_s=5.0), tmp_path, now="2024-03-29")
     assert time.perf_counter() - t0 < 30
+
+
+def test_old_latest_row_warns_even_when_the_download_succeeds(tmp_path: Path,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    """A delisted ticker keeps answering with its old history: say how old it is."""
+    with caplog.at_level(logging.WARNING, logger="supsup_fin.data"):
+        lp = load_prices(MARKET, data_cfg(), tmp_path, now="2024-04-30", download=FakeYahoo(truth()))
+    assert lp.source == "yahoo" and lp.stale_days == 32
+    assert any("32 day(s) old" in r.getMessage() and "'SPY'" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="supsup_fin.data"):
+        load_prices(MARKET, data_cfg(), tmp_path, now="2024-04-01", download=FakeYahoo(truth()))
+    assert not [r for r in caplog.records if "old" in r.getMessage()]

@@ -51,7 +51,7 @@ def test_roundtrip_is_bit_identical(bank: MaskBank, net: FrozenNet, saved: Path)
     x = torch.randn(8, SIZES[0], generator=torch.Generator().manual_seed(SEED))
     assert torch.equal(net(x, mask=loaded["sp500/ALL"]), net(x, mask=bank["sp500/ALL"]))
     spec = MaskBank.read_spec(saved)
-    assert spec == {"sizes": SIZES, "seed": 0, "base_hash": net.weights_hash(), "names": NAMES}
+    assert spec == {"sizes": SIZES, "superfluous": 0, "seed": 0, "base_hash": net.weights_hash(), "names": NAMES}
 
 
 def test_bank_json_layout(net: FrozenNet, saved: Path) -> None:

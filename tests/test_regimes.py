@@ -19,10 +19,10 @@ from supsup_fin.regimes import (
     NotFittedError,
     RegimeFitError,
     RegimeModel,
+    _fit,
     plot_regimes,
     regime_names,
 )
-from supsup_fin.regimes import _fit
 
 SEED = int(os.environ.get("SUPSUP_TEST_SEED", "0"))
 print(f"test_regimes: SUPSUP_TEST_SEED={SEED}")
@@ -275,12 +275,30 @@ def test_bic_search_keeps_the_lowest_bic(bic_fit):
     assert len(bic_fit.names_) == bic_fit.n_states_
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known limitation: consecutive realised-vol features share vol_window - 1 returns, so "
-    "the HMM's conditional independence fails and BIC over-selects (even iid returns get "
-    "3 states from (1, 3)); see supsup_fin/regimes/_fit.py select_by_bic"))
 def test_bic_picks_two_states_on_two_state_data(bic_fit):
+    assert bic_fit.selection == "bic_returns"
     assert bic_fit.n_states_ == 2
+    assert bic_fit.names_ == ["calm", "turbulent"] and bic_fit.converged_
+
+
+@pytest.mark.parametrize("case, k_range, expected", [
+    ("iid", (1, 3), 1), ("three", (2, 4), 3)])
+def test_bic_on_returns_recovers_the_state_count(case, k_range, expected):
+    if case == "iid":
+        r = np.random.default_rng(SEED).normal(0.0, 0.01, 1500)
+        index = pd.bdate_range("2001-01-02", periods=1500, name="date")
+        prices = pd.DataFrame({"close": 100.0 * np.exp(np.cumsum(r))}, index=index)
+    else:
+        prices, _ = sample_regimes(2000, **THREE_STATE, seed=SEED + 1)
+    model = RegimeModel(k_range, n_restarts=2, random_state=SEED).fit(prices)
+    assert model.n_states_ == expected, model.bic_
+
+
+def test_bic_on_features_over_selects(two_state):
+    """Why the default criterion is not the two-feature BIC (overlapping vol windows)."""
+    model = RegimeModel((2, 4), n_restarts=2, selection="bic_features",
+                        random_state=SEED).fit(two_state[0])
+    assert model.n_states_ > 2
 
 
 # ---------------------------------------------------------------- degenerate fits, warnings

@@ -45,8 +45,11 @@ def _as_datetime_index(df: pd.DataFrame, market: str) -> pd.DataFrame:
     col = date_cols[0]
     try:
         dates = pd.to_datetime(df[col], format="ISO8601")
-    except (ValueError, TypeError) as err:
-        raise DataError(f"market {market!r}: column 'date' is not ISO-8601 dates: {err}") from None
+    except (ValueError, TypeError):
+        parsed = pd.to_datetime(df[col], format="ISO8601", errors="coerce")
+        bad = np.flatnonzero(parsed.isna().to_numpy() & df[col].notna().to_numpy())
+        where = f"; first unparseable value {df[col].iloc[int(bad[0])]!r} at row {int(bad[0])}" if bad.size else ""
+        raise DataError(f"market {market!r}: column 'date' expected ISO-8601 dates (YYYY-MM-DD){where}") from None
     return df.drop(columns=[col]).set_index(pd.DatetimeIndex(dates))
 
 

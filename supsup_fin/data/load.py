@@ -108,6 +108,10 @@ def load_prices(
     as_of = frame.index[-1]
     if source in ("yahoo", "yahoo-cache"):
         days = stale_days(as_of, now)
+        if source == "yahoo" and days > data.yahoo.stale_warn_days:
+            logger.warning("market %r: Yahoo's latest row for %r is %s, %d day(s) old (more than "
+                           "data.yahoo.stale_warn_days=%d): delisted ticker or a feed delay?", market.name,
+                           market.ticker, as_of.date(), days, data.yahoo.stale_warn_days)
     logger.info("market %r: %d rows from %s, as of %s (%d day(s) stale), %d health finding(s)", market.name,
                 len(frame), source, as_of.date(), days, len(report.findings))
     return LoadedPrices(market.name, frame, source, as_of, days, report, frame_hash(frame))

@@ -1,13 +1,17 @@
 """Seeded Markov-switching price generator with known regimes (for tests, benchmarks, the oracle).
 
 Each market follows its own three-state Markov chain ``z_t`` (sticky transitions, started from the
-stationary distribution). Daily log returns follow a regime-switching AR(1)::
+stationary distribution) or, with ``common_driver=True``, all markets follow one shared chain (a
+common regime driver: the same regime path, independent innovations). Daily log returns follow a regime-switching AR(1)::
 
     r_t = mu[z_t] + phi[z_t] * (r_{t-1} - mu[z_{t-1}]) + sigma[z_t] * eps_t,   eps_t ~ N(0, 1)
 
 and ``close_t = start_price * exp(r_0 + ... + r_t)`` on business days. Regime ``0`` is the calmest;
 regimes ascend in volatility. Market ``i`` draws from child ``i`` of ``SeedSequence(seed)``, so the
-first market of a multi-market draw equals the single-market draw with the same seed.
+first market of a multi-market draw equals the single-market draw with the same seed; the common
+path draws from ``SeedSequence(seed, spawn_key=(COMMON_KEY,))``, independent of ``n_markets``.
+
+The oracle that knows these parameters is :mod:`supsup_fin.data.oracle`.
 """
 
 from __future__ import annotations
@@ -105,15 +109,26 @@ class SyntheticMarkets:
     params: dict[str, Any]
 
 
-def _simulate(preset: SyntheticPreset, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+COMMON_KEY = 2**20
+"""Spawn key of the seed sequence of the common regime path (``common_driver=True``)."""
+
+
+def _chain(preset: SyntheticPreset, u: np.ndarray) -> np.ndarray:
+    n = len(u)
     p_cum = np.cumsum(np.asarray(preset.transition, dtype=float), axis=1)
-    mu, sigma, phi = (np.asarray(v, dtype=float) for v in (preset.drift, preset.vol, preset.ar))
-    u = rng.random(n)
-    eps = rng.standard_normal(n)
     z = np.empty(n, dtype=np.int64)
     z[0] = min(int(np.searchsorted(np.cumsum(preset.stationary()), u[0], side="right")), 2)
     for t in range(1, n):
         z[t] = min(int(np.searchsorted(p_cum[z[t - 1]], u[t], side="right")), 2)
+    return z
+
+
+def _simulate(preset: SyntheticPreset, n: int, rng: np.random.Generator,
+              common: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    mu, sigma, phi = (np.asarray(v, dtype=float) for v in (preset.drift, preset.vol, preset.ar))
+    u = rng.random(n)
+    eps = rng.standard_normal(n)
+    z = _chain(preset, u) if common is None else common
     r = np.empty(n)
     r[0] = mu[z[0]] + sigma[z[0]] * eps[0]
     for t in range(1, n):
@@ -128,8 +143,9 @@ def generate_synthetic(
     seed: int = 0,
     start: str | pd.Timestamp = "2000-01-03",
     end: str | pd.Timestamp = "2018-12-31",
+    common_driver: bool = False,
 ) -> SyntheticMarkets:
-    """Draw ``n_markets`` independent Markov-switching price series.
+    """Draw ``n_markets`` Markov-switching price series.
 
     Parameters
     ----------
@@ -141,6 +157,9 @@ def generate_synthetic(
         Seed of ``numpy.random.SeedSequence``; the same seed gives identical output.
     start, end : str or Timestamp
         First and last calendar date; rows are the business days between them.
+    common_driver : bool
+        ``False``: independent regime chains per market. ``True``: every market follows one
+        shared regime path (a common driver), with its own innovations.
 
     Returns
     -------
@@ -163,12 +182,16 @@ def generate_synthetic(
         raise DataError(f"synthetic range {start}..{end} holds {len(dates)} business day(s); need at least 2")
     prices: dict[str, pd.DataFrame] = {}
     regimes: dict[str, pd.Series] = {}
+    common = None
+    if common_driver:
+        common_rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(COMMON_KEY,)))
+        common = _chain(spec, common_rng.random(len(dates)))
     for i, child in enumerate(np.random.SeedSequence(seed).spawn(n_markets)):
         name = f"{preset}_{i}"
-        z, r = _simulate(spec, len(dates), np.random.default_rng(child))
+        z, r = _simulate(spec, len(dates), np.random.default_rng(child), common)
         prices[name] = pd.DataFrame({"close": spec.start_price * np.exp(np.cumsum(r))}, index=dates)
         regimes[name] = pd.Series(z, index=dates, name="regime")
-    params = {**spec.to_dict(), "seed": int(seed), "markets": list(prices),
+    params = {**spec.to_dict(), "seed": int(seed), "common_driver": bool(common_driver), "markets": list(prices),
               "start": dates[0].strftime("%Y-%m-%d"), "end": dates[-1].strftime("%Y-%m-%d")}
     logger.debug("generated %d synthetic market(s) from preset %r, seed %d", n_markets, preset, seed)
     return SyntheticMarkets(prices=prices, regimes=regimes, params=params)

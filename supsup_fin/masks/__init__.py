@@ -6,14 +6,33 @@ Public API::
     bank = train_masks(net, {"a": (X, y), "b": (X2, y2)}, method="edge_popup", density=0.5)
     logits = net(X, mask=bank["a"])
     logits = net(X, masks=bank, alphas={"a": 0.3, "b": 0.7})
+    found = infer_task(net, bank, X, method="one_shot")      # no task id: found.task, found.scores
     bank.save("bank_dir"); bank = MaskBank.load("bank_dir", net)
+
+Forms (``method=``): ``edge_popup`` (exact top-k density, option ``erdos_renyi``), ``threshold``,
+``hard_concrete`` (options ``tau``, ``tau_final``, ``l0_lambda``, ``init_p``; with
+``store_probabilities=True`` the bank keeps p as uint8 for ``predict_proba(..., "stochastic")``).
 """
 
 from __future__ import annotations
 
-from supsup_fin.masks.analysis import jaccard_matrix, layer_densities
+from supsup_fin.masks.analysis import jaccard_matrix, layer_densities, plot_jaccard
 from supsup_fin.masks.bank import FORMAT_VERSION, MaskBank
-from supsup_fin.masks.forms import MASK_FORMS, EdgePopup, MaskForm, Threshold, get_form
+from supsup_fin.masks.forms import (
+    MASK_FORMS,
+    EdgePopup,
+    HardConcrete,
+    MaskForm,
+    Threshold,
+    erdos_renyi_densities,
+    get_form,
+)
+from supsup_fin.masks.inference import (
+    TaskInference,
+    infer_task,
+    predict_proba,
+    sample_masks,
+)
 from supsup_fin.masks.mask import Mask
 from supsup_fin.masks.net import FrozenNet
 from supsup_fin.masks.train import train_masks
@@ -23,12 +42,19 @@ __all__ = [
     "MASK_FORMS",
     "EdgePopup",
     "FrozenNet",
+    "HardConcrete",
     "Mask",
     "MaskBank",
     "MaskForm",
+    "TaskInference",
     "Threshold",
+    "erdos_renyi_densities",
     "get_form",
+    "infer_task",
     "jaccard_matrix",
     "layer_densities",
+    "plot_jaccard",
+    "predict_proba",
+    "sample_masks",
     "train_masks",
 ]

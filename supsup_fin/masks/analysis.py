@@ -1,13 +1,19 @@
-"""Descriptive statistics of masks: per-layer density and overlap between masks."""
+"""Descriptive statistics of masks: per-layer density (counted from the bits), overlap between
+masks and its heatmap."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from supsup_fin.masks.mask import Mask
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def layer_densities(mask: Mask) -> list[float]:
@@ -50,3 +56,51 @@ def jaccard_matrix(
     union = kept[:, None] + kept[None, :] - inter
     matrix = np.where(union > 0, inter / np.maximum(union, 1), 1.0)
     return names, matrix
+
+
+def plot_jaccard(
+    names: Sequence[str], matrix: np.ndarray, path: str | os.PathLike[str] | None = None, title: str | None = None
+) -> Figure:
+    """Heatmap of a Jaccard matrix (e.g. from :func:`jaccard_matrix`), the seed's overlap plot.
+
+    Draws on a standalone ``matplotlib.figure.Figure`` with an Agg canvas: no pyplot, no global
+    figure state, safe in threads and servers.
+
+    Parameters
+    ----------
+    names : sequence of str, length k
+    matrix : array ``[k, k]`` in [0, 1]
+    path : path, optional
+        Also save the figure there (format from the suffix, e.g. ``.png``).
+    title : str, optional
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    names = list(names)
+    matrix = np.asarray(matrix, dtype=np.float64)
+    if matrix.shape != (len(names), len(names)):
+        raise ValueError(f"matrix must be [{len(names)}, {len(names)}] for {len(names)} names, got {list(matrix.shape)}")
+    k = len(names)
+    side = min(2.0 + 0.35 * k, 16.0)
+    fig = Figure(figsize=(side + 1.2, side))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    image = ax.imshow(matrix, vmin=0.0, vmax=1.0, cmap="viridis")
+    ax.set_xticks(range(k), names, rotation=90, fontsize=7)
+    ax.set_yticks(range(k), names, fontsize=7)
+    if k <= 16:
+        for i in range(k):
+            for j in range(k):
+                ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=6,
+                        color="white" if matrix[i, j] < 0.6 else "black")
+    fig.colorbar(image, ax=ax, label="Jaccard overlap of kept weights")
+    ax.set_title(title or f"Mask overlap ({k} masks)")
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(os.fspath(path), dpi=120)
+    return fig

@@ -9,6 +9,12 @@ On disk a bank is a directory:
 - ``bank.json``: ``format_version``, ``bit_order``, ``architecture.sizes``, ``seed``, ``base_hash``
   and ``tasks`` (name -> metadata, in insertion order; each holds ``method``, counted per-layer
   ``density`` and ``bits_sha256``, the sha256 of the task's packed bytes, layers in order).
+  ``architecture.superfluous`` is present only for nets with superfluous output units.
+- ``probs.safetensors`` (optional, only when some task stores keep probabilities, e.g. the
+  ``hard_concrete`` form for stochastic inference): key ``f"{name}#layer{l}"`` holds
+  ``round(255 · p)`` as uint8 ``[out * in]`` (row-major); the task's metadata then holds
+  ``probs_sha256``. Banks without it are byte-for-byte what earlier versions wrote (same
+  ``format_version``); files that need it fail to load if it is missing or altered.
 
 No pickle is involved. Loading checks everything against the given network and refuses any
 mismatch or corruption with :class:`~supsup_fin.errors.MaskFileError`.
@@ -43,6 +49,18 @@ FORMAT_VERSION = 1
 BIT_ORDER = "little"
 BITS_FILE = "masks.safetensors"
 META_FILE = "bank.json"
+PROBS_FILE = "probs.safetensors"
+
+
+def quantize_probs(p: torch.Tensor) -> np.ndarray:
+    """Keep probabilities ``[out, in]`` in [0, 1] -> uint8 ``round(255 p)`` flattened row-major."""
+    q = torch.round(p.detach().to("cpu", torch.float32).clamp(0, 1) * 255).to(torch.uint8)
+    return q.reshape(-1).numpy()
+
+
+def dequantize_probs(q: np.ndarray, shape: tuple[int, int]) -> torch.Tensor:
+    """Inverse of :func:`quantize_probs` up to rounding: float32 ``q / 255`` shaped ``[out, in]``."""
+    return torch.from_numpy(q.astype(np.float32) / np.float32(255)).reshape(shape)
 
 
 def _key(name: str, layer: int) -> str:
@@ -83,9 +101,11 @@ class MaskBank(Mapping[str, Mask]):
     def __init__(self, net: FrozenNet) -> None:
         self.sizes: tuple[int, ...] = net.sizes
         self.seed: int = net.seed
+        self.superfluous: int = net.superfluous
         self.base_hash: str = net.weights_hash()
         self._masks: dict[str, Mask] = {}
         self._meta: dict[str, dict[str, Any]] = {}
+        self._probs: dict[str, tuple[np.ndarray, ...]] = {}
 
     # -- mapping -------------------------------------------------------------------------------
 
@@ -111,8 +131,9 @@ class MaskBank(Mapping[str, Mask]):
 
     @property
     def shapes(self) -> tuple[tuple[int, int], ...]:
-        """Layer shapes ``((out, in), ...)`` of the base network."""
-        return tuple((self.sizes[i + 1], self.sizes[i]) for i in range(len(self.sizes) - 1))
+        """Layer shapes ``((out, in), ...)`` of the base network (superfluous units included)."""
+        outs = [*self.sizes[1:-1], self.sizes[-1] + self.superfluous]
+        return tuple((outs[i], self.sizes[i]) for i in range(len(self.sizes) - 1))
 
     def meta(self, name: str) -> dict[str, Any]:
         """A copy of task ``name``'s metadata (method, per-layer density, n_train, bits_sha256, ...)."""
@@ -123,9 +144,32 @@ class MaskBank(Mapping[str, Mask]):
         """Bytes of packed mask bits: ``Σ_tasks Σ_layers ceil(out * in / 8)``."""
         return len(self) * sum((o * i + 7) // 8 for o, i in self.shapes)
 
+    def nbytes_probs(self) -> int:
+        """Bytes of stored uint8 keep probabilities (1 byte per weight per task that has them)."""
+        return len(self._probs) * sum(o * i for o, i in self.shapes)
+
+    def has_probabilities(self, name: str) -> bool:
+        """True when task ``name`` stores keep probabilities (stochastic inference possible)."""
+        self[name]
+        return name in self._probs
+
+    def probabilities(self, name: str) -> list[torch.Tensor]:
+        """Task ``name``'s keep probabilities per layer, float32 ``[out, in]`` (quantised to 1/255)."""
+        self[name]
+        if name not in self._probs:
+            method = self._meta[name].get("method")
+            raise ValueError(
+                f"task {name!r} ({method}) stores no keep probabilities; train a hard_concrete "
+                "mask with store_probabilities=True for stochastic inference"
+            )
+        return [dequantize_probs(q, s) for q, s in zip(self._probs[name], self.shapes)]
+
     def matches(self, net: FrozenNet) -> bool:
         """True when ``net`` is the base network this bank was built on."""
-        return net.sizes == self.sizes and net.seed == self.seed and net.weights_hash() == self.base_hash
+        return (
+            net.sizes == self.sizes and net.seed == self.seed and net.superfluous == self.superfluous
+            and net.weights_hash() == self.base_hash
+        )
 
     def subset(self, names: Iterable[str]) -> MaskBank:
         """A new bank with only ``names`` (in the given order), masks and metadata shared."""
@@ -133,18 +177,27 @@ class MaskBank(Mapping[str, Mask]):
         for name in names:
             out._masks[name] = self[name]
             out._meta[name] = copy.deepcopy(self._meta[name])
+            if name in self._probs:
+                out._probs[name] = self._probs[name]
         return out
 
     def _empty_like(self) -> MaskBank:
         out = MaskBank.__new__(MaskBank)
         out.sizes, out.seed, out.base_hash = self.sizes, self.seed, self.base_hash
-        out._masks, out._meta = {}, {}
+        out.superfluous = self.superfluous
+        out._masks, out._meta, out._probs = {}, {}, {}
         return out
 
-    def _extended(self, entries: Mapping[str, tuple[Mask, dict[str, Any]]]) -> MaskBank:
-        """A new bank with this bank's masks (the same objects) followed by ``entries``."""
+    def _extended(self, entries: Mapping[str, tuple[Any, ...]]) -> MaskBank:
+        """A new bank with this bank's masks (the same objects) followed by ``entries``.
+
+        Each entry is ``(mask, meta)`` or ``(mask, meta, probs)`` with ``probs`` a list of
+        per-layer float keep probabilities (stored as uint8).
+        """
         out = self.subset(self.names)
-        for name, (mask, meta) in entries.items():
+        for name, entry in entries.items():
+            mask, meta = entry[0], entry[1]
+            probs = entry[2] if len(entry) > 2 else None
             if not isinstance(name, str) or not name:
                 raise ValueError(f"task names must be non-empty strings, got {name!r}")
             if name in out._masks:
@@ -155,6 +208,12 @@ class MaskBank(Mapping[str, Mask]):
             full = dict(meta)
             full["density"] = [float(torch.count_nonzero(m)) / m.numel() for m in mask.layers]
             full["bits_sha256"] = _bits_sha256(packed)
+            if probs is not None:
+                quant = tuple(quantize_probs(p) for p in probs)
+                if [q.shape[0] for q in quant] != [o * i for o, i in self.shapes]:
+                    raise ValueError(f"probabilities of {name!r} must be shaped like the layers {list(self.shapes)}")
+                full["probs_sha256"] = _bits_sha256(quant)
+                out._probs[name] = quant
             json.dumps(full)  # fail here, not at save time, on non-JSON metadata
             out._masks[name], out._meta[name] = mask, full
         return out
@@ -181,6 +240,9 @@ class MaskBank(Mapping[str, Mask]):
                 for i, layer in enumerate(mask.layers)
             }
             _write_durably(tmp / BITS_FILE, safetensors.numpy.save(tensors))
+            if self._probs:
+                probs = {_key(n, i): q for n, layers in self._probs.items() for i, q in enumerate(layers)}
+                _write_durably(tmp / PROBS_FILE, safetensors.numpy.save(probs))
             _write_durably(tmp / META_FILE, json.dumps(self._header(), indent=2).encode("utf-8"))
             _replace_dir(tmp, path)
         except BaseException:
@@ -193,7 +255,7 @@ class MaskBank(Mapping[str, Mask]):
         return {
             "format_version": FORMAT_VERSION,
             "bit_order": BIT_ORDER,
-            "architecture": {"sizes": list(self.sizes)},
+            "architecture": {"sizes": list(self.sizes), **({"superfluous": self.superfluous} if self.superfluous else {})},
             "seed": self.seed,
             "base_hash": self.base_hash,
             "tasks": copy.deepcopy(self._meta),
@@ -205,6 +267,7 @@ class MaskBank(Mapping[str, Mask]):
         doc = _read_header(Path(path))
         return {
             "sizes": tuple(doc["architecture"]["sizes"]),
+            "superfluous": int(doc["architecture"].get("superfluous", 0)),
             "seed": doc["seed"],
             "base_hash": doc["base_hash"],
             "names": list(doc["tasks"]),
@@ -223,6 +286,7 @@ class MaskBank(Mapping[str, Mask]):
         bank = MaskBank(net)
         for field, found, expected in (
             ("architecture.sizes", tuple(doc["architecture"]["sizes"]), bank.sizes),
+            ("architecture.superfluous", doc["architecture"].get("superfluous", 0), bank.superfluous),
             ("seed", doc["seed"], bank.seed),
             ("base_hash", doc["base_hash"], bank.base_hash),
         ):
@@ -238,6 +302,17 @@ class MaskBank(Mapping[str, Mask]):
                 )
             bank._masks[name] = Mask([unpack_layer(b, s) for b, s in zip(packed[name], bank.shapes)])
             bank._meta[name] = meta
+        with_probs = [n for n, m in doc["tasks"].items() if isinstance(m, dict) and "probs_sha256" in m]
+        if with_probs:
+            quant = _read_probs(path / PROBS_FILE, with_probs, bank.shapes)
+            for name in with_probs:
+                found = _bits_sha256(quant[name])
+                if found != doc["tasks"][name]["probs_sha256"]:
+                    raise MaskFileError(
+                        f"{path / PROBS_FILE}: probabilities of task {name!r} hash to {found}, "
+                        f"{META_FILE} expects {doc['tasks'][name]['probs_sha256']}"
+                    )
+                bank._probs[name] = tuple(quant[name])
         logger.info("loaded %d masks from %s", len(bank), path)
         return bank
 
@@ -272,6 +347,28 @@ def _read_bits(
     return packed
 
 
+def _read_probs(
+    probs_file: Path, names: list[str], shapes: tuple[tuple[int, int], ...]
+) -> dict[str, list[np.ndarray]]:
+    """uint8 keep probabilities of ``names`` from ``probs_file``, checked for presence and length."""
+    if not probs_file.is_file():
+        raise MaskFileError(f"{probs_file}: missing; {META_FILE} says tasks {names[:5]} store probabilities")
+    try:
+        arrays = safetensors.numpy.load(probs_file.read_bytes())
+    except (safetensors.SafetensorError, ValueError) as exc:
+        raise MaskFileError(f"{probs_file}: not a readable safetensors file ({exc})") from exc
+    out: dict[str, list[np.ndarray]] = {}
+    for name in names:
+        out[name] = []
+        for i, (out_f, in_f) in enumerate(shapes):
+            q = arrays.get(_key(name, i))
+            if q is None or q.dtype != np.uint8 or q.shape != (out_f * in_f,):
+                found = "nothing" if q is None else f"{q.dtype} {list(q.shape)}"
+                raise MaskFileError(f"{probs_file}: {_key(name, i)!r} should be uint8 [{out_f * in_f}], found {found}")
+            out[name].append(q)
+    return out
+
+
 def _read_header(path: Path) -> dict[str, Any]:
     meta_file = path / META_FILE
     if not meta_file.is_file():
@@ -288,6 +385,9 @@ def _read_header(path: Path) -> dict[str, Any]:
     if doc.get("bit_order") != BIT_ORDER:
         raise MaskFileError(f"{meta_file}: bit_order is {doc.get('bit_order')!r}, expected {BIT_ORDER!r}")
     sizes = doc.get("architecture", {}).get("sizes") if isinstance(doc.get("architecture"), dict) else None
+    extra = doc.get("architecture", {}).get("superfluous", 0) if isinstance(doc.get("architecture"), dict) else 0
+    if type(extra) is not int or extra < 0:
+        raise MaskFileError(f"{meta_file}: architecture.superfluous should be a non-negative int, found {extra!r}")
     if not isinstance(sizes, list) or len(sizes) < 2 or not all(type(s) is int and s > 0 for s in sizes):
         raise MaskFileError(f"{meta_file}: architecture.sizes should list positive ints, found {sizes!r}")
     if type(doc.get("seed")) is not int or not isinstance(doc.get("base_hash"), str):

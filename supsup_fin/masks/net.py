@@ -48,19 +48,27 @@ class FrozenNet:
         Layer widths ``(in, hidden..., classes)``, at least two entries, all positive.
     seed : int
         Non-negative seed naming the network.
+    superfluous : int
+        Extra "superfluous" output units (SupSup's remedy for uncalibrated heads, used by task
+        inference). The last layer gets ``sizes[-1] + superfluous`` rows (its first ``sizes[-1]``
+        rows are the weights of the net without them); masks cover every row, training pushes the
+        extra logits down, and :meth:`__call__` returns only the ``sizes[-1]`` real classes unless
+        ``all_outputs=True``. Default 0: the plain net.
     """
 
-    def __init__(self, sizes: Sequence[int], seed: int = 0) -> None:
+    def __init__(self, sizes: Sequence[int], seed: int = 0, superfluous: int = 0) -> None:
         sizes = tuple(sizes)
         if len(sizes) < 2 or not all(_is_int(s) and s >= 1 for s in sizes):
             raise ValueError(f"sizes must be >= 2 positive ints (in, hidden..., classes), got {sizes}")
         if not _is_int(seed) or seed < 0:
             raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+        if not _is_int(superfluous) or superfluous < 0:
+            raise ValueError(f"superfluous must be a non-negative int, got {superfluous!r}")
         self.sizes: tuple[int, ...] = tuple(int(s) for s in sizes)
         self.seed: int = int(seed)
-        self._weights = [
-            _layer_weight(self.seed, i, self.sizes[i + 1], self.sizes[i]) for i in range(len(sizes) - 1)
-        ]
+        self.superfluous: int = int(superfluous)
+        outs = [*self.sizes[1:-1], self.sizes[-1] + self.superfluous]
+        self._weights = [_layer_weight(self.seed, i, outs[i], self.sizes[i]) for i in range(len(sizes) - 1)]
 
     @property
     def weights(self) -> list[torch.Tensor]:
@@ -69,8 +77,13 @@ class FrozenNet:
 
     @property
     def shapes(self) -> tuple[tuple[int, int], ...]:
-        """Weight shapes ``((out_0, in_0), ...)``."""
-        return tuple((self.sizes[i + 1], self.sizes[i]) for i in range(len(self.sizes) - 1))
+        """Weight shapes ``((out_0, in_0), ...)`` (the last ``out`` counts superfluous units)."""
+        return tuple((int(w.shape[0]), int(w.shape[1])) for w in self._weights)
+
+    @property
+    def n_classes(self) -> int:
+        """Real output classes, ``sizes[-1]``."""
+        return self.sizes[-1]
 
     @property
     def n_layers(self) -> int:
@@ -90,12 +103,15 @@ class FrozenNet:
     def weights_hash(self) -> str:
         """Hex sha256 of the sizes (little-endian int64) and every weight's little-endian float32 bytes."""
         h = hashlib.sha256(np.asarray(self.sizes, dtype="<i8").tobytes())
+        if self.superfluous:
+            h.update(b"superfluous" + np.asarray([self.superfluous], dtype="<i8").tobytes())
         for w in self._weights:
             h.update(np.ascontiguousarray(w.detach().cpu().numpy(), dtype="<f4").tobytes())
         return h.hexdigest()
 
     def __repr__(self) -> str:
-        return f"FrozenNet(sizes={self.sizes}, seed={self.seed}, device={self.device})"
+        extra = f", superfluous={self.superfluous}" if self.superfluous else ""
+        return f"FrozenNet(sizes={self.sizes}, seed={self.seed}{extra}, device={self.device})"
 
     def __call__(
         self,
@@ -104,6 +120,7 @@ class FrozenNet:
         *,
         masks: Mapping[str, Mask] | None = None,
         alphas: Mapping[str, Alpha] | None = None,
+        all_outputs: bool = False,
     ) -> torch.Tensor:
         """Logits of ``x`` through the dense net, one mask, or a superposition of masks.
 
@@ -117,11 +134,25 @@ class FrozenNet:
             Superposition ``W ⊙ Σ αᵢMᵢ`` over the names in ``alphas``. Each alpha is a scalar (float
             or 0-d tensor, gradients flow through tensors) or a per-row ``[N]`` vector giving row
             ``i`` the weights ``W ⊙ Σ α_k[i] M_k``.
+        all_outputs : bool
+            Also return the superfluous units' logits (columns ``classes:``).
 
         Returns
         -------
-        torch.Tensor ``[N, classes]``
+        torch.Tensor ``[N, classes]`` (``[N, classes + superfluous]`` with ``all_outputs``)
         """
+        out = self._forward(x, mask, masks, alphas)
+        return out if all_outputs or not self.superfluous else out[:, : self.n_classes]
+
+    forward = __call__
+
+    def _forward(
+        self,
+        x: torch.Tensor | np.ndarray,
+        mask: Mask | None,
+        masks: Mapping[str, Mask] | None,
+        alphas: Mapping[str, Alpha] | None,
+    ) -> torch.Tensor:
         h = self._as_input(x)
         if mask is not None and (masks is not None or alphas is not None):
             raise ValueError("pass either mask= or masks= with alphas=, not both")
@@ -138,8 +169,6 @@ class FrozenNet:
                 weights.append(w * total)
             return _mlp(h, weights)
         return self._per_row(h, chosen, coeffs)
-
-    forward = __call__
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -203,7 +232,7 @@ class FrozenNet:
                 if i < len(stacked) - 1:
                     z = torch.relu(z)
             outs.append(z)
-        return torch.cat(outs) if outs else h.new_zeros((0, self.sizes[-1]))
+        return torch.cat(outs) if outs else h.new_zeros((0, self.shapes[-1][0]))
 
 
 def as_tensor(a: torch.Tensor | np.ndarray | float, dtype: np.dtype | type) -> torch.Tensor:

@@ -5,6 +5,12 @@ effective weights ``W ⊙ M_t`` of all tasks are formed at once and applied with
 Each task draws its own minibatch from its own generator, the loss is the sum of per-task mean
 cross-entropies, and SGD with momentum and weight decay is elementwise, so a task's gradients,
 updates and final bits do not depend on which other tasks share its group.
+
+Straight-through forms (edge-popup, threshold) run a fused network (:class:`_SupermaskMLP`):
+one autograd node for the whole MLP that computes the mask without a graph, keeps ``W ⊙ M`` for
+the backward pass, applies ReLU in place and turns the weight gradient into the score gradient
+with in-place products, so the per-weight work is a handful of passes over ``[T, out, in]``.
+Other forms (hard-concrete) go through plain autograd.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ _PROGRESS_EVERY = 10
 # Metadata keys the engine writes itself (the bank adds "density" and "bits_sha256").
 _RESERVED_META = frozenset(
     {"method", "density_target", "n_train", "data_sha256", "steps", "batch_size", "lr", "momentum",
-     "weight_decay", "seed", "final_loss", "density", "bits_sha256"}
+     "weight_decay", "seed", "final_loss", "density", "bits_sha256", "form_options", "probs_sha256"}
 )
 
 
@@ -56,7 +62,7 @@ def train_masks(
     method: str | MaskForm = "edge_popup",
     density: float = 0.5,
     steps: int = 300,
-    batch_size: int = 256,
+    batch_size: int | None = 256,
     lr: float = 0.1,
     momentum: float = 0.9,
     weight_decay: float = 1e-4,
@@ -65,6 +71,8 @@ def train_masks(
     device: str | torch.device | None = None,
     progress: Progress | None = None,
     task_meta: Mapping[str, Mapping[str, Any]] | None = None,
+    form_options: Mapping[str, Any] | None = None,
+    store_probabilities: bool = False,
 ) -> MaskBank:
     """Train one supermask per task on the frozen ``net``, all tasks together.
 
@@ -77,10 +85,13 @@ def train_masks(
     method : str or MaskForm
         A key of ``MASK_FORMS`` (or a form object).
     density : float
-        Kept fraction in ``(0, 1]`` (exact per layer for ``edge_popup``, initial for ``threshold``).
+        Kept fraction in ``(0, 1]`` (exact per layer for ``edge_popup``, initial for ``threshold``
+        and, as the initial keep probability, for ``hard_concrete``).
     steps, batch_size, lr, momentum, weight_decay, seed
         SGD schedule (cosine LR over ``steps``); each task samples ``batch_size`` rows with
-        replacement per step from a generator seeded by ``(seed, name)``.
+        replacement per step from a generator seeded by ``(seed, name)``. ``batch_size=None``
+        trains full-batch: every step uses every row of every task (all tasks must then have
+        the same number of rows).
     bank : MaskBank, optional
         Existing bank on the same net; its masks are carried over untouched.
     device : optional
@@ -89,13 +100,22 @@ def train_masks(
         Called every 10 steps and at the end with each task's current minibatch loss.
     task_meta : mapping name -> dict, optional
         JSON-able extra metadata stored with each task.
+    form_options : mapping, optional
+        Options of the form (e.g. ``{"erdos_renyi": True}``, ``{"tau": 1.0, "l0_lambda": 1e-6}``).
+    store_probabilities : bool
+        Store each mask's keep probabilities as uint8 beside the bits (``hard_concrete`` only),
+        for stochastic inference.
 
     Returns
     -------
     MaskBank
         ``bank``'s masks followed by the new ones, in ``tasks`` order.
     """
-    form = get_form(method)
+    form = get_form(method, **dict(form_options or {}))
+    if not isinstance(store_probabilities, bool):
+        raise ValueError(f"store_probabilities must be a bool, got {store_probabilities!r}")
+    if store_probabilities and not form.has_probabilities:
+        raise ValueError(f"store_probabilities needs a form with keep probabilities (hard_concrete), got {form.name!r}")
     _check_hyperparameters(density, steps, batch_size, lr, momentum, weight_decay, seed)
     base = MaskBank(net) if bank is None else bank
     if not base.matches(net):
@@ -116,11 +136,15 @@ def train_masks(
         return base.subset(base.names)
     form.validate(net.shapes, density)
     data = {name: _validate_task(name, *tasks[name], net) for name in names}
+    if batch_size is None and len({int(d[0].shape[0]) for d in data.values()}) > 1:
+        counts = {n: int(d[0].shape[0]) for n, d in data.items()}
+        raise ValueError(f"full-batch training (batch_size=None) needs tasks of equal size, got {counts}")
     dev = net.device if device is None else torch.device(device)
     logger.info("training %d %s masks on %s for %d steps: %s", len(names), form.name, dev, steps, names)
 
-    final, losses = _train_scores(
-        net, form, data, names, dev, density, steps, batch_size, lr, momentum, weight_decay, seed, progress
+    final, probs, losses = _train_scores(
+        net, form, data, names, dev, density, steps, batch_size, lr, momentum, weight_decay, seed, progress,
+        store_probabilities,
     )
     entries = {}
     for t, name in enumerate(names):
@@ -133,7 +157,10 @@ def train_masks(
             "steps": steps, "batch_size": batch_size, "lr": lr, "momentum": momentum,
             "weight_decay": weight_decay, "seed": seed, "final_loss": losses[name],
         }
-        entries[name] = (mask, {**meta, **extra.get(name, {})})
+        if form.options():
+            meta["form_options"] = form.options()
+        full = {**meta, **extra.get(name, {})}
+        entries[name] = (mask, full) if probs is None else (mask, full, [p[t] for p in probs])
     out = base._extended(entries)
     logger.info("trained %d masks; bank now holds %d", len(names), len(out))
     return out
@@ -153,33 +180,50 @@ def _train_scores(
     weight_decay: float,
     seed: int,
     progress: Progress | None,
-) -> tuple[list[torch.Tensor], dict[str, float]]:
-    """Run the batched loop; returns CPU bool masks ``[T, out, in]`` per layer and last losses."""
+    store_probabilities: bool = False,
+) -> tuple[list[torch.Tensor], list[torch.Tensor] | None, dict[str, float]]:
+    """Run the batched loop; returns CPU bool masks ``[T, out, in]`` per layer, keep
+    probabilities (or ``None``) and the last losses."""
     n_tasks = len(names)
     weights = [w.to(dev) for w in net.weights]
+    densities = form.layer_densities(net.shapes, density)
     init_gens = [task_generator(seed, n, _STREAM_INIT) for n in names]
     batch_gens = [task_generator(seed, n, _STREAM_BATCHES) for n in names]
     noise_gens = [task_generator(seed, n, _STREAM_NOISE) for n in names]
     scores = []
-    for shape in net.shapes:
-        init = torch.stack([form.init_scores(shape, density, g) for g in init_gens])
+    for shape, d in zip(net.shapes, densities):
+        init = torch.stack([form.init_scores(shape, d, g) for g in init_gens])
         scores.append(init.to(dev).requires_grad_(True))
 
     x_all = torch.cat([data[n][0] for n in names]).to(dev)
     y_all = torch.cat([data[n][1] for n in names]).to(dev)
     sizes = [int(data[n][0].shape[0]) for n in names]
+    full_batch = batch_size is None
+    if full_batch:  # every step sees every row of every task, in order
+        batch_size = sizes[0]
+        xb_full = x_all.view(n_tasks, batch_size, -1)
     offsets = torch.tensor(np.cumsum([0, *sizes[:-1]]), dtype=torch.int64).view(n_tasks, 1)
 
     opt = torch.optim.SGD(scores, lr=lr, momentum=momentum, weight_decay=weight_decay)
     for step in range(steps):
         for group in opt.param_groups:
             group["lr"] = 0.5 * lr * (1.0 + math.cos(math.pi * step / steps))
-        rows = torch.stack([torch.randint(n, (batch_size,), generator=g) for n, g in zip(sizes, batch_gens)])
-        idx = (rows + offsets).view(-1).to(dev)
-        xb = x_all[idx].view(n_tasks, batch_size, -1)
-        yb = y_all[idx]
-        masks = [form.make_mask(s, density, training=True, generators=noise_gens) for s in scores]
-        logits = batched_logits(weights, masks, xb)
+        if full_batch:
+            xb, yb = xb_full, y_all
+        else:
+            rows = torch.stack([torch.randint(n, (batch_size,), generator=g) for n, g in zip(sizes, batch_gens)])
+            idx = (rows + offsets).view(-1).to(dev)
+            xb = x_all[idx].view(n_tasks, batch_size, -1)
+            yb = y_all[idx]
+        if form.straight_through:
+            logits = supermask_logits(weights, scores, xb, form, densities)
+        else:
+            frac = step / max(steps - 1, 1)
+            masks = [
+                form.make_mask(s, d, training=True, generators=noise_gens, progress=frac)
+                for s, d in zip(scores, densities)
+            ]
+            logits = batched_logits(weights, masks, xb)
         ce = F.cross_entropy(logits.reshape(n_tasks * batch_size, -1), yb, reduction="none")
         loss_t = ce.view(n_tasks, batch_size).mean(dim=1) + sum(form.penalty(s) for s in scores)
         opt.zero_grad(set_to_none=True)
@@ -188,8 +232,65 @@ def _train_scores(
         if progress is not None and ((step + 1) % _PROGRESS_EVERY == 0 or step + 1 == steps):
             progress(step + 1, steps, dict(zip(names, loss_t.detach().cpu().tolist())))
     with torch.no_grad():
-        final = [form.final_mask(s, density).cpu() for s in scores]
-    return final, dict(zip(names, loss_t.detach().cpu().tolist()))
+        final = [form.final_mask(s, d).cpu() for s, d in zip(scores, densities)]
+        probs = [form.probabilities(s).cpu() for s in scores] if store_probabilities else None
+    return final, probs, dict(zip(names, loss_t.detach().cpu().tolist()))
+
+
+class _SupermaskMLP(torch.autograd.Function):
+    """The batched MLP of straight-through masks as one autograd node.
+
+    Forward: ``M = hard(S)`` per layer (no graph), ``W ⊙ M`` kept, ``h ← relu(h (W ⊙ M)ᵀ)`` with
+    ReLU in place. Backward: ``g ← g ⊙ 1[h > 0]`` in place, ``∂S = (gᵀ h) ⊙ W ⊙ f(S)`` with
+    ``f`` the form's straight-through factor (in-place products), ``g ← g (W ⊙ M)``. Gradients
+    equal autograd's through ``_StraightThrough`` (a test checks).
+    """
+
+    @staticmethod
+    def forward(ctx, x, form, densities, weights, *scores):  # type: ignore[no-untyped-def]
+        h, last = x, len(weights) - 1
+        hs, wms, factors = [x], [], []
+        for i, (w, s) in enumerate(zip(weights, scores)):
+            wm = form.hard(s, densities[i]).mul_(w)  # [T, out, in], W ⊙ M in place of M
+            h = torch.bmm(h, wm.transpose(1, 2))
+            if i < last:
+                h = h.clamp_(min=0)
+                hs.append(h)
+            wms.append(wm)
+            factors.append(form.ste_factor(s))
+        ctx.weights, ctx.wms, ctx.hs, ctx.factors = weights, wms, hs, factors
+        return h
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[no-untyped-def]
+        weights, wms, hs, factors = ctx.weights, ctx.wms, ctx.hs, ctx.factors
+        grads: list[torch.Tensor | None] = [None] * len(weights)
+        g = grad.contiguous()
+        for i in range(len(weights) - 1, -1, -1):
+            if i < len(weights) - 1:
+                g = g.masked_fill_(hs[i + 1] <= 0, 0.0)
+            gs = torch.bmm(g.transpose(1, 2), hs[i]).mul_(weights[i])  # ∂(W⊙M) ⊙ W = ∂M
+            if factors[i] is not None:
+                gs.mul_(factors[i])
+            grads[i] = gs
+            if i > 0:
+                g = torch.bmm(g, wms[i])
+        del ctx.wms, ctx.hs, ctx.factors
+        return (None, None, None, None, *grads)
+
+
+def supermask_logits(
+    weights: list[torch.Tensor],
+    scores: list[torch.Tensor],
+    x: torch.Tensor,
+    form: MaskForm,
+    densities: list[float],
+) -> torch.Tensor:
+    """Logits ``[T, B, outputs]`` of ``x [T, B, in]`` through straight-through masks of ``scores``.
+
+    Gradients reach ``scores`` (list of ``[T, out, in]``) as through ``form.make_mask``.
+    """
+    return _SupermaskMLP.apply(x, form, densities, weights, *scores)
 
 
 def batched_logits(weights: list[torch.Tensor], masks: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
@@ -219,7 +320,8 @@ def _check_hyperparameters(
     checks = [
         ("density", density, 0 < density <= 1, "in (0, 1]"),
         ("steps", steps, isinstance(steps, int) and steps >= 1, "an int >= 1"),
-        ("batch_size", batch_size, isinstance(batch_size, int) and batch_size >= 1, "an int >= 1"),
+        ("batch_size", batch_size, batch_size is None or (isinstance(batch_size, int) and batch_size >= 1),
+         "an int >= 1 or None (full batch)"),
         ("lr", lr, lr > 0, "> 0"),
         ("momentum", momentum, 0 <= momentum < 1, "in [0, 1)"),
         ("weight_decay", weight_decay, weight_decay >= 0, ">= 0"),

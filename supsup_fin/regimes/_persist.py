@@ -12,14 +12,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from supsup_fin.errors import SupsupError
-from supsup_fin.regimes.features import FEATURE_NAMES
+from supsup_fin.regimes.features import FEATURE_SETS
 
 if TYPE_CHECKING:
     from supsup_fin.regimes.model import RegimeModel
 
 FORMAT = "supsup-fin/regime-model"
 FORMAT_VERSION = 1
-_N_FEATURES = len(FEATURE_NAMES)
 
 
 def _is_int(value: object) -> bool:
@@ -32,8 +31,8 @@ def to_dict(model: RegimeModel) -> dict[str, Any]:
     Keys: ``format``, ``format_version``, ``hyperparameters`` (``__init__`` arguments; a
     ``random_state`` Generator is written as ``None``), ``n_states``, ``vol_window``,
     ``names``, ``feature_names``, ``covariance_type`` (used), ``startprob`` [K],
-    ``transmat`` [K][K], ``means`` [K][2], ``covars`` [K][2][2], ``stationary`` [K],
-    ``feature_mean`` [2], ``feature_std`` [2], ``converged``, ``log_likelihood``, ``bic``
+    ``transmat`` [K][K], ``means`` [K][d], ``covars`` [K][d][d], ``stationary`` [K],
+    ``feature_mean`` [d], ``feature_std`` [d], ``converged``, ``log_likelihood``, ``bic``
     (state count as a string -> float, ``None`` for a count with no usable fit),
     ``permutation``, ``n_iter``, ``fallback``, ``n_train_rows``.
     """
@@ -51,7 +50,7 @@ def to_dict(model: RegimeModel) -> dict[str, Any]:
         "n_states": model.n_states_,
         "vol_window": int(model.vol_window),
         "names": list(model.names_),
-        "feature_names": list(FEATURE_NAMES),
+        "feature_names": list(FEATURE_SETS[model.observations]),
         "covariance_type": model.covariance_type_,
         "startprob": model.startprob_.tolist(),
         "transmat": model.transmat_.tolist(),
@@ -86,19 +85,21 @@ def from_dict(cls: type[RegimeModel], d: Mapping[str, Any]) -> RegimeModel:
             model = cls(**hp)
         except TypeError as exc:
             raise SupsupError(f"RegimeModel.from_dict: bad 'hyperparameters': {exc}") from None
-        if list(d["feature_names"]) != list(FEATURE_NAMES) or d["vol_window"] != hp.get(
+        names_expected = list(FEATURE_SETS.get(hp.get("observations", "return_vol"), ()))
+        n_features = len(names_expected)
+        if list(d["feature_names"]) != names_expected or d["vol_window"] != hp.get(
                 "vol_window"):
-            raise SupsupError(f"RegimeModel.from_dict: expected features {list(FEATURE_NAMES)} "
+            raise SupsupError(f"RegimeModel.from_dict: expected features {names_expected} "
                               f"with vol_window {hp.get('vol_window')}, got "
                               f"{d['feature_names']} with vol_window {d['vol_window']}")
         k = int(d["n_states"])
         arrays = {
             "startprob_": ("startprob", (k,)),
             "transmat_": ("transmat", (k, k)),
-            "means_": ("means", (k, _N_FEATURES)),
-            "covars_": ("covars", (k, _N_FEATURES, _N_FEATURES)),
-            "feature_mean_": ("feature_mean", (_N_FEATURES,)),
-            "feature_std_": ("feature_std", (_N_FEATURES,)),
+            "means_": ("means", (k, n_features)),
+            "covars_": ("covars", (k, n_features, n_features)),
+            "feature_mean_": ("feature_mean", (n_features,)),
+            "feature_std_": ("feature_std", (n_features,)),
             "stationary_": ("stationary", (k,)),
         }
         values = {}

@@ -20,7 +20,14 @@ from supsup_fin._rolling import log_returns, rolling_std
 from supsup_fin.errors import DataError
 
 FEATURE_NAMES: tuple[str, str] = ("log_return", "log_vol")
-"""Column names of the observation matrix, in order."""
+"""Column names of the default observation matrix, in order."""
+
+FEATURE_SETS: dict[str, tuple[str, ...]] = {
+    "return_vol": FEATURE_NAMES,
+    "return": ("log_return",),
+}
+"""Named observation sets. ``return``: daily log returns only (no overlapping windows, so the
+HMM's conditional independence holds; the volatility is the state's variance)."""
 
 VOL_FLOOR: float = 1e-8
 """Smallest realised volatility taken into the log (a window of identical prices has vol 0)."""
@@ -80,7 +87,8 @@ def validate_prices(prices: object, min_rows: int, purpose: str) -> pd.DataFrame
     return prices
 
 
-def raw_features(prices: pd.DataFrame, vol_window: int) -> tuple[np.ndarray, pd.DatetimeIndex]:
+def raw_features(prices: pd.DataFrame, vol_window: int, feature_set: str = "return_vol"
+                 ) -> tuple[np.ndarray, pd.DatetimeIndex]:
     """Unscaled observations of a validated prices frame.
 
     Parameters
@@ -88,12 +96,16 @@ def raw_features(prices: pd.DataFrame, vol_window: int) -> tuple[np.ndarray, pd.
     prices : pandas.DataFrame
         Validated prices frame with ``n`` rows, ``n > vol_window``.
     vol_window : int
-        Window (rows of log returns) of the realised volatility.
+        Window (rows of log returns) of the realised volatility. The first ``vol_window``
+        rows are dropped for every feature set, so all sets share one index.
+    feature_set : str
+        A key of :data:`FEATURE_SETS`.
 
     Returns
     -------
     features : numpy.ndarray
-        Shape ``[n - vol_window, 2]``: log return, log realised volatility.
+        Shape ``[n - vol_window, d]``: log return, log realised volatility (``return_vol``),
+        or log return only (``return``).
     index : pandas.DatetimeIndex
         Shape ``[n - vol_window]``: ``prices.index[vol_window:]``.
     """
@@ -104,7 +116,7 @@ def raw_features(prices: pd.DataFrame, vol_window: int) -> tuple[np.ndarray, pd.
     out[:, 0] = ret[vol_window:]
     out[:, 1] = np.log(np.maximum(vol[vol_window:], VOL_FLOOR))
     index = prices.index[vol_window:]
-    return out, index
+    return out[:, : len(FEATURE_SETS[feature_set])].copy(), index
 
 
 def standardise(raw: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:

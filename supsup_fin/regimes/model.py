@@ -18,15 +18,24 @@ import pandas as pd
 
 from supsup_fin.errors import DataError, SupsupError
 from supsup_fin.regimes import _forward, _persist
-from supsup_fin.regimes._persist import _is_int
 from supsup_fin.regimes._canonical import match_states, regime_names, volatility_order
-from supsup_fin.regimes._fit import COVARIANCE_TYPES, fit_with_fallback, select_by_bic
-from supsup_fin.regimes.features import FEATURE_NAMES, raw_features, standardise, validate_prices
+from supsup_fin.regimes._fit import (
+    COVARIANCE_TYPES,
+    SELECTIONS,
+    fit_with_fallback,
+    select_state_count,
+)
+from supsup_fin.regimes._persist import _is_int
+from supsup_fin.regimes.features import (
+    FEATURE_SETS,
+    raw_features,
+    standardise,
+    validate_prices,
+)
 
 log = logging.getLogger(__name__)
 
 TRADING_DAYS_PER_YEAR = 252
-_N_FEATURES = len(FEATURE_NAMES)
 _ROWS_PER_PARAMETER = 10  # fit needs >= 10 * n_states * d feature rows
 
 
@@ -35,7 +44,7 @@ class NotFittedError(SupsupError):
 
 
 class RegimeModel:
-    """Gaussian HMM of a market's regimes on standardised (log return, log realised vol).
+    """Gaussian HMM of a market's regimes on standardised (log return, log realised vol) or log return.
 
     scikit-learn contract: ``__init__`` only stores the hyperparameters; :meth:`fit`
     validates them and the data, sets the attributes ending in ``_`` and returns ``self``.
@@ -43,9 +52,11 @@ class RegimeModel:
     Parameters
     ----------
     n_states : int or (int, int)
-        State count, or an inclusive range searched by BIC.
+        State count, or an inclusive range searched by ``selection``.
     n_restarts : int
-        EM restarts per state count; the highest training log-likelihood is kept.
+        EM restarts per state count and model (bounded: at most ``n_restarts`` EM runs per
+        count for the selection, then per covariance type for the kept count); the highest
+        training log-likelihood is kept.
     n_iter : int
         EM iteration cap.
     covariance_type : {"full", "diag", "spherical", "tied"}
@@ -56,6 +67,14 @@ class RegimeModel:
         Floor on covariance diagonals, in standardised units.
     random_state : int, numpy.random.Generator or None
         Seeds the restarts' random states; resolved in :meth:`fit`.
+    observations : {"return_vol", "return"}
+        Observations: standardised (log return, log realised vol) (default), or the log
+        return alone (a switching-mean, switching-variance Gaussian HMM of returns).
+    selection : {"bic_returns", "bic_features"}
+        State-count criterion for a range: BIC of a Gaussian HMM on the daily returns alone
+        (default; see :func:`supsup_fin.regimes._fit.select_state_count`), or BIC of the
+        two-feature model (over-selects: overlapping volatility windows break conditional
+        independence).
 
     Attributes
     ----------
@@ -64,14 +83,14 @@ class RegimeModel:
         Regime names; ascending volatility unless aligned to a previous fit.
     startprob_ : numpy.ndarray, shape [K]
     transmat_ : numpy.ndarray, shape [K, K]
-    means_ : numpy.ndarray, shape [K, 2]
+    means_ : numpy.ndarray, shape [K, d] (d = 2, or 1 with ``observations="return"``)
         In standardised feature units.
     covars_ : numpy.ndarray, shape [K, 2, 2]
     stationary_ : numpy.ndarray, shape [K]
         Stationary distribution of ``transmat_``: the filter's prior at a sequence's start.
     expected_durations_ : numpy.ndarray, shape [K]
         ``1 / (1 - A_kk)`` in trading days.
-    feature_mean_, feature_std_ : numpy.ndarray, shape [2]
+    feature_mean_, feature_std_ : numpy.ndarray, shape [d]
         Scaler fitted on the training features.
     covariance_type_ : str
         Covariance type actually used (differs from the hyperparameter after a fallback).
@@ -80,7 +99,8 @@ class RegimeModel:
     log_likelihood_ : float
         Training log-likelihood of the standardised features.
     bic_ : dict of int to float
-        BIC per state count tried (one entry without a range).
+        Selection criterion per state count tried (``selection``'s BIC); without a range,
+        the two-feature BIC of the one count.
     permutation_ : list of int or None
         With ``previous``: ``permutation_[j]`` is the index, in this fit's ascending-volatility
         order, of the state stored at position ``j`` (aligned to the previous fit's state j).
@@ -102,6 +122,8 @@ class RegimeModel:
         vol_window: int = 10,
         min_covar: float = 1e-3,
         random_state: int | np.random.Generator | None = 0,
+        selection: str = "bic_returns",
+        observations: str = "return_vol",
     ) -> None:
         self.n_states = n_states
         self.n_restarts = n_restarts
@@ -110,6 +132,8 @@ class RegimeModel:
         self.vol_window = vol_window
         self.min_covar = min_covar
         self.random_state = random_state
+        self.selection = selection
+        self.observations = observations
 
     # ------------------------------------------------------------------ parameters
 
@@ -123,6 +147,8 @@ class RegimeModel:
             "vol_window": self.vol_window,
             "min_covar": self.min_covar,
             "random_state": self.random_state,
+            "selection": self.selection,
+            "observations": self.observations,
         }
 
     def __repr__(self) -> str:
@@ -147,6 +173,12 @@ class RegimeModel:
         if self.covariance_type not in COVARIANCE_TYPES:
             raise SupsupError(f"RegimeModel: covariance_type expected one of "
                               f"{list(COVARIANCE_TYPES)}, got {self.covariance_type!r}")
+        if self.observations not in FEATURE_SETS:
+            raise SupsupError(f"RegimeModel: observations expected one of {list(FEATURE_SETS)}, "
+                              f"got {self.observations!r}")
+        if self.selection not in SELECTIONS:
+            raise SupsupError(f"RegimeModel: selection expected one of {list(SELECTIONS)}, "
+                              f"got {self.selection!r}")
         if not (isinstance(self.min_covar, (int, float)) and self.min_covar > 0):
             raise SupsupError(f"RegimeModel: min_covar expected a number > 0, "
                               f"got {self.min_covar!r}")
@@ -177,8 +209,8 @@ class RegimeModel:
             ``n >= 10 * n_states * 2 + vol_window`` (``n_states``: the range's upper end).
         previous : RegimeModel, optional
             Earlier fit of the same market lineage: its state count is kept (``n_states`` is
-            ignored) and the new states are matched to its states by the Hungarian algorithm
-            on the state means (both in ``previous``'s standardised units), so regime ``k``
+            ignored) and the new states are matched to its states by the Hungarian
+            on the state means and log standard deviations (both in ``previous``'s standardised units), so regime ``k``
             keeps its meaning and name. Fewer-state fallbacks are then not allowed.
 
         Returns
@@ -193,13 +225,16 @@ class RegimeModel:
                                   f"got {type(previous).__name__}")
             previous._check_fitted("using it as previous=")
             lo = hi = previous.n_states_
-        min_rows = _ROWS_PER_PARAMETER * hi * _N_FEATURES + self.vol_window
-        validate_prices(prices, min_rows, f"RegimeModel.fit with {hi} states")
-        raw, index = raw_features(prices, self.vol_window)
+        names = FEATURE_SETS[self.observations]
+        min_rows = _ROWS_PER_PARAMETER * hi * len(names) + self.vol_window
+        states = f"{hi} states" if lo == hi else f"n_states range ({lo}, {hi}): {hi} states"
+        validate_prices(prices, min_rows, f"RegimeModel.fit with {states}")
+        raw, index = raw_features(prices, self.vol_window, self.observations)
         mean, std = raw.mean(axis=0), raw.std(axis=0)
         if not (std > 0).all():
             raise DataError(f"RegimeModel.fit: expected varying features, got constant "
-                            f"{[FEATURE_NAMES[i] for i in np.flatnonzero(std <= 0)]}")
+                            f"{[names[i] for i in np.flatnonzero(std <= 0)]} (a constant price "
+                            f"series has zero volatility) over {index[0].date()}..{index[-1].date()}")
         x = standardise(raw, mean, std)
         seeds = self._restart_seeds()
         args = (self.covariance_type, seeds, self.n_iter, self.min_covar)
@@ -207,15 +242,24 @@ class RegimeModel:
             res, fallback = fit_with_fallback(x, lo, *args, allow_fewer_states=previous is None)
             bics = {res.n_states: res.bic}
         else:
-            res, fallback, bics = select_by_bic(x, (lo, hi), *args)
+            res, fallback, bics = select_state_count(x, (lo, hi), *args, self.selection)
 
         order = volatility_order(res.means, res.covars)
         names = regime_names(res.n_states)
         permutation = None
         if previous is not None:
+            if previous.observations != self.observations or previous.vol_window != self.vol_window:
+                raise SupsupError(
+                    f"RegimeModel.fit: previous= was fitted on observations {previous.observations!r} with "
+                    f"vol_window {previous.vol_window}, this model uses {self.observations!r} with "
+                    f"vol_window {self.vol_window}; a lineage keeps its observations")
+            scale = std / previous.feature_std_
             in_prev_units = (res.means[order] * std + mean - previous.feature_mean_) \
                 / previous.feature_std_
-            perm = match_states(in_prev_units, previous.means_)
+            new_var = np.diagonal(res.covars[order], axis1=1, axis2=2) * scale ** 2
+            old_var = np.diagonal(previous.covars_, axis1=1, axis2=2)
+            perm = match_states(np.hstack([in_prev_units, 0.5 * np.log(new_var)]),
+                                np.hstack([previous.means_, 0.5 * np.log(old_var)]))
             order = order[perm]
             permutation = [int(p) for p in perm]
             names = list(previous.names_)
@@ -267,7 +311,7 @@ class RegimeModel:
         self._check_fitted(what)
         validate_prices(prices, self.vol_window + 1 if min_rows is None else min_rows,
                         f"RegimeModel.{what}")
-        raw, index = raw_features(prices, self.vol_window)
+        raw, index = raw_features(prices, self.vol_window, self.observations)
         return standardise(raw, self.feature_mean_, self.feature_std_), index
 
     def _log_densities(self, prices: pd.DataFrame, what: str, min_rows: int | None = None
@@ -292,7 +336,7 @@ class RegimeModel:
             ``prices.index[vol_window:]``; row t uses prices ``t - vol_window .. t`` only.
         """
         x, index = self._observations(prices, "features")
-        return pd.DataFrame(x, index=index, columns=list(FEATURE_NAMES))
+        return pd.DataFrame(x, index=index, columns=list(FEATURE_SETS[self.observations]))
 
     def filter_proba(self, prices: pd.DataFrame) -> pd.DataFrame:
         """Filtered posteriors ``P(z_t | x_1..t)``, the forward recursion.

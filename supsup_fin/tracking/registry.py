@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import logging
+import tempfile
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from supsup_fin.errors import RegistryError
+from supsup_fin.config import TrackingConfig
+from supsup_fin.errors import RegistryError, SupsupError
+from supsup_fin.masks import FrozenNet, MaskBank
+from supsup_fin.tracking.store import connect
+from supsup_fin.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 HIGHER_IS_BETTER = {"accuracy": True, "log_loss": False}
+HISTORY_TAG = "champion.history"  # registered-model tag: versions that held champion, oldest first
 
 
 @dataclass(frozen=True)
@@ -46,6 +53,25 @@ def champion_version(client: MlflowClient, name: str) -> int | None:
         return None
 
 
+def champion_history(client: MlflowClient, name: str) -> list[int]:
+    """Versions that held the champion alias, oldest first (the current one last)."""
+    try:
+        tags = client.get_registered_model(name).tags
+    except MlflowException:
+        return []
+    raw = tags.get(HISTORY_TAG, "")
+    return [int(v) for v in raw.split(",") if v]
+
+
+def set_champion(client: MlflowClient, name: str, version: int) -> None:
+    """Point ``champion`` at ``version`` and append it to the champion history."""
+    client.set_registered_model_alias(name, CHAMPION, str(version))
+    history = champion_history(client, name)
+    if not history or history[-1] != version:
+        history.append(version)
+    client.set_registered_model_tag(name, HISTORY_TAG, ",".join(map(str, history)))
+
+
 def decide(
     client: MlflowClient, name: str, version: int, metric: str, score: float, baseline: float,
     margin: float,
@@ -71,7 +97,7 @@ def decide(
                  **decision.as_tags()}.items():
         client.set_model_version_tag(name, str(version), k, v)
     if promoted:
-        client.set_registered_model_alias(name, CHAMPION, str(version))
+        set_champion(client, name, version)
     log.info("model %s v%d: %s", name, version, reason)
     return decision
 
@@ -110,3 +136,20 @@ def download_forecaster(name: str, version: str, dest: str) -> str:
     except MlflowException as err:
         raise RegistryError(f"cannot load {uri}: {err.message.splitlines()[0]}") from None
     return f"{root.rstrip('/')}/artifacts/forecaster"
+
+
+def champion_bank(tracking: TrackingConfig, workspace: Workspace, net: FrozenNet) -> tuple[MaskBank | None, str]:
+    """The champion's mask bank on ``net`` and its label (``"v3"``); ``(None, "")`` when there is no
+    champion or its bank was built on another base network."""
+    connect(tracking, workspace)
+    version = champion_version(MlflowClient(), tracking.model_name)
+    if version is None:
+        return None, ""
+    with tempfile.TemporaryDirectory() as tmp:
+        fdir = download_forecaster(tracking.model_name, str(version), tmp)
+        try:
+            bank = MaskBank.load(Path(fdir) / "bank", net)
+        except SupsupError as err:
+            log.info("champion v%d's masks cannot be reused: %s", version, err)
+            return None, ""
+    return bank, f"v{version}"

@@ -11,7 +11,7 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 
-from supsup_fin.config import Config
+from supsup_fin.config import Config, TrackingConfig
 from supsup_fin.data import LoadedPrices
 from supsup_fin.evaluate import Evaluation
 from supsup_fin.gating import RegimeGatedForecaster
@@ -20,6 +20,7 @@ from supsup_fin.regimes import plot_regimes
 from supsup_fin.tracking.model import log_forecaster, payload
 from supsup_fin.tracking.registry import Decision, aliases, decide, delete_version
 from supsup_fin.tracking.store import connect, git_commit, tracking_uri
+from supsup_fin.tracking.versions import prune
 from supsup_fin.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -91,11 +92,34 @@ def log_retrain(
         example = payload(first, loaded[first].frame, forecaster.min_rows)
         info = log_forecaster(forecaster, fdir, example, cfg.tracking.model_name)
         version = int(info.registered_model_version)
+        name = cfg.tracking.model_name
         try:
-            decision = decide(client, cfg.tracking.model_name, version, metric, score, baseline, cfg.tracking.margin)
-            mlflow.set_tags({"registered_version": str(version), **decision.as_tags()})
+            carried = [t for t in forecaster.bank.names if "carried_from" in forecaster.bank.meta(t)]
+            for k, v in {"data_start": str(min(lp.frame.index[0] for lp in loaded.values()).date()),
+                         "data_end": str(max(lp.as_of for lp in loaded.values()).date()),
+                         "markets": ",".join(sorted(loaded)), "carried_masks": str(len(carried))}.items():
+                client.set_model_version_tag(name, str(version), k, v)
+            decision = decide(client, name, version, metric, score, baseline, cfg.tracking.margin)
+            mlflow.set_tags({"registered_version": str(version), "carried_masks": str(len(carried)), **decision.as_tags()})
         except BaseException:
             delete_version(client, cfg.tracking.model_name, version)
             raise
-    return RunRecord(run.info.run_id, tracking_uri(cfg.tracking, workspace), cfg.tracking.model_name,
-                     version, aliases(client, cfg.tracking.model_name, version), decision)
+    prune(client, name, cfg.tracking.keep_last)
+    return RunRecord(run.info.run_id, tracking_uri(cfg.tracking, workspace), name,
+                     version, aliases(client, name, version), decision)
+
+
+def log_forecasts(tracking: TrackingConfig, workspace: Workspace, rows: pd.DataFrame) -> str:
+    """One MLflow run holding the newly stored forecast rows (table artifact + signals)."""
+    connect(tracking, workspace)
+    as_of = str(rows["as_of"].max())
+    with mlflow.start_run(run_name=f"forecast-{as_of}") as run, tempfile.TemporaryDirectory() as tmp:
+        mlflow.set_tags({"supsup_fin.flow": "forecast", "as_of": as_of,
+                         "model_versions": ",".join(map(str, sorted(rows["model_version"].unique()))),
+                         **git_commit()})
+        mlflow.log_metrics({f"signal.{r.market}": float(r.signal) for r in rows.itertuples()})
+        mlflow.log_metrics({f"stale_days.{r.market}": float(r.stale_days) for r in rows.itertuples()})
+        path = Path(tmp) / "forecasts.csv"
+        rows.to_csv(path, index=False)
+        mlflow.log_artifact(str(path))
+    return run.info.run_id

@@ -24,8 +24,15 @@ def tracking_uri(tracking: TrackingConfig, workspace: Workspace) -> str:
 def connect(tracking: TrackingConfig, workspace: Workspace) -> MlflowClient:
     """Point MLflow at the store and make sure the experiment exists (artifacts in the workspace)."""
     uri = tracking_uri(tracking, workspace)
+    user_uri = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    # set_tracking_uri also exports MLFLOW_TRACKING_URI; undo that, or a later connect() to another
+    # workspace in this process would be sent to this store ("MLFLOW_TRACKING_URI wins")
+    if user_uri is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = user_uri
     client = MlflowClient(uri, registry_uri=uri)
     if client.get_experiment_by_name(tracking.experiment) is None:
         location = None if tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") else workspace.artifacts_dir.as_uri()

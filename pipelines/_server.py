@@ -1,0 +1,89 @@
+"""A real local Prefect server (schedules and process-based Dask workers need one)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from supsup_fin.errors import SupsupError
+from supsup_fin.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+
+class ServerError(SupsupError):
+    """The Prefect server did not start (or is not reachable)."""
+
+
+def _healthy(api_url: str, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(f"{api_url.rstrip('/')}/health", timeout=timeout) as r:
+            return r.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+@contextmanager
+def prefect_server(workspace: Workspace, port: int, startup_timeout: float = 90.0) -> Iterator[str]:
+    """Yield the API URL of a real Prefect server: ``$PREFECT_API_URL`` if set and healthy, else
+    one started on 127.0.0.1:``port`` (state in ``<workspace>/prefect``) and stopped on exit."""
+    given = os.environ.get("PREFECT_API_URL")
+    if given:
+        if not _healthy(given):
+            raise ServerError(f"PREFECT_API_URL={given} does not answer {given}/health")
+        yield given
+        return
+    api_url = f"http://127.0.0.1:{port}/api"
+    if _healthy(api_url):
+        raise ServerError(f"something already answers on 127.0.0.1:{port}; pick another --port or set PREFECT_API_URL")
+    home = workspace.root / "prefect"
+    home.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_UI_API_URL": api_url}
+    logf = (home / "server.log").open("ab")
+    prefect = Path(sys.executable).with_name("prefect")
+    proc = subprocess.Popen(  # own session: stopped as a group below, not by the terminal's Ctrl-C
+        [str(prefect), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + startup_timeout
+        while not _healthy(api_url):
+            if proc.poll() is not None:
+                raise ServerError(f"prefect server exited with code {proc.returncode}; see {home / 'server.log'}")
+            if time.monotonic() > deadline:
+                raise ServerError(f"prefect server not healthy after {startup_timeout:.0f} s; see {home / 'server.log'}")
+            time.sleep(0.5)
+        log.info("prefect server up at %s (pid %d)", api_url, proc.pid)
+        yield api_url
+    finally:
+        stop_process_group(proc)
+        logf.close()
+
+
+def stop_process_group(proc: subprocess.Popen, timeout: float = 20.0) -> None:
+    """SIGINT, then SIGTERM, then SIGKILL the process group ``proc`` leads (``start_new_session``).
+
+    SIGINT first so a ``supsup-fin schedule`` process runs its clean-up (it stops its own server).
+    """
+    if proc.poll() is not None:
+        return
+    for sig, wait in ((signal.SIGINT, timeout), (signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue

@@ -1,0 +1,72 @@
+"""The forecasts table: one parquet file in the workspace, one row per (as_of, market, model_version).
+
+Appending is idempotent (rows whose key is already stored are skipped, never duplicated or
+overwritten) and atomic (the new table is written beside the old one, then renamed over it).
+Nested fields (regime posterior, masks) are stored as JSON strings.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from supsup_fin.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+KEY = ("as_of", "market", "model_version")
+TABLE = "forecasts.parquet"
+
+
+def table_path(workspace: Workspace) -> Path:
+    """``<workspace>/forecasts/forecasts.parquet``."""
+    return workspace.forecasts_dir / TABLE
+
+
+def read_forecasts(workspace: Workspace) -> pd.DataFrame:
+    """The whole table (empty frame when nothing was stored yet)."""
+    path = table_path(workspace)
+    return pd.read_parquet(path) if path.exists() else pd.DataFrame(columns=list(KEY))
+
+
+def _flat(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v for k, v in row.items()}
+
+
+def append_forecasts(workspace: Workspace, rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """Append ``rows`` (forecast dicts with at least the key columns); returns the rows added.
+
+    A row whose (as_of, market, model_version) is already in the table is skipped.
+    """
+    if not rows:
+        return pd.DataFrame(columns=list(KEY))
+    missing = sorted({k for r in rows for k in KEY if k not in r})
+    if missing:
+        raise ValueError(f"forecast rows need the key columns {list(KEY)}; missing {missing}")
+    new = pd.DataFrame([_flat(r) for r in rows]).drop_duplicates(list(KEY), keep="first")
+    new["model_version"] = new["model_version"].astype("int64")
+    old = read_forecasts(workspace)
+    if len(old):
+        seen = set(map(tuple, old[list(KEY)].astype({"model_version": "int64"}).itertuples(index=False)))
+        new = new[[tuple(k) not in seen for k in new[list(KEY)].itertuples(index=False)]]
+    if new.empty:
+        log.info("forecasts table: all %d rows already stored", len(rows))
+        return new
+    table = pd.concat([old, new], ignore_index=True) if len(old) else new.reset_index(drop=True)
+    path = table_path(workspace)
+    fd, tmp = tempfile.mkstemp(prefix=".forecasts-", suffix=".parquet", dir=path.parent)
+    os.close(fd)
+    try:
+        table.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    log.info("forecasts table: %d new rows (%d in all) in %s", len(new), len(table), path)
+    return new.reset_index(drop=True)

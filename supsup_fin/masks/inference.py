@@ -1,0 +1,225 @@
+"""Using a bank without a task id: SupSup's task inference, and stochastic hard-concrete outputs.
+
+Task inference (Wortsman et al. 2020, §3.3): with the candidate masks ``M_1..M_k`` run one
+forward pass through the superposition ``W ⊙ Σ αᵢMᵢ`` at ``αᵢ = 1/k``, take an objective that is
+low when the right mask is in charge, and one backward pass to ``∂objective/∂α``; the task whose
+coefficient has the most negative gradient wins (``one_shot``). ``binary`` repeats this, each
+round keeping the half of the remaining candidates with the lowest gradients (ties broken by
+order), so it takes ``ceil(log2 k)`` rounds.
+
+The objective is the mean entropy ``H`` of the softmax over the real classes; on a net with
+superfluous output units it is SupSup's ``G``: the mean ``logsumexp`` over all outputs with the
+gradient flowing only through the superfluous logits, which training pushes down for the right
+mask (the remedy for heads with few, poorly calibrated classes).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+
+from supsup_fin.masks.mask import Mask
+from supsup_fin.masks.net import FrozenNet, as_tensor
+
+__all__ = ["TaskInference", "infer_task", "predict_proba", "sample_masks"]
+
+Objective = Literal["auto", "entropy", "superfluous"]
+
+
+@dataclass(frozen=True)
+class TaskInference:
+    """Result of :func:`infer_task`.
+
+    Attributes
+    ----------
+    task : str
+        The inferred task.
+    scores : dict name -> float
+        ``∂objective/∂αᵢ`` of the first round (all candidates); lower is more likely.
+    rounds : int
+        Backward passes used (1 for one-shot).
+    objective : str
+        ``"entropy"`` or ``"superfluous"``.
+    history : list of list of str
+        Candidates alive at the start of each round.
+    """
+
+    task: str
+    scores: dict[str, float]
+    rounds: int
+    objective: str
+    history: list[list[str]] = field(default_factory=list)
+
+
+def infer_task(
+    net: FrozenNet,
+    bank: Mapping[str, Mask],
+    X: torch.Tensor | np.ndarray,
+    method: Literal["one_shot", "binary"] = "one_shot",
+    names: Sequence[str] | None = None,
+    objective: Objective = "auto",
+) -> TaskInference:
+    """Infer which of the bank's masks ``X`` belongs to, from the gradient of the superposition.
+
+    Parameters
+    ----------
+    net : FrozenNet
+        The bank's base network.
+    bank : MaskBank or mapping name -> Mask
+        Candidate masks (bool, the net's shapes).
+    X : tensor or array ``[N, in]``
+        One batch assumed to come from a single task; finite values.
+    method : {"one_shot", "binary"}
+        One backward pass, or halving rounds (``ceil(log2 k)``).
+    names : sequence of str, optional
+        Candidates (default: every mask of the bank).
+    objective : {"auto", "entropy", "superfluous"}
+        ``auto``: ``superfluous`` (SupSup's G) when the net has superfluous units, else ``entropy``.
+
+    Returns
+    -------
+    TaskInference
+    """
+    if method not in ("one_shot", "binary"):
+        raise ValueError(f"method must be 'one_shot' or 'binary', got {method!r}")
+    if objective not in ("auto", "entropy", "superfluous"):
+        raise ValueError(f"objective must be 'auto', 'entropy' or 'superfluous', got {objective!r}")
+    if objective == "auto":
+        objective = "superfluous" if net.superfluous else "entropy"
+    if objective == "superfluous" and not net.superfluous:
+        raise ValueError("objective 'superfluous' needs a net built with superfluous > 0 output units")
+    _check_bank(net, bank)
+    candidates = list(bank) if names is None else list(names)
+    if not candidates:
+        raise ValueError("no candidate masks: the bank (or names) is empty")
+    missing = [n for n in candidates if n not in bank]
+    if missing:
+        raise ValueError(f"names {missing[:5]} are not in the bank; it holds {list(bank)[:10]}")
+    if len(set(candidates)) != len(candidates):
+        raise ValueError("names must not repeat")
+    x = _check_x(net, X)
+    stacked = [
+        torch.stack([bank[n].layers[i].to(net.device, torch.float32) for n in candidates])
+        for i in range(net.n_layers)
+    ]  # [k, out, in] per layer
+    alive = list(range(len(candidates)))
+    first = _alpha_gradient(net, stacked, alive, x, objective)
+    scores = {candidates[i]: float(g) for i, g in zip(alive, first)}
+    history = [[candidates[i] for i in alive]]
+    if method == "one_shot" or len(alive) == 1:
+        best = alive[int(np.argmin(first))]
+        return TaskInference(candidates[best], scores, 1, objective, history)
+    grads, rounds = first, 1
+    while True:
+        order = np.argsort(grads, kind="stable")
+        keep = max(1, math.ceil(len(alive) / 2))
+        alive = sorted(alive[j] for j in order[:keep])
+        if len(alive) == 1:
+            break
+        history.append([candidates[i] for i in alive])
+        grads = _alpha_gradient(net, stacked, alive, x, objective)
+        rounds += 1
+    return TaskInference(candidates[alive[0]], scores, rounds, objective, history)
+
+
+def _alpha_gradient(
+    net: FrozenNet, stacked: list[torch.Tensor], alive: list[int], x: torch.Tensor, objective: str
+) -> np.ndarray:
+    """``∂objective/∂α`` at ``α = 1/len(alive)`` over the ``alive`` candidates."""
+    alpha = torch.full((len(alive),), 1.0 / len(alive), dtype=torch.float32, device=net.device, requires_grad=True)
+    idx = torch.tensor(alive, device=net.device)
+    h, last = x, net.n_layers - 1
+    for i, w in enumerate(net.weights):
+        combined = torch.tensordot(alpha, stacked[i].index_select(0, idx), dims=1)  # Σ αᵢ Mᵢ
+        h = h @ (w * combined).t()
+        if i < last:
+            h = torch.relu(h)
+    if objective == "superfluous":
+        # SupSup's G: logsumexp over every output, the gradient flowing only through the
+        # superfluous logits (the real ones are detached).
+        value = torch.cat([h[:, : net.n_classes].detach(), h[:, net.n_classes :]], dim=1).logsumexp(dim=1).mean()
+    else:
+        logp = torch.log_softmax(h[:, : net.n_classes], dim=1)
+        value = -(logp.exp() * logp).sum(dim=1).mean()
+    (grad,) = torch.autograd.grad(value, alpha)
+    return grad.detach().cpu().numpy().astype(np.float64)
+
+
+def sample_masks(probs: Sequence[torch.Tensor], samples: int, generator: torch.Generator) -> list[Mask]:
+    """``samples`` bool masks, each weight kept independently with its probability.
+
+    Draws ``U(0, 1)`` per weight from ``generator`` (layer by layer, sample by sample) and keeps
+    the weight when ``u < p``.
+    """
+    out = []
+    for _ in range(samples):
+        out.append(Mask([torch.rand(p.shape, generator=generator) < p.cpu() for p in probs]))
+    return out
+
+
+def predict_proba(
+    net: FrozenNet,
+    bank: Mapping[str, Mask],
+    name: str,
+    X: torch.Tensor | np.ndarray,
+    mode: Literal["deterministic", "stochastic"] = "deterministic",
+    samples: int = 16,
+    seed: int = 0,
+) -> torch.Tensor:
+    """Class probabilities ``[N, classes]`` of task ``name``.
+
+    ``deterministic`` uses the bank's bits (``p > 0.5`` for ``hard_concrete``); ``stochastic``
+    averages the softmax outputs of ``samples`` masks drawn from the stored keep probabilities
+    (see :func:`sample_masks`, generator seeded by ``seed``), which needs a bank trained with
+    ``store_probabilities=True``.
+    """
+    if mode not in ("deterministic", "stochastic"):
+        raise ValueError(f"mode must be 'deterministic' or 'stochastic', got {mode!r}")
+    _check_bank(net, bank)
+    if name not in bank:
+        raise ValueError(f"no mask named {name!r}; the bank holds {list(bank)[:10]}")
+    x = _check_x(net, X)
+    with torch.no_grad():
+        if mode == "deterministic":
+            return torch.softmax(net(x, mask=bank[name]), dim=1)
+        if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
+            raise ValueError(f"samples must be an int >= 1, got {samples!r}")
+        probs_of = getattr(bank, "probabilities", None)
+        if probs_of is None:
+            raise ValueError("stochastic inference needs a MaskBank holding keep probabilities")
+        probs = probs_of(name)
+        gen = torch.Generator().manual_seed(int(seed))
+        total = None
+        for m in sample_masks(probs, samples, gen):
+            p = torch.softmax(net(x, mask=m), dim=1)
+            total = p if total is None else total + p
+        return total / samples
+
+
+def _check_bank(net: FrozenNet, bank: Mapping[str, Mask]) -> None:
+    matches = getattr(bank, "matches", None)
+    if matches is not None and not matches(net):
+        raise ValueError(
+            f"bank was built on sizes={bank.sizes}, seed={bank.seed}, "  # type: ignore[attr-defined]
+            f"superfluous={getattr(bank, 'superfluous', 0)}, not on {net!r}"
+        )
+    for n in bank:
+        net.check_mask(bank[n], f"mask {n!r}")
+
+
+def _check_x(net: FrozenNet, X: torch.Tensor | np.ndarray) -> torch.Tensor:
+    if isinstance(X, np.ndarray):
+        X = as_tensor(X, np.float32)
+    if not isinstance(X, torch.Tensor):
+        raise ValueError(f"X must be a torch tensor or numpy array, got {type(X).__name__}")
+    if X.dim() != 2 or X.shape[1] != net.sizes[0] or X.shape[0] < 1:
+        raise ValueError(f"X must be shaped [N >= 1, {net.sizes[0]}], got {tuple(X.shape)}")
+    x = X.detach().to(net.device, torch.float32)
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("X holds non-finite values (NaN or inf)")
+    return x

@@ -1,0 +1,149 @@
+"""Registry housekeeping: list versions, move the champion alias by hand, prune old artifacts.
+
+Every hand move is recorded twice: as tags on the version (``manual.*``) and as a small MLflow
+run (``promote-vN`` / ``rollback-vN``) in the experiment. The registered model keeps the
+champion history (tag ``champion.history``, comma-separated versions) so ``rollback`` knows
+where to go back to, and retention never deletes a version that was ever champion.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Any
+
+import mlflow
+from mlflow.exceptions import MlflowException
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+from mlflow.tracking import MlflowClient
+
+from supsup_fin.errors import RegistryError
+from supsup_fin.tracking.registry import (
+    CHAMPION,
+    HISTORY_TAG,
+    champion_history,
+    champion_version,
+    set_champion,
+)
+
+log = logging.getLogger(__name__)
+
+def _versions(client: MlflowClient, name: str) -> list[Any]:
+    try:
+        found = client.search_model_versions(f"name = '{name}'")
+    except MlflowException:
+        found = []
+    if not found:
+        raise RegistryError(f"registered model {name!r} has no versions; run `supsup-fin retrain` first")
+    # search results carry no aliases: read each version in full
+    return [client.get_model_version(name, str(v)) for v in sorted(int(v.version) for v in found)]
+
+
+def list_versions(client: MlflowClient, name: str) -> list[dict[str, Any]]:
+    """One row per version: aliases, validation score and baseline, decision, data range, state."""
+    history = set(champion_history(client, name))
+    rows = []
+    for v in _versions(client, name):
+        t = v.tags
+        rows.append({
+            "version": int(v.version), "aliases": sorted(v.aliases),
+            "created": dt.datetime.fromtimestamp(v.creation_timestamp / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M:%S"),
+            "metric": t.get("valid_metric"),
+            "valid_score": float(t["valid_score"]) if "valid_score" in t else None,
+            "baseline": float(t["valid_baseline"]) if "valid_baseline" in t else None,
+            "promoted": t.get("promotion.promoted"),
+            "data_start": t.get("data_start"), "data_end": t.get("data_end"),
+            "markets": t.get("markets"),
+            "carried_masks": t.get("carried_masks"),
+            "was_champion": int(v.version) in history,
+            "pruned": t.get("pruned") == "true",
+            "run_id": v.run_id,
+        })
+    return rows
+
+
+def _record(client: MlflowClient, name: str, version: int, action: str, previous: int | None, reason: str) -> str:
+    stamp = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    for k, v in {f"manual.{action}": stamp, "manual.last_action": action,
+                 "manual.previous_champion": str(previous), "manual.reason": reason}.items():
+        client.set_model_version_tag(name, str(version), k, v)
+    with mlflow.start_run(run_name=f"{action}-v{version}") as run:
+        mlflow.set_tags({"supsup_fin.flow": action, "model_name": name, "champion_version": str(version),
+                         "previous_champion": str(previous), "reason": reason})
+    log.info("%s %s: champion v%s -> v%d (%s)", action, name, previous, version, reason)
+    return run.info.run_id
+
+
+def promote(client: MlflowClient, name: str, version: int, reason: str = "promoted by hand") -> dict[str, Any]:
+    """Make ``version`` the champion by hand (it must exist and still have its artifacts)."""
+    known = {int(v.version): v for v in _versions(client, name)}
+    if version not in known:
+        raise RegistryError(f"model {name!r} has no version {version}; versions: {sorted(known)}")
+    if known[version].tags.get("pruned") == "true":
+        raise RegistryError(f"model {name!r} v{version} was pruned by retention; its artifacts are gone")
+    previous = champion_version(client, name)
+    if previous == version:
+        raise RegistryError(f"model {name!r} v{version} is already the champion")
+    set_champion(client, name, version)
+    run_id = _record(client, name, version, "promote", previous, reason)
+    return {"model": name, "champion": version, "previous_champion": previous, "run_id": run_id, "reason": reason}
+
+
+def rollback(client: MlflowClient, name: str, reason: str = "rolled back by hand") -> dict[str, Any]:
+    """Give the champion alias back to the version that held it before the current one."""
+    current = champion_version(client, name)
+    if current is None:
+        raise RegistryError(f"model {name!r} has no champion to roll back")
+    history = champion_history(client, name)
+    while history and history[-1] == current:
+        history.pop()
+    known = {int(v.version) for v in _versions(client, name)}
+    candidates = [v for v in history if v in known and v != current]
+    if not candidates:
+        raise RegistryError(f"model {name!r}: champion v{current} has no earlier champion to roll back to")
+    target = candidates[-1]
+    client.set_registered_model_alias(name, CHAMPION, str(target))
+    client.set_registered_model_tag(name, HISTORY_TAG, ",".join(map(str, history[: history.index(target) + 1])))
+    run_id = _record(client, name, target, "rollback", current, reason)
+    return {"model": name, "champion": target, "previous_champion": current, "run_id": run_id, "reason": reason}
+
+
+def prune(client: MlflowClient, name: str, keep_last: int) -> list[int]:
+    """Delete the artifacts of versions outside the last ``keep_last`` that never were champion.
+
+    The version entries stay (tagged ``pruned=true``) so scores and decisions remain listed.
+    Returns the versions pruned now.
+    """
+    keep = set(champion_history(client, name))
+    versions = _versions(client, name)
+    keep |= {int(v.version) for v in versions[-keep_last:]}
+    keep |= {int(v.version) for v in versions if v.aliases}
+    pruned = []
+    for v in versions:
+        if int(v.version) in keep or v.tags.get("pruned") == "true":
+            continue
+        for uri in _artifact_uris(client, v):
+            try:
+                get_artifact_repository(uri).delete_artifacts()
+            except (OSError, MlflowException, NotImplementedError) as err:
+                log.warning("retention: could not delete %s of %s v%s: %s", uri, name, v.version, err)
+        client.set_model_version_tag(name, v.version, "pruned", "true")
+        pruned.append(int(v.version))
+    if pruned:
+        log.info("retention: pruned %s v%s (keeping last %d and every champion)", name, pruned, keep_last)
+    return pruned
+
+
+def _artifact_uris(client: MlflowClient, version: Any) -> list[str]:
+    uris = []
+    if getattr(version, "model_id", None):
+        try:
+            uris.append(client.get_logged_model(version.model_id).artifact_location)
+        except MlflowException:
+            pass
+    if version.run_id:
+        uris.append(client.get_run(version.run_id).info.artifact_uri)
+    return uris
+
+
+__all__ = ["list_versions", "promote", "prune", "rollback"]

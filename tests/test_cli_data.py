@@ -1,0 +1,100 @@
+"""``supsup-fin ingest`` and ``supsup-fin regimes``: tables, JSON, plots, one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+from typer.testing import CliRunner
+
+from supsup_fin.cli import app
+
+runner = CliRunner()
+
+
+def _config(tmp_path: Path, markets: list[dict], **extra: dict) -> Path:
+    tree = {"name": "t", "markets": markets, "regimes": {"n_states": [2, 3], "n_restarts": 1, "warmup": 50},
+            **extra}
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    return path
+
+
+def _csv(tmp_path: Path, name: str, frame: pd.DataFrame) -> str:
+    path = tmp_path / f"{name}.csv"
+    frame.to_csv(path)
+    return str(path)
+
+
+def _prices(n: int = 60) -> pd.DataFrame:
+    close = 100 * np.exp(np.cumsum(np.random.default_rng(0).normal(0, 0.01, n)))
+    return pd.DataFrame({"close": close}, index=pd.bdate_range("2011-01-03", periods=n, name="date"))
+
+
+def test_ingest_health_table_and_json(tmp_path: Path) -> None:
+    gappy = _prices()
+    gappy.iloc[5:7, 0] = np.nan
+    cfg = _config(tmp_path, [{"name": "syn", "source": "synthetic", "dataset": "easy", "seed": 1},
+                             {"name": "gappy", "source": "file", "path": _csv(tmp_path, "g", gappy)}])
+    result = runner.invoke(app, ["ingest", "--config", str(cfg), "--home", str(tmp_path / "h")])
+    assert result.exit_code == 0, result.output
+    assert "Data health" in result.stdout and "gappy" in result.stdout and "2 repair" in result.stdout
+    result = runner.invoke(app, ["ingest", "--config", str(cfg), "--json", "--market", "gappy",
+                                 "--home", str(tmp_path / "h")])
+    rows = json.loads(result.stdout)
+    assert [r["market"] for r in rows] == ["gappy"]
+    assert rows[0]["findings"][0]["check"] == "missing" and rows[0]["findings"][0]["count"] == 2
+    assert rows[0]["rows_out"] == 60 and rows[0]["ok"] is True
+
+
+def test_ingest_bad_files_fail_with_one_line_per_market(tmp_path: Path) -> None:
+    wrong = _prices().rename(columns={"close": "price"})
+    bad_dates = _prices().reset_index()
+    bad_dates["date"] = bad_dates["date"].dt.strftime("%Y-%m-%d").astype(object)
+    bad_dates.loc[3, "date"] = "not-a-date"
+    cfg = _config(tmp_path, [{"name": "ok", "source": "synthetic", "dataset": "hard"},
+                             {"name": "wrong", "source": "file", "path": _csv(tmp_path, "w", wrong)},
+                             {"name": "dates", "source": "file",
+                              "path": str(tmp_path / "d.csv")}])
+    bad_dates.to_csv(tmp_path / "d.csv", index=False)
+    result = runner.invoke(app, ["ingest", "--config", str(cfg), "--home", str(tmp_path / "h")])
+    assert result.exit_code == 1
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 2, result.stderr
+    assert "'wrong'" in lines[0] and "no 'close' column" in lines[0]
+    assert "'dates'" in lines[1] and "column 'date'" in lines[1] and "'not-a-date' at row 3" in lines[1]
+    assert "ok" in result.stdout  # the good market's row is still printed
+
+
+def test_regimes_prints_stats_and_writes_plot(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    vol = np.where((np.arange(800) // 100) % 2 == 0, 0.005, 0.025)
+    frame = pd.DataFrame({"close": 100 * np.exp(np.cumsum(rng.normal(0, vol)))},
+                         index=pd.bdate_range("2010-01-04", periods=800, name="date"))
+    cfg = _config(tmp_path, [{"name": "syn", "source": "file", "path": _csv(tmp_path, "syn", frame)}])
+    result = runner.invoke(app, ["regimes", "--config", str(cfg), "--home", str(tmp_path / "h")])
+    assert result.exit_code == 0, result.output
+    assert "expected_duration_days" in result.stdout and "calm" in result.stdout
+    png = tmp_path / "h" / "regimes" / "syn.png"
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    result = runner.invoke(app, ["regimes", "--config", str(cfg), "--json", "--home", str(tmp_path / "h"),
+                                 "--plot-dir", str(tmp_path / "plots")])
+    (report,) = json.loads(result.stdout)
+    assert report["n_states"] == 2 and set(report["criterion"]) == {"2", "3"}, report["criterion"]
+    assert len(report["stats"]) == 2 and report["converged"] is True
+    assert Path(report["plot"]) == tmp_path / "plots" / "syn.png"
+
+
+def test_regimes_errors_are_one_line(tmp_path: Path) -> None:
+    short = _prices(40)
+    cfg = _config(tmp_path, [{"name": "short", "source": "file", "path": _csv(tmp_path, "s", short)}],
+                  regimes={"n_states": [2, 8]})
+    result = runner.invoke(app, ["regimes", "--config", str(cfg), "--home", str(tmp_path / "h")])
+    assert result.exit_code == 1
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "'short'" in lines[0] and "n_states range (2, 8)" in lines[0], result.stderr
+    result = runner.invoke(app, ["regimes", "--config", str(cfg), "--market", "nope"])
+    assert result.exit_code == 1 and "unknown market 'nope'" in result.stderr

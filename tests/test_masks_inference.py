@@ -1,0 +1,191 @@
+"""Superposition and SupSup task inference (one-shot and binary), superfluous outputs, continual
+appending, the Jaccard heatmap and bad input."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from supsup_fin.masks import (
+    FrozenNet,
+    MaskBank,
+    infer_task,
+    jaccard_matrix,
+    plot_jaccard,
+    train_masks,
+)
+
+SEED = int(os.environ.get("SUPSUP_TEST_SEED", "0"))
+print(f"SUPSUP_TEST_SEED={SEED}")
+
+SIZES = (16, 128, 128, 4)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def task_data(k: int, n: int = 300, classes: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """Task ``k``: Gaussian classes in 16-d, the inputs of each task permuted differently
+    (a small PermutedMNIST: every task has the same input marginals, so only the mask tells)."""
+    rng = np.random.default_rng(1000 + k)
+    centers = np.random.default_rng(7).normal(size=(classes, SIZES[0])) * 2.5
+    y = rng.integers(0, classes, n)
+    x = centers[y] + rng.normal(size=(n, SIZES[0]))
+    perm = np.random.default_rng(k).permutation(SIZES[0])
+    return x[:, perm].astype(np.float32), y
+
+
+@pytest.fixture(scope="module")
+def trained():
+    net = FrozenNet(SIZES, seed=SEED)
+    tasks = {f"t{k}": task_data(k) for k in range(5)}
+    bank = train_masks(net, tasks, steps=200, batch_size=64, lr=0.2, weight_decay=0.0)
+    return net, tasks, bank
+
+
+def test_one_hot_superposition_equals_the_single_mask(trained):
+    net, tasks, bank = trained
+    x = torch.from_numpy(tasks["t1"][0][:20])
+    one_hot = {n: (1.0 if n == "t1" else 0.0) for n in bank}
+    torch.testing.assert_close(net(x, masks=bank, alphas=one_hot), net(x, mask=bank["t1"]))
+
+
+@pytest.mark.parametrize("method", ["one_shot", "binary"])
+def test_task_inference_picks_the_right_task(trained, method):
+    net, tasks, bank = trained
+    for name, (x, _) in tasks.items():
+        found = infer_task(net, bank, x[:100], method=method)
+        assert found.task == name, (name, found.scores)
+        assert set(found.scores) == set(bank)
+        assert found.objective == "entropy"
+        k = len(bank)
+        assert found.rounds == (1 if method == "one_shot" else int(np.ceil(np.log2(k))))
+        assert found.rounds <= np.log2(k) + 1
+    sub = infer_task(net, bank, tasks["t3"][0][:100], names=["t3", "t4"])
+    assert sub.task == "t3" and list(sub.scores) == ["t3", "t4"]
+
+
+def test_superfluous_units_are_hidden_and_drive_inference_with_two_classes():
+    net = FrozenNet((16, 128, 128, 2), seed=SEED, superfluous=30)
+    plain = FrozenNet((16, 128, 128, 2), seed=SEED)
+    assert net.shapes[-1] == (32, 128)
+    assert torch.equal(net.weights[-1][:2], plain.weights[-1])  # real rows are the plain net's
+    assert net.weights_hash() != plain.weights_hash()
+    tasks = {}
+    for k in range(5):
+        x, y = task_data(k, classes=2)
+        tasks[f"t{k}"] = (x, y)
+    bank = train_masks(net, tasks, steps=200, batch_size=64, lr=0.2, weight_decay=0.0)
+    x = torch.from_numpy(tasks["t0"][0][:8])
+    assert net(x, mask=bank["t0"]).shape == (8, 2)
+    assert net(x, mask=bank["t0"], all_outputs=True).shape == (8, 32)
+    assert torch.equal(net(x, mask=bank["t0"]), net(x, mask=bank["t0"], all_outputs=True)[:, :2])
+    # Training pushed the superfluous logits below the real ones on the task's own mask.
+    full = net(x, mask=bank["t0"], all_outputs=True)
+    assert bool((full[:, 2:].max(dim=1).values < full[:, :2].max(dim=1).values).all())
+    found = [infer_task(net, bank, x[:100]) for x, _ in tasks.values()]
+    assert all(f.objective == "superfluous" for f in found)
+    # G is no better than H on these synthetic tasks (see docs): most, not all, are found.
+    assert sum(f.task == name for f, name in zip(found, tasks)) >= 3, [f.task for f in found]
+    with pytest.raises(ValueError, match="superfluous > 0"):
+        infer_task(plain, MaskBank(plain), x, objective="superfluous")
+
+
+def test_superfluous_bank_roundtrips_and_refuses_a_plain_net(tmp_path):
+    from supsup_fin.errors import MaskFileError
+
+    net = FrozenNet((16, 8, 2), seed=SEED, superfluous=3)
+    bank = train_masks(net, {"a": task_data(0, classes=2)}, steps=2, batch_size=8)
+    path = bank.save(tmp_path / "b")
+    assert MaskBank.read_spec(path)["superfluous"] == 3
+    assert MaskBank.load(path, net)["a"].shapes == net.shapes
+    with pytest.raises(MaskFileError, match="superfluous is 3 but the net has 0"):
+        MaskBank.load(path, FrozenNet((16, 8, 2), seed=SEED))
+
+
+def test_appending_keeps_old_masks_and_outputs_bit_identical_and_is_deterministic(trained):
+    net, tasks, bank = trained
+    before = {n: [layer.clone() for layer in bank[n].layers] for n in bank}
+    x = torch.from_numpy(tasks["t0"][0][:32])
+    out_before = {n: net(x, mask=bank[n]) for n in bank}
+    base_hash = net.weights_hash()
+    new = {"later": task_data(9)}
+    grown = train_masks(net, new, steps=30, batch_size=32, bank=bank)
+    again = train_masks(net, new, steps=30, batch_size=32, bank=bank)
+    assert grown.names == [*bank.names, "later"] and net.weights_hash() == base_hash
+    for n in bank:
+        assert all(torch.equal(a, b) for a, b in zip(before[n], grown[n].layers))
+        assert torch.equal(net(x, mask=grown[n]), out_before[n])
+        assert grown.meta(n)["bits_sha256"] == bank.meta(n)["bits_sha256"]
+    assert all(torch.equal(a, b) for a, b in zip(grown["later"].layers, again["later"].layers))
+
+
+def test_jaccard_heatmap_draws_without_pyplot_state(trained, tmp_path):
+    import sys
+
+    _, _, bank = trained
+    names, matrix = jaccard_matrix(bank)
+    assert np.allclose(np.diag(matrix), 1.0) and np.allclose(matrix, matrix.T)
+    had_pyplot = "matplotlib.pyplot" in sys.modules
+    fig = plot_jaccard(names, matrix, tmp_path / "j.png")
+    assert (tmp_path / "j.png").stat().st_size > 1000
+    assert len(fig.axes) == 2  # heatmap and colour bar
+    assert ("matplotlib.pyplot" in sys.modules) == had_pyplot
+    with pytest.raises(ValueError, match=r"matrix must be \[2, 2\]"):
+        plot_jaccard(["a", "b"], matrix)
+
+
+def test_bad_input_is_refused_with_what_was_expected(trained, tmp_path):
+    net, tasks, bank = trained
+    x = tasks["t0"][0]
+    with pytest.raises(ValueError, match=r"X must be shaped \[N >= 1, 16\], got \(4, 3\)"):
+        infer_task(net, bank, np.zeros((4, 3), np.float32))
+    with pytest.raises(ValueError, match=r"X must be shaped \[N >= 1, 16\], got \(0, 16\)"):
+        infer_task(net, bank, np.zeros((0, 16), np.float32))
+    bad = x[:4].copy()
+    bad[1, 2] = np.nan
+    with pytest.raises(ValueError, match="non-finite"):
+        infer_task(net, bank, bad)
+    with pytest.raises(ValueError, match="method must be 'one_shot' or 'binary'"):
+        infer_task(net, bank, x, method="ternary")
+    with pytest.raises(ValueError, match="not in the bank"):
+        infer_task(net, bank, x, names=["nope"])
+    with pytest.raises(ValueError, match="empty"):
+        infer_task(net, MaskBank(net), x)
+    other = FrozenNet(SIZES, seed=SEED + 1)
+    with pytest.raises(ValueError, match="bank was built on"):
+        infer_task(other, bank, x)
+    with pytest.raises(ValueError, match="bank was built on"):
+        train_masks(other, {"z": tasks["t0"]}, bank=bank, steps=1)
+    wider = FrozenNet((16, 64, 64, 5), seed=SEED)
+    with pytest.raises(ValueError, match="bank was built on"):
+        train_masks(wider, {"z": tasks["t0"]}, bank=bank, steps=1)
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 4\)"):
+        train_masks(net, {"z": (x, np.full(len(x), 4))}, steps=1)
+    with pytest.raises(ValueError, match=r"density must be in \(0, 1\]"):
+        train_masks(net, {"z": tasks["t0"]}, density=1.5, steps=1)
+    with pytest.raises(ValueError, match="equal size"):
+        train_masks(net, {"a": tasks["t0"], "b": (x[:10], tasks["t0"][1][:10])}, batch_size=None, steps=1)
+    with pytest.raises(ValueError, match="X must be shaped"):
+        train_masks(net, {"z": (x[:0], tasks["t0"][1][:0])}, steps=1)
+    target = tmp_path / "never"
+    with pytest.raises(ValueError):
+        train_masks(net, {"z": (bad, tasks["t0"][1][:4])}, steps=1).save(target)
+    assert not target.exists()
+
+
+def test_full_batch_training_uses_every_row_and_learns(trained):
+    net, tasks, _ = trained
+    bank = train_masks(net, {"a": tasks["t0"], "b": tasks["t1"]}, batch_size=None, steps=60, lr=0.2,
+                       weight_decay=0.0)
+    for name, key in (("a", "t0"), ("b", "t1")):
+        x, y = tasks[key]
+        assert float((net(x, mask=bank[name]).argmax(1).numpy() == y).mean()) > 0.9
