@@ -75,3 +75,14 @@ def small_pipeline(tmp_path_factory: pytest.TempPathFactory):
     ev = evaluate(forecaster, fs, rf, prices)
     return {"cfg": cfg, "loaded": loaded, "features": fs, "regimes": rf, "tasks": tasks,
             "net": net, "bank": bank, "forecaster": forecaster, "prices": prices, "evaluation": ev}
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny nets: one torch thread is as fast, and immune to a busy machine's thread stalls."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

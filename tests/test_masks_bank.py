@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +12,7 @@ import torch
 from supsup_fin.errors import MaskFileError
 from supsup_fin.masks import FrozenNet, Mask, MaskBank, train_masks
 from supsup_fin.masks import bank as bank_module
-
-SEED = int(os.environ.get("SUPSUP_TEST_SEED", "0"))
-print(f"SUPSUP_TEST_SEED={SEED}")
+from conftest import SEED
 
 SIZES = (16, 60, 30, 3)  # 60*16 and 30*3 are not multiples of 8: padding bits are exercised
 NAMES = ["sp500/calm", "sp500/ALL", "x/calm@2015-01-02"]

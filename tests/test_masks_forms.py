@@ -3,8 +3,6 @@ gradients, hard-concrete's expected L0 and its stochastic inference with p store
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 import torch
@@ -24,20 +22,13 @@ from supsup_fin.masks import (
 from supsup_fin.masks.bank import dequantize_probs, quantize_probs
 from supsup_fin.masks.forms import kept_count
 from supsup_fin.masks.train import batched_logits, supermask_logits
-
-SEED = int(os.environ.get("SUPSUP_TEST_SEED", "0"))
-print(f"SUPSUP_TEST_SEED={SEED}")
+from conftest import SEED
 
 SIZES = (16, 48, 40, 3)
 FAST = {"steps": 40, "batch_size": 32}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def blobs(seed: int, n: int = 240, classes: int = 3) -> tuple[np.ndarray, np.ndarray]:

@@ -3,8 +3,6 @@ appending, the Jaccard heatmap and bad input."""
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 import torch
@@ -17,19 +15,12 @@ from supsup_fin.masks import (
     plot_jaccard,
     train_masks,
 )
-
-SEED = int(os.environ.get("SUPSUP_TEST_SEED", "0"))
-print(f"SUPSUP_TEST_SEED={SEED}")
+from conftest import SEED
 
 SIZES = (16, 128, 128, 4)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def task_data(k: int, n: int = 300, classes: int = 4) -> tuple[np.ndarray, np.ndarray]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 import pytest
@@ -11,9 +10,7 @@ import torch
 
 from supsup_fin.masks import MASK_FORMS, FrozenNet, Mask, jaccard_matrix, layer_densities
 from supsup_fin.masks.forms import get_form
-
-SEED = int(os.environ.get("SUPSUP_TEST_SEED", "0"))
-print(f"SUPSUP_TEST_SEED={SEED}")
+from conftest import SEED
 
 # sha256 of FrozenNet((8, 16, 4), seed=0): sizes as <i8, then each weight's <f4 bytes.
 REFERENCE_HASH = "03cc9bbf76375aacc373f44ea812cd5486dc9cb2f6723417e8197080abcd701e"

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 import torch
 
 from supsup_fin.masks import FrozenNet, MaskBank, train_masks
-
-SEED = int(os.environ.get("SUPSUP_TEST_SEED", "0"))
-print(f"SUPSUP_TEST_SEED={SEED}")
+from conftest import SEED
 
 SIZES = (16, 64, 64, 3)
 FAST = {"steps": 60, "batch_size": 32}
@@ -29,13 +25,7 @@ def same_bits(a, b) -> bool:
     return all(torch.equal(p, q) for p, q in zip(a.layers, b.layers))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These nets are tiny: one thread is as fast and immune to a busy machine's thread stalls."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
