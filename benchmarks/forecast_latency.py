@@ -5,7 +5,9 @@
 
 Builds the forecaster with the library (no MLflow, no Prefect) on synthetic 10-year markets
 (training steps do not change inference cost, so training is short), then times
-``RegimeGatedForecaster.predict`` on each market's latest rows. Writes JSON to --out.
+``RegimeGatedForecaster.predict`` on each market's latest rows: one market-day in every gate
+mode (wall clock, and the thread's CPU time, which a busy shared machine inflates less), then
+all markets in a loop in the default mode. Writes JSON to --out, with the load average.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from retrain_scale import bench_config, market_files
 
 from supsup_fin.config import config_from_dict
 from supsup_fin.data import load_prices
+from supsup_fin.gating import GATE_MODES
 from supsup_fin.prepare import build_features, fit_regimes
 from supsup_fin.tasks import make_tasks
 from supsup_fin.training import build_forecaster, train_tasks
@@ -46,6 +49,19 @@ def pct(xs: list[float]) -> dict:
             "mean_ms": round(float(a.mean()), 3)}
 
 
+def time_one(fc, market: str, window, mode: str, reps: int) -> dict:
+    """Wall-clock percentiles of ``reps`` single forecasts, and the median CPU time of the thread."""
+    for _ in range(5):
+        fc.predict(market, window, mode)
+    wall, cpu = [], []
+    for _ in range(reps):
+        c0, t0 = time.thread_time(), time.perf_counter()
+        fc.predict(market, window, mode)
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.thread_time() - c0)
+    return {**pct(wall), "cpu_p50_ms": round(float(np.percentile(cpu, 50)) * 1000, 3)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--markets", type=int, default=100)
@@ -60,26 +76,22 @@ def main() -> None:
         fc, prices = build(a.markets, Path(tmp))
     windows = {m: p.iloc[-fc.min_rows:] for m, p in prices.items()}
     first = min(windows)
-    for _ in range(5):
-        fc.predict(first, windows[first])
-    one = []
-    for _ in range(a.reps):
-        t0 = time.perf_counter()
-        fc.predict(first, windows[first])
-        one.append(time.perf_counter() - t0)
+    load_before = os.getloadavg()
+    rows = [{"case": "one market-day", "mode": mode, "markets": 1,
+             **time_one(fc, first, windows[first], mode, a.reps)} for mode in GATE_MODES]
     batch = []
     for _ in range(max(a.reps // 10, 5)):
         t0 = time.perf_counter()
         for m, w in windows.items():
             fc.predict(m, w)
         batch.append(time.perf_counter() - t0)
-    rows = [{"case": "one market-day", "markets": 1, **pct(one)},
-            {"case": f"{a.markets} markets at once", "markets": a.markets, **pct(batch),
-             "per_market_p50_ms": round(float(np.percentile(batch, 50)) * 1000 / a.markets, 3)}]
+    rows.append({"case": f"{a.markets} markets at once", "mode": fc.mode, "markets": a.markets, **pct(batch),
+                 "per_market_p50_ms": round(float(np.percentile(batch, 50)) * 1000 / a.markets, 3)})
     for r in rows:
         print(json.dumps(r))
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps({"cpus": os.cpu_count(), "torch_threads": 1, "min_rows": fc.min_rows,
+                                 "load_avg_1m": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
                                  "args": vars(a) | {"out": str(a.out)}, "rows": rows}, indent=1))
 
 

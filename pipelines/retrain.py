@@ -20,11 +20,12 @@ from supsup_fin.data import LoadedPrices, load_prices
 from supsup_fin.evaluate import Evaluation, evaluate
 from supsup_fin.gating import RegimeGatedForecaster
 from supsup_fin.masks import FrozenNet, MaskBank
-from supsup_fin.prepare import FeatureSet, RegimeFit, build_features, fit_regimes
+from supsup_fin.prepare import FeatureSet, RegimeFit, build_features, fit_regimes, lineage_of
+from supsup_fin.regimes import RegimeModel
 from supsup_fin.summary import retrain_summary
 from supsup_fin.tasks import Task, make_tasks
 from supsup_fin.tracking import RunRecord, log_retrain
-from supsup_fin.tracking.registry import champion_bank
+from supsup_fin.tracking.registry import champion_bank, champion_regimes
 from supsup_fin.training import (
     MaskBits,
     build_forecaster,
@@ -48,9 +49,15 @@ def features(lp: LoadedPrices, cfg: Config) -> FeatureSet:
     return build_features(lp.market, lp.frame, cfg)
 
 
+@task(name="champion-regimes", cache_policy=NO_CACHE)
+def champion_hmms(cfg: Config, ws: Workspace) -> dict[str, RegimeModel]:
+    """The champion's HMM per market, which refits align to (empty without lineage or champion)."""
+    return champion_regimes(cfg.tracking, ws)[0] if cfg.regimes.lineage else {}
+
+
 @task(name="regimes", cache_policy=NO_CACHE)
-def regimes(lp: LoadedPrices, cfg: Config) -> RegimeFit:
-    return fit_regimes(lp.market, lp.frame, cfg.regimes, cfg.segments)
+def regimes(lp: LoadedPrices, cfg: Config, previous: RegimeModel | None = None) -> RegimeFit:
+    return fit_regimes(lp.market, lp.frame, cfg.regimes, cfg.segments, previous=lineage_of(previous, cfg))
 
 
 @task(name="tasks", cache_policy=NO_CACHE)
@@ -106,7 +113,8 @@ def retrain_flow(config: dict[str, Any], workspace: str | None = None) -> dict[s
     loaded = {n: f.result() for n, f in futures.items()}
     t = lap("ingest", t)
     f_fs = {n: features.submit(lp, cfg) for n, lp in loaded.items()}
-    f_rf = {n: regimes.submit(lp, cfg) for n, lp in loaded.items()}
+    previous = champion_hmms(cfg, ws)
+    f_rf = {n: regimes.submit(lp, cfg, previous.get(n)) for n, lp in loaded.items()}
     fs = {n: f.result() for n, f in f_fs.items()}
     rf = {n: f.result() for n, f in f_rf.items()}
     t = lap("features_regimes", t)

@@ -30,7 +30,8 @@ def open_bank(cfg: Config, workspace: Workspace, *, path: Path | None = None, ve
         return RegimeGatedForecaster.load(path).bank, source
     if (path / "bank.json").is_file():
         spec = json.loads((path / "bank.json").read_text())
-        net = FrozenNet(sizes=tuple(spec["architecture"]["sizes"]), seed=spec["seed"])
+        net = FrozenNet(sizes=tuple(spec["architecture"]["sizes"]), seed=spec["seed"],
+                        superfluous=spec["architecture"].get("superfluous", 0))
         return MaskBank.load(path, net), source
     raise MaskFileError(f"{path}: neither a forecaster directory (forecaster.json) nor a mask bank (bank.json)")
 

@@ -153,7 +153,7 @@ def main() -> None:
 
 
 # Further command groups register themselves on `app` when imported.
-from supsup_fin import _cli_data, _cli_deploy  # noqa: E402,F401
+from supsup_fin import _cli_backtest, _cli_data, _cli_deploy  # noqa: E402,F401
 
 
 if __name__ == "__main__":

@@ -136,6 +136,9 @@ class RegimesConfig(_Section):
         "or of the two-feature HMM (over-selects: overlapping vol windows)")
     observations: Literal["return_vol", "return"] = Field(
         "return_vol", description="HMM observations: (log return, log realised vol) or log return only")
+    lineage: bool = Field(
+        True, description="retrain: align each market's refit to the champion's HMM (its state count and "
+        "regime names are kept, so a regime means the same across versions); false: a fresh state search")
 
     @field_validator("n_states")
     @classmethod
@@ -161,7 +164,10 @@ class MasksConfig(_Section):
     init_p: float | None = Field(None, gt=0, lt=1, description="hard_concrete: initial keep probability (None: density)")
     store_probabilities: bool = Field(False, description="hard_concrete: keep p as uint8 beside the bits")
     stochastic_samples: int = Field(16, ge=1, description="hard_concrete: masks averaged by stochastic inference")
-    superfluous: int = Field(0, ge=0, description="extra output units for SupSup task inference (FrozenNet)")
+    superfluous: int = Field(
+        0, ge=0, description="extra output units of the frozen net (SupSup's remedy for few classes): training "
+        "pushes them down on each task's own mask, which is what lets task inference (gate mode infer) find it; "
+        "they cost forecast calibration (the small pipeline's test log-loss 1.22 with 20 vs below the prior with 0)")
 
     def form_options(self) -> dict[str, Any]:
         """Options of the chosen form, as ``train_masks(form_options=...)`` takes them."""
@@ -183,14 +189,54 @@ class TrainingConfig(_Section):
 
 
 class GatingConfig(_Section):
-    mode: Literal["hard", "soft", "market"] = "soft"
+    mode: Literal["hard", "soft", "ensemble", "infer", "market"] = "soft"
+    infer_window: int = Field(16, ge=1, description="rows up to t whose SupSup task-inference scores the `infer` mode averages")
+
+
+class PositionsConfig(_Section):
+    """How a forecast becomes a position, decided at the close of t from ``signal = p_up - p_down``."""
+
+    rule: Literal["sign", "proportional"] = Field(
+        "sign", description="sign: full long/short when |signal| > threshold, else flat; "
+        "proportional: clip(signal / scale, -1, 1) beyond the threshold")
+    threshold: float = Field(0.05, ge=0, lt=1, description="|signal| at or below this: flat")
+    allow_short: bool = Field(True, description="False: negative positions become flat")
+    scale: float = Field(0.5, gt=0, le=2, description="proportional: the signal that earns a full position")
+
+
+BASELINES: tuple[str, ...] = ("buy_and_hold", "hmm_rule", "dense", "dense_finetune", "dense_regime", "oracle")
 
 
 class BacktestConfig(_Section):
+    """Walk-forward backtest: windows, retraining cadence, execution costs, strategies compared."""
+
+    start: dt.date | None = Field(None, description="first test date (None: the valid segment's start)")
+    end: dt.date | None = Field(None, description="last test date (None: the data's end)")
     window: Literal["expanding", "rolling"] = "expanding"
-    retrain_every: int = Field(60, ge=1)
-    cost_bps: float = Field(1.0, ge=0)
-    slippage_bps: float = Field(1.0, ge=0)
+    train_rows: int | None = Field(None, ge=100, description="rolling: training rows per window (required)")
+    retrain_every: int = Field(60, ge=1, description="trading days between refits (252: yearly)")
+    purge: int | None = Field(None, ge=0, description="rows between train targets and test (None: horizon + lookback)")
+    cost_bps: float = Field(1.0, ge=0, description="proportional cost per unit of |Δposition|")
+    slippage_bps: float = Field(1.0, ge=0, description="slippage per unit of |Δposition|, added to costs")
+    positions: PositionsConfig = PositionsConfig()
+    vol_window: int = Field(60, ge=5, description="equal-risk portfolio: trailing days of each market's volatility")
+    modes: tuple[Literal["hard", "soft", "ensemble", "infer", "market"], ...] = Field(
+        ("hard", "soft", "ensemble", "infer", "market"), min_length=1,
+        description="gate modes of the supermask forecaster run side by side (market: the ALL mask)")
+    baselines: tuple[Literal[BASELINES], ...] = Field(  # type: ignore[valid-type]
+        BASELINES, description="baselines in the same run (oracle: synthetic markets only)")
+    dense_lr: float = Field(1e-3, gt=0, description="Adam learning rate of the dense baselines")
+    steps: int | None = Field(None, ge=1, description="training steps of every refit's masks and dense nets "
+                              "(None: training.steps); a step budget for long backtests")
+    bootstrap: int = Field(1000, ge=100, description="stationary-bootstrap samples of each Sharpe CI")
+
+    @model_validator(mode="after")
+    def _rolling_needs_rows(self) -> BacktestConfig:
+        if self.window == "rolling" and self.train_rows is None:
+            raise ValueError("backtest.window 'rolling' needs backtest.train_rows")
+        if self.start is not None and self.end is not None and self.end <= self.start:
+            raise ValueError(f"backtest.end {self.end} is not after backtest.start {self.start}")
+        return self
 
 
 class TrackingConfig(_Section):

@@ -75,7 +75,7 @@ def evaluate(
     task_rows, market_rows = [], []
     for market in sorted(features):
         fs, mm = features[market], forecaster.markets[market]
-        frames = {mode: forecaster.predict_frame(market, prices[market], mode) for mode in GATE_MODES}
+        frames = forecaster.predict_frames(market, prices[market], GATE_MODES)
         names = list(mm.regime.names_)
         for seg in segments:
             idx = fs.rows(seg)

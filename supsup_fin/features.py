@@ -7,7 +7,7 @@ series that still covers its warm-up. Scalers and class edges are fitted on ``tr
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -23,6 +23,9 @@ if TYPE_CHECKING:
 
 _EPS = 1e-8
 
+#: What a feature formula reads columns from: a prices frame, or its columns as float64 arrays.
+Columns = pd.DataFrame | Mapping[str, np.ndarray]
+
 
 @dataclass(frozen=True)
 class FeatureSpec:
@@ -30,15 +33,19 @@ class FeatureSpec:
 
     requires: tuple[str, ...]
     warmup: int
-    fn: Callable[[pd.DataFrame], np.ndarray]
+    fn: Callable[[Columns], np.ndarray]
 
 
-def _close(p: pd.DataFrame) -> np.ndarray:
-    return p["close"].to_numpy(dtype=np.float64)
+def _column(p: Columns, name: str) -> np.ndarray:
+    return np.asarray(p[name], dtype=np.float64)
 
 
-def _ret(k: int) -> Callable[[pd.DataFrame], np.ndarray]:
-    def fn(p: pd.DataFrame) -> np.ndarray:
+def _close(p: Columns) -> np.ndarray:
+    return _column(p, "close")
+
+
+def _ret(k: int) -> Callable[[Columns], np.ndarray]:
+    def fn(p: Columns) -> np.ndarray:
         logc = np.log(_close(p))
         out = np.full(len(logc), np.nan)
         out[k:] = logc[k:] - logc[:-k]
@@ -47,29 +54,29 @@ def _ret(k: int) -> Callable[[pd.DataFrame], np.ndarray]:
     return fn
 
 
-def _vol(w: int) -> Callable[[pd.DataFrame], np.ndarray]:
+def _vol(w: int) -> Callable[[Columns], np.ndarray]:
     return lambda p: rl.rolling_std(rl.log_returns(_close(p)), w)
 
 
-def _ma_gap(w: int) -> Callable[[pd.DataFrame], np.ndarray]:
+def _ma_gap(w: int) -> Callable[[Columns], np.ndarray]:
     return lambda p: np.log(_close(p)) - np.log(rl.rolling_mean(_close(p), w))
 
 
-def _drawdown(w: int) -> Callable[[pd.DataFrame], np.ndarray]:
+def _drawdown(w: int) -> Callable[[Columns], np.ndarray]:
     return lambda p: np.log(_close(p)) - np.log(rl.rolling_max(_close(p), w))
 
 
-def _vol_ratio(p: pd.DataFrame) -> np.ndarray:
+def _vol_ratio(p: Columns) -> np.ndarray:
     r = rl.log_returns(_close(p))
     return np.log((rl.rolling_std(r, 5) + _EPS) / (rl.rolling_std(r, 20) + _EPS))
 
 
-def _range(p: pd.DataFrame) -> np.ndarray:
-    return np.log(p["high"].to_numpy(np.float64) / p["low"].to_numpy(np.float64))
+def _range(p: Columns) -> np.ndarray:
+    return np.log(_column(p, "high") / _column(p, "low"))
 
 
-def _volume_z(p: pd.DataFrame) -> np.ndarray:
-    lv = np.log(p["volume"].to_numpy(np.float64) + 1.0)
+def _volume_z(p: Columns) -> np.ndarray:
+    lv = np.log(_column(p, "volume") + 1.0)
     return (lv - rl.rolling_mean(lv, 20)) / (rl.rolling_std(lv, 20) + _EPS)
 
 
@@ -137,17 +144,41 @@ def make_features(prices: pd.DataFrame, names: Sequence[str], market: str = "?")
     -------
     DataFrame ``[n, len(names)]`` indexed like ``prices``.
     """
+    return pd.DataFrame(_feature_columns(prices, prices.columns, names, market), index=prices.index)
+
+
+def feature_array(columns: Mapping[str, np.ndarray], names: Sequence[str], market: str = "?") -> np.ndarray:
+    """:func:`make_features` as a plain array, from the price columns as arrays (no frame built).
+
+    The same formulas on the same values, so the result is bitwise
+    ``make_features(prices, names).to_numpy()`` for ``columns = {c: prices[c].to_numpy()}``.
+
+    Parameters
+    ----------
+    columns : price column name -> float64 array ``[n]`` (at least the columns the features need).
+    names : feature names from :data:`FEATURES`.
+
+    Returns
+    -------
+    ``[n, F]`` float64, one column per distinct name, in order; NaN during warm-up.
+    """
+    return np.column_stack(list(_feature_columns(columns, list(columns), names, market).values()))
+
+
+def _feature_columns(
+    p: Columns, available: Collection[str], names: Sequence[str], market: str
+) -> dict[str, np.ndarray]:
     cols = {}
     for n in names:
         spec = FEATURES[n]
-        missing = [c for c in spec.requires if c not in prices.columns]
+        missing = [c for c in spec.requires if c not in available]
         if missing:
             raise DataError(
                 f"market {market!r}: feature {n!r} needs columns {missing}, "
-                f"the prices have {list(prices.columns)}"
+                f"the prices have {list(available)}"
             )
-        cols[n] = spec.fn(prices)
-    return pd.DataFrame(cols, index=prices.index)
+        cols[n] = spec.fn(p)
+    return cols
 
 
 def forward_returns(prices: pd.DataFrame, horizon: int) -> pd.Series:

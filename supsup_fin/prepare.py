@@ -113,6 +113,22 @@ def build_features(market: str, prices: pd.DataFrame, cfg: Config) -> FeatureSet
     return fs
 
 
+def lineage_of(previous: RegimeModel | None, cfg: Config) -> RegimeModel | None:
+    """``previous`` if a refit under ``cfg.regimes`` can continue its lineage, else ``None``.
+
+    A lineage keeps its observation model and volatility window; after a config change to either
+    the refit starts a fresh state search (and says so in the log).
+    """
+    if previous is None:
+        return None
+    r = cfg.regimes
+    if previous.observations != r.observations or previous.vol_window != r.vol_window:
+        log.info("regime lineage restarts: the champion's HMM uses observations %r / vol_window %d, the "
+                 "config %r / %d", previous.observations, previous.vol_window, r.observations, r.vol_window)
+        return None
+    return previous
+
+
 @dataclass(frozen=True)
 class RegimeFit:
     """One market's fitted HMM, training labels and causal posteriors.

@@ -150,4 +150,5 @@ def build_forecaster(
     return RegimeGatedForecaster(
         markets, net, bank, feature_names=cfg.features.names, lookback=cfg.features.lookback,
         horizon=cfg.features.horizon, regime_window=cfg.regimes.warmup, mode=cfg.gating.mode,
+        infer_window=cfg.gating.infer_window,
     )

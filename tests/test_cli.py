@@ -16,7 +16,7 @@ from conftest import small_config_dict
 from supsup_fin.cli import app
 
 runner = CliRunner()
-COMMANDS = ["demo", "retrain", "forecast", "masks"]
+COMMANDS = ["demo", "retrain", "forecast", "masks", "backtest"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

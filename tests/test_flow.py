@@ -64,6 +64,17 @@ def test_retrain_flow_registers_a_reproducible_forecaster(harness, small_pipelin
         assert r["as_of"] == mine["as_of"] and r["model_version"] == 1
         np.testing.assert_allclose([r[f"p_{c}"] for c in served.classes], list(mine["probabilities"].values()), atol=1e-6)
 
+    # a second retrain continues each market's regime lineage: aligned to the champion's HMM
+    # (same state count and names, identity matching on unchanged data) and every mask carried over
+    again = run_retrain(cfg, tmp_path / "ws")
+    assert again["registered_model"]["version"] == 2
+    v2 = RegimeGatedForecaster.load(download_forecaster("small-model", "2", tempfile.mkdtemp()))
+    for market, mm in v2.markets.items():
+        first = served.markets[market].regime
+        assert mm.regime.names_ == first.names_ and mm.regime.permutation_ == list(range(first.n_states_))
+        np.testing.assert_array_equal(mm.regime.transmat_, first.transmat_)
+    assert all(v2.bank.meta(n).get("carried_from") == "v1" for n in v2.bank.names)
+
 
 def test_bad_market_data_fails_the_flow_and_registers_nothing(harness, tmp_path: Path) -> None:
     from pipelines.retrain import run_retrain

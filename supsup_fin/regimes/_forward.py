@@ -258,3 +258,70 @@ def next_step(proba: np.ndarray, transmat: np.ndarray) -> np.ndarray:
     for j in range(k):
         out[:, j] = _seq_sum([proba[:, i] * transmat[i, j] for i in range(k)])
     return out
+
+
+# Smallest magnitude an unnormalised entry of the fast filter may reach: far above the
+# subnormal range, so every product keeps full relative precision.
+_FAST_FLOOR = 1e-250
+
+
+def forward_last_proba(
+    log_b: np.ndarray, log_start: np.ndarray, log_a: np.ndarray
+) -> np.ndarray:
+    """Filtered probabilities ``P(z_n | x_1..n)`` of the last row only, in ``O(log n)`` numpy calls.
+
+    In probability space the forward recursion is linear: ``alpha_n ∝ start D_1 M_2 ... M_n``
+    with ``D_t = diag(exp(log_b_t - max_k log_b_tk))`` and ``M_t = A D_t``. The ``n - 1``
+    matrices ``M_t`` (all ``[K, K]``) are multiplied as a balanced tree of batched products,
+    each partial product rescaled by its largest entry (a scalar the final normalisation
+    removes). Every quantity is a sum of products of non-negative numbers, so each is
+    computed to a relative error of a few ulps per level: the result equals
+    ``exp(forward(...)[0][-1])`` to ~1e-15. Where an entry would fall below ``1e-250``
+    (extreme emissions, near-zero transitions or start probabilities) the product could
+    lose precision, and the exact log-space :func:`forward` answers instead.
+
+    Parameters
+    ----------
+    log_b : numpy.ndarray
+        Shape ``[n, K]``, ``n >= 1``, emission log-densities.
+    log_start, log_a : numpy.ndarray
+        As in :func:`forward`.
+
+    Returns
+    -------
+    numpy.ndarray
+        Shape ``[K]``, sums to 1.
+    """
+    fast = _forward_last_scaled(log_b, log_start, log_a)
+    if fast is not None:
+        return fast
+    return np.exp(forward(log_b, log_start, log_a)[0][-1])
+
+
+def _forward_last_scaled(
+    log_b: np.ndarray, log_start: np.ndarray, log_a: np.ndarray
+) -> np.ndarray | None:
+    """The tree product of :func:`forward_last_proba`; ``None`` where it could lose precision."""
+    with np.errstate(under="ignore", over="ignore", invalid="ignore"):
+        b = np.exp(log_b - log_b.max(axis=1, keepdims=True))
+        v = np.exp(log_start) * b[0]
+        m = np.exp(log_a)[None, :, :] * b[1:, None, :]  # [n - 1, K, K]: M_t = A D_t
+        if not (v.min() >= _FAST_FLOOR and (not len(m) or m.min() >= _FAST_FLOOR)):
+            return None
+        v = v / v.max()
+        while len(m) > 1:
+            if len(m) % 2:  # the oldest factor goes into v, so the pairs stay in order
+                v = v @ m[0]
+                m = m[1:]
+                if not v.min() >= _FAST_FLOOR:
+                    return None
+                v = v / v.max()
+            m = np.matmul(m[0::2], m[1::2])
+            if not m.min() >= _FAST_FLOOR:
+                return None
+            m = m / m.max(axis=(1, 2), keepdims=True)
+        if len(m):
+            v = v @ m[0]
+            if not v.min() >= _FAST_FLOOR:
+                return None
+    return v / v.sum()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 from dataclasses import asdict, dataclass
@@ -14,6 +15,7 @@ from mlflow.tracking import MlflowClient
 from supsup_fin.config import TrackingConfig
 from supsup_fin.errors import RegistryError, SupsupError
 from supsup_fin.masks import FrozenNet, MaskBank
+from supsup_fin.regimes import RegimeModel
 from supsup_fin.tracking.store import connect
 from supsup_fin.workspace import Workspace
 
@@ -153,3 +155,24 @@ def champion_bank(tracking: TrackingConfig, workspace: Workspace, net: FrozenNet
             log.info("champion v%d's masks cannot be reused: %s", version, err)
             return None, ""
     return bank, f"v{version}"
+
+
+def champion_regimes(tracking: TrackingConfig, workspace: Workspace) -> tuple[dict[str, RegimeModel], str]:
+    """The champion's fitted HMM of each market and its label (``"v3"``); ``({}, "")`` without one.
+
+    A retrain aligns each market's refit to these (``RegimeModel.fit(previous=...)``), so regime
+    names keep their meaning from one registered version to the next.
+    """
+    connect(tracking, workspace)
+    version = champion_version(MlflowClient(), tracking.model_name)
+    if version is None:
+        return {}, ""
+    with tempfile.TemporaryDirectory() as tmp:
+        spec_file = Path(download_forecaster(tracking.model_name, str(version), tmp)) / "forecaster.json"
+        try:
+            spec = json.loads(spec_file.read_text())
+            models = {m: RegimeModel.from_dict(d["regime"]) for m, d in spec["markets"].items()}
+        except (OSError, KeyError, ValueError) as err:
+            log.info("champion v%d's regime models cannot be read: %s", version, err)
+            return {}, ""
+    return models, f"v{version}"

@@ -1,0 +1,67 @@
+"""``supsup-fin backtest``: the walk-forward comparison table, per market and for the portfolio."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from supsup_fin._cli_common import (
+    ConfigOpt,
+    HomeOpt,
+    JsonOpt,
+    VerboseOpt,
+    app,
+    err,
+    fails_cleanly,
+    out,
+    print_json,
+    progress_bar,
+    setup_logging,
+    table,
+)
+from supsup_fin.config import load_config
+
+_COLUMNS = ["strategy", "sharpe", "sharpe_lo", "sharpe_hi", "dsr", "ann_return", "ann_vol", "max_drawdown",
+            "calmar", "hit_rate", "turnover", "accuracy", "log_loss", "brier"]
+
+
+def show_backtest(summary: dict[str, Any]) -> None:
+    """Print the comparison tables of a backtest summary."""
+    by_market: dict[str, list[dict[str, Any]]] = {}
+    for r in summary["table"]:
+        by_market.setdefault(r["market"], []).append(r)
+    for market, rows in by_market.items():
+        out.print(table(f"{market}: walk-forward after {summary['costs_bps']:g} bps costs per unit traded "
+                        "(sharpe_lo/hi: 95% bootstrap CI; dsr: deflated Sharpe over all strategies)",
+                        rows, _COLUMNS))
+    if summary["continual"]:
+        out.print(table("Continual path: accuracy on each window's days, right after training vs at the end",
+                        summary["continual"], ["market", "strategy", "avg_accuracy", "bwt", "forgetting"]))
+    out.print(table("Storage", summary["storage"], ["model", "count", "bytes"]))
+    w = summary["windows"]
+    if w:
+        out.print(f"{len(w)} windows {w[0]['test_start']}..{w[-1]['test_end']}, {summary['elapsed_s']:.0f} s")
+    if summary["run_id"]:
+        out.print(f"tracking: {summary['tracking_uri']}  run {summary['run_id']}")
+
+
+@app.command()
+@fails_cleanly
+def backtest(
+    config: ConfigOpt,
+    track: Annotated[bool, typer.Option("--track/--no-track", help="Record the run in MLflow.")] = True,
+    as_json: JsonOpt = False, home: HomeOpt = None, verbose: VerboseOpt = False,
+) -> None:
+    """Walk-forward backtest: every gate mode and baseline, after costs, in one table."""
+    from pipelines.backtest import backtest_flow
+
+    setup_logging(verbose)
+    cfg = load_config(config)
+    with progress_bar(not as_json and err.is_terminal):
+        summary = backtest_flow(config=cfg.model_dump(mode="json"), workspace=str(home) if home else None,
+                                track=track)
+    print_json(summary) if as_json else show_backtest(summary)
+
+
+

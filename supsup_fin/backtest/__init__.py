@@ -1,0 +1,1 @@
+"""Walk-forward backtests: windows, positions and costs, metrics, baselines."""

@@ -1,0 +1,368 @@
+"""Dense baselines: trained networks of the supermask net's shape, many trained at once.
+
+The backtest compares the supermask forecaster with dense, bias-free ReLU MLPs of the same
+``sizes`` whose weights *are* trained: one per market from scratch each window, one per market
+fine-tuned window after window (``init=``), one per (market, regime) for the storage comparison.
+
+All nets of a call train together, as :func:`supsup_fin.masks.train.train_masks` trains masks:
+the weights of the T nets are stacked on a leading task axis (``[T, out, in]`` per layer) and
+applied with ``torch.bmm``; one Adam step updates all of them. The loss is the sum over tasks
+of each task's mean cross-entropy, so each net's gradient is its own loss's gradient, and Adam
+is elementwise, so a net's updates do not depend on which other nets share the batch.
+
+Same data, same steps as the mask trainer: each task draws ``batch_size`` rows with replacement
+per step from ``task_generator(seed, name, 1)`` -- the very rows ``train_masks`` draws for a
+task of that name and seed -- and the learning rate follows the same cosine schedule from
+``lr`` to 0 over ``steps``. A task with ``n <= batch_size`` rows uses all of them every step
+(``train_masks`` would sample ``batch_size`` with replacement instead). Fresh nets start from a
+Kaiming-uniform init for ReLU, ``U(±sqrt(6 / fan_in))``, drawn from
+``task_generator(seed, name, 0)``; so a net depends only on its own data, ``seed`` and name.
+Tasks drawing fewer rows (``n < batch_size``) are padded with rows of weight 0.
+
+Batched equals alone: on CPU with one torch thread, a task trained alone and in a batch gives
+bit-identical weights. With several threads MKL may split a lone task's matrix products
+differently from a batch's, so results agree to float rounding (~1e-8 after 50 steps), as they
+do on GPUs and where padding changes a task's minibatch length.
+
+The optimiser is ``torch.optim.Adam`` (``weight_decay`` is its L2 term, added to the gradient),
+not the masks' SGD: trained dense weights need an adaptive step to be a fair baseline at the
+same step budget, and Adam stays exact under batching because every operation is elementwise.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from supsup_fin.errors import DataError
+from supsup_fin.masks.net import as_tensor
+from supsup_fin.masks.train import task_generator
+
+logger = logging.getLogger(__name__)
+
+# Random streams of a task, shared with the mask trainer (batches are the same rows).
+_STREAM_INIT, _STREAM_BATCHES = 0, 1
+_BYTES_PER_WEIGHT = 4  # float32
+
+TaskArrays = tuple[np.ndarray | torch.Tensor, np.ndarray | torch.Tensor]
+
+
+@dataclass
+class DenseBank:
+    """Trained dense nets of one shape, by name.
+
+    Attributes
+    ----------
+    sizes : tuple of int
+        Layer widths ``(in, hidden..., classes)``; every net is bias-free with ReLU between layers.
+    weights : dict name -> list of tensors
+        Per net, float32 CPU weights, layer ``l`` shaped ``[sizes[l + 1], sizes[l]]``.
+    final_loss : dict name -> float
+        Each net's minibatch loss at the last training step (empty for hand-built banks).
+    """
+
+    sizes: tuple[int, ...]
+    weights: dict[str, list[torch.Tensor]]
+    final_loss: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.sizes = _check_sizes(self.sizes)
+        shapes = _shapes(self.sizes)
+        for name, layers in self.weights.items():
+            found = [tuple(w.shape) for w in layers]
+            if found != shapes:
+                raise DataError(f"dense net {name!r}: weight shapes {found}, sizes {self.sizes} need {shapes}")
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.weights
+
+    def __len__(self) -> int:
+        return len(self.weights)
+
+    @property
+    def names(self) -> list[str]:
+        """Net names, in training order."""
+        return list(self.weights)
+
+    def _get(self, name: str) -> list[torch.Tensor]:
+        try:
+            return self.weights[name]
+        except KeyError:
+            raise KeyError(f"no dense net named {name!r}; the bank holds {self.names}") from None
+
+    def logits(self, name: str, X: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Float32 logits ``[N, classes]`` of ``X [N, in]`` through net ``name`` (CPU, no grad)."""
+        weights = self._get(name)
+        x = _as_float32(X, f"dense net {name!r}: X")
+        if x.dim() != 2 or x.shape[1] != self.sizes[0]:
+            raise DataError(f"dense net {name!r}: X must be shaped [N, {self.sizes[0]}], got {tuple(x.shape)}")
+        with torch.no_grad():
+            h, last = x.to("cpu", torch.float32), len(weights) - 1
+            for i, w in enumerate(weights):
+                h = h @ w.t()
+                if i < last:
+                    h = torch.relu(h)
+        return h
+
+    def predict_proba(self, name: str, X: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Class probabilities ``[N, classes]`` (float64 softmax of the float32 logits)."""
+        return torch.softmax(self.logits(name, X).double(), dim=1).numpy()
+
+    def nbytes(self, names: Iterable[str] | None = None) -> int:
+        """Float32 storage in bytes of the nets ``names`` (default: all of them)."""
+        chosen = self.names if names is None else list(names)
+        return sum(_BYTES_PER_WEIGHT * sum(w.numel() for w in self._get(n)) for n in chosen)
+
+    def copy_of(self, name: str) -> list[torch.Tensor]:
+        """Cloned weights of ``name`` (a start for fine-tuning: ``init={name: bank.copy_of(name)}``)."""
+        return [w.clone() for w in self._get(name)]
+
+
+def train_dense(
+    tasks: Mapping[str, TaskArrays],
+    sizes: Sequence[int],
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float = 1e-3,
+    weight_decay: float = 0.0,
+    seed: int = 0,
+    init: Mapping[str, Sequence[torch.Tensor]] | None = None,
+    device: str | torch.device = "cpu",
+    progress: Callable[[int, int], None] | None = None,
+) -> DenseBank:
+    """Train one dense bias-free ReLU MLP per task, all tasks in one batched loop.
+
+    Parameters
+    ----------
+    tasks : mapping name -> (X, y)
+        ``X`` float ``[n, sizes[0]]`` (finite), ``y`` int ``[n]`` with labels in ``[0, sizes[-1])``;
+        ``n >= 1`` may differ between tasks.
+    sizes : sequence of int
+        Layer widths ``(in, hidden..., classes)``, as for :class:`~supsup_fin.masks.net.FrozenNet`.
+    steps, batch_size : int
+        Optimiser steps (>= 1) and rows drawn per task and step (>= 1; with replacement, or the
+        whole task when it has ``n <= batch_size`` rows).
+    lr, weight_decay : float
+        Adam's peak learning rate (cosine-annealed to 0 over ``steps``) and L2 coefficient.
+    seed : int
+        Non-negative; with a task's name it fixes the task's init and minibatches.
+    init : mapping name -> list of tensors, optional
+        Start these nets from the given weights (fine-tuning); the tensors are not modified.
+    device : str or torch.device
+        Where to train; the bank's weights come back on CPU.
+    progress : callable(step, steps), optional
+        Called every ~10% of the steps and at the end.
+
+    Returns
+    -------
+    DenseBank
+        One net per task, in ``tasks`` order.
+    """
+    sizes = _check_sizes(sizes)
+    _check_hyperparameters(steps, batch_size, lr, weight_decay, seed)
+    names = list(tasks)
+    for name in names:
+        if not isinstance(name, str) or not name:
+            raise DataError(f"task names must be non-empty strings, got {name!r}")
+    starts = dict(init or {})
+    unknown = sorted(set(starts) - set(names), key=str)
+    if unknown:
+        raise DataError(f"init names tasks that are not being trained: {unknown} (tasks: {names})")
+    if not names:
+        return DenseBank(sizes, {})
+    data = {name: _validate_task(name, *tasks[name], sizes) for name in names}
+    start_weights = {name: _validate_init(name, starts[name], sizes) for name in starts}
+    dev = torch.device(device)
+    logger.info("training %d dense nets %s on %s for %d steps: %s", len(names), sizes, dev, steps, names)
+    final, losses = _train(data, start_weights, names, sizes, dev, steps, batch_size, lr, weight_decay, seed, progress)
+    weights = {name: [layer[t].clone() for layer in final] for t, name in enumerate(names)}
+    return DenseBank(sizes, weights, dict(zip(names, losses)))
+
+
+def _train(
+    data: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    starts: dict[str, list[torch.Tensor]],
+    names: list[str],
+    sizes: tuple[int, ...],
+    dev: torch.device,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float,
+    seed: int,
+    progress: Callable[[int, int], None] | None,
+) -> tuple[list[torch.Tensor], list[float]]:
+    """The batched loop; returns CPU float32 weights ``[T, out, in]`` per layer and last losses."""
+    n_tasks = len(names)
+    params = [p.to(dev).requires_grad_(True) for p in _initial_weights(names, starts, sizes, seed)]
+    counts = [int(data[n][0].shape[0]) for n in names]
+    rows_per_task = [min(n, batch_size) for n in counts]
+    width = max(rows_per_task)
+    gens = [task_generator(seed, n, _STREAM_BATCHES) for n in names]
+    x_all = torch.cat([data[n][0] for n in names]).to(dev)
+    y_all = torch.cat([data[n][1] for n in names]).to(dev)
+    offsets = np.cumsum([0, *counts[:-1]])
+    # Row weights: 1 / rows for real rows, 0 for padding, so a task's loss is its own mean.
+    row_weight = torch.zeros(n_tasks, width, dtype=torch.float32)
+    pad_index = torch.zeros(n_tasks, width, dtype=torch.int64)
+    for t, (b, off) in enumerate(zip(rows_per_task, offsets)):
+        row_weight[t, :b] = 1.0 / b
+        pad_index[t] = int(off)
+    row_weight = row_weight.to(dev)
+    padded = width != min(rows_per_task)
+
+    opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    every = max(1, steps // 10)
+    loss_t = torch.zeros(n_tasks)
+    for step in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = 0.5 * lr * (1.0 + math.cos(math.pi * step / steps))
+        idx = pad_index.clone()
+        for t, (n, b, g) in enumerate(zip(counts, rows_per_task, gens)):
+            rows = torch.randint(n, (batch_size,), generator=g) if n > batch_size else torch.arange(n)
+            idx[t, :b] = rows + int(offsets[t])
+        idx = idx.view(-1).to(dev)
+        xb = x_all[idx].view(n_tasks, width, -1)
+        logits = batched_dense_logits(params, xb)
+        ce = F.cross_entropy(logits.reshape(n_tasks * width, -1), y_all[idx], reduction="none").view(n_tasks, width)
+        loss_t = (ce * row_weight).sum(dim=1) if padded else ce.mean(dim=1)
+        opt.zero_grad(set_to_none=True)
+        loss_t.sum().backward()
+        opt.step()
+        if progress is not None and ((step + 1) % every == 0 or step + 1 == steps):
+            progress(step + 1, steps)
+    final = [p.detach().to("cpu", torch.float32) for p in params]
+    return final, loss_t.detach().cpu().tolist()
+
+
+def batched_dense_logits(weights: Sequence[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """Logits of T dense nets at once.
+
+    Parameters
+    ----------
+    weights : list of ``[T, out, in]`` tensors
+    x : ``[T, B, in]``
+
+    Returns
+    -------
+    torch.Tensor ``[T, B, classes]``
+    """
+    h, last = x, len(weights) - 1
+    for i, w in enumerate(weights):
+        h = torch.bmm(h, w.transpose(1, 2))
+        if i < last:
+            h = torch.relu(h)
+    return h
+
+
+def _initial_weights(
+    names: list[str], starts: dict[str, list[torch.Tensor]], sizes: tuple[int, ...], seed: int
+) -> list[torch.Tensor]:
+    """Stacked CPU float32 start weights ``[T, out, in]`` per layer."""
+    per_task = []
+    for name in names:
+        if name in starts:
+            per_task.append(starts[name])
+            continue
+        g = task_generator(seed, name, _STREAM_INIT)
+        layers = []
+        for out_f, in_f in _shapes(sizes):
+            bound = math.sqrt(6.0 / in_f)
+            layers.append((torch.rand((out_f, in_f), generator=g) * 2.0 - 1.0) * bound)
+        per_task.append(layers)
+    return [torch.stack([layers[i] for layers in per_task]) for i in range(len(sizes) - 1)]
+
+
+def _validate_task(
+    name: str, x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor, sizes: tuple[int, ...]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """CPU float32 ``[n, in]`` and int64 ``[n]`` tensors of one task, or a DataError naming it."""
+    if not isinstance(x, torch.Tensor | np.ndarray) or not isinstance(y, torch.Tensor | np.ndarray):
+        raise DataError(
+            f"task {name!r}: X and y must be numpy arrays or torch tensors, got {type(x).__name__}, {type(y).__name__}"
+        )
+    xt = _as_float32(x, f"task {name!r}: X")
+    if xt.dim() != 2 or xt.shape[1] != sizes[0]:
+        raise DataError(f"task {name!r}: X must be shaped [n, {sizes[0]}], got {tuple(xt.shape)}")
+    if xt.shape[0] < 1:
+        raise DataError(f"task {name!r}: X is empty; expected at least 1 row, got shape {tuple(xt.shape)}")
+    yt = torch.from_numpy(np.array(y)) if isinstance(y, np.ndarray) else y.detach()
+    if yt.dim() != 1 or yt.shape[0] != xt.shape[0]:
+        raise DataError(f"task {name!r}: y must be shaped [{xt.shape[0]}] like X's rows, got {tuple(yt.shape)}")
+    if yt.is_floating_point() or yt.is_complex() or yt.dtype == torch.bool:
+        raise DataError(f"task {name!r}: y must hold integer class labels, got dtype {yt.dtype}")
+    xt = xt.detach().to("cpu", torch.float32)
+    yt = yt.to("cpu", torch.int64)
+    finite = torch.isfinite(xt).all(dim=1)
+    if not bool(finite.all()):
+        row = int(torch.nonzero(~finite)[0, 0])
+        raise DataError(f"task {name!r}: X must be finite, got NaN/inf (first at row {row})")
+    lo, hi = int(yt.min()), int(yt.max())
+    if lo < 0 or hi >= sizes[-1]:
+        raise DataError(f"task {name!r}: labels must lie in [0, {sizes[-1]}), got values in [{lo}, {hi}]")
+    return xt, yt
+
+
+def _validate_init(name: str, layers: Sequence[torch.Tensor], sizes: tuple[int, ...]) -> list[torch.Tensor]:
+    """Cloned CPU float32 start weights of ``name``, or a DataError naming it."""
+    shapes = _shapes(sizes)
+    if isinstance(layers, torch.Tensor | np.ndarray) or not isinstance(layers, Sequence):
+        raise DataError(f"init of task {name!r}: expected a list of {len(shapes)} weight tensors, got {type(layers).__name__}")
+    if not all(isinstance(w, torch.Tensor | np.ndarray) for w in layers):
+        found = [type(w).__name__ for w in layers]
+        raise DataError(f"init of task {name!r}: expected weight tensors, got {found}")
+    out = [_as_float32(w, f"init of task {name!r}").detach().to("cpu", torch.float32).clone() for w in layers]
+    found = [tuple(w.shape) for w in out]
+    if found != shapes:
+        raise DataError(f"init of task {name!r}: expected weight shapes {shapes} for sizes {sizes}, got {found}")
+    if not all(bool(torch.isfinite(w).all()) for w in out):
+        raise DataError(f"init of task {name!r}: weights must be finite, got NaN/inf")
+    return out
+
+
+def _as_float32(x: np.ndarray | torch.Tensor, where: str) -> torch.Tensor:
+    """Float32 tensor of real-valued ``x``, or a DataError starting with ``where``."""
+    if not isinstance(x, torch.Tensor | np.ndarray):
+        raise DataError(f"{where}: expected a numpy array or torch tensor, got {type(x).__name__}")
+    if isinstance(x, torch.Tensor):
+        real = not (x.is_complex() or x.dtype == torch.bool)
+    else:
+        real = np.issubdtype(x.dtype, np.number) and not np.issubdtype(x.dtype, np.complexfloating)
+    if not real:
+        raise DataError(f"{where}: expected real numbers, got dtype {x.dtype}")
+    return as_tensor(x, np.float32).to(torch.float32)
+
+
+def _shapes(sizes: tuple[int, ...]) -> list[tuple[int, int]]:
+    return [(sizes[i + 1], sizes[i]) for i in range(len(sizes) - 1)]
+
+
+def _check_sizes(sizes: Sequence[int]) -> tuple[int, ...]:
+    found = tuple(sizes)
+    if len(found) < 2 or not all(_is_int(s) and s >= 1 for s in found):
+        raise ValueError(f"sizes must be >= 2 positive ints (in, hidden..., classes), got {found}")
+    return tuple(int(s) for s in found)
+
+
+def _check_hyperparameters(steps: int, batch_size: int, lr: float, weight_decay: float, seed: int) -> None:
+    checks = [
+        ("steps", steps, _is_int(steps) and steps >= 1, "an int >= 1"),
+        ("batch_size", batch_size, _is_int(batch_size) and batch_size >= 1, "an int >= 1"),
+        ("lr", lr, isinstance(lr, int | float) and math.isfinite(lr) and lr > 0, "a finite float > 0"),
+        ("weight_decay", weight_decay, isinstance(weight_decay, int | float) and weight_decay >= 0, ">= 0"),
+        ("seed", seed, _is_int(seed) and seed >= 0, "a non-negative int"),
+    ]
+    for what, value, ok, expected in checks:
+        if not ok:
+            raise ValueError(f"{what} must be {expected}, got {value!r}")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)

@@ -1,0 +1,159 @@
+"""The walk-forward backtest end to end on a small synthetic market: causality, the continual
+path, the comparison table, the flow's MLflow record and the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from mlflow.tracking import MlflowClient
+from typer.testing import CliRunner
+
+from conftest import SEED
+from supsup_fin.backtest.engine import run_walk_forward
+from supsup_fin.backtest.report import PORTFOLIO, run_backtest, summarise
+from supsup_fin.config import config_from_dict
+from supsup_fin.data import load_prices
+
+STRATEGIES = {"buy_and_hold", "hmm_rule", "dense", "dense_finetune", "dense_regime", "oracle",
+              "supsup_hard", "supsup_soft", "supsup_ensemble", "supsup_infer", "supsup_market"}
+
+
+def backtest_config_dict() -> dict:
+    """One synthetic market, three short windows, a tiny network: a whole backtest in seconds."""
+    return {
+        "name": "bt-small",
+        "markets": [{"name": "syn", "source": "synthetic", "dataset": "easy", "seed": 1}],
+        "segments": {"train": [None, "2009-12-31"], "valid": ["2010-01-01", "2011-12-31"],
+                     "test": ["2012-01-01", None]},
+        "features": {"lookback": 4, "horizon": 3},
+        "regimes": {"n_states": 2, "n_restarts": 1, "warmup": 100},
+        "network": {"hidden": [16, 16]},
+        "training": {"steps": 20, "batch_size": 64},
+        "backtest": {"start": "2012-01-02", "end": "2013-03-29", "retrain_every": 110, "bootstrap": 200},
+        "tracking": {"experiment": "bt-small", "model_name": "bt-small"},
+        "runtime": {"threads": 1},
+    }
+
+
+@pytest.fixture(scope="module")
+def small_backtest(tmp_path_factory):
+    cfg = config_from_dict(backtest_config_dict())
+    cache = tmp_path_factory.mktemp("cache")
+    prices = {m.name: load_prices(m, cfg.data, cache).frame for m in cfg.markets}
+    fc = run_walk_forward(cfg, prices)
+    return cfg, prices, fc, summarise(fc, cfg, prices)
+
+
+def test_no_look_ahead_decisions_up_to_t_ignore_prices_after_t(small_backtest) -> None:
+    cfg, prices, fc, _ = small_backtest
+    t = fc.windows[1].test_start + pd.Timedelta(days=20)  # inside the second window
+    rng = np.random.default_rng(SEED)
+    after = prices["syn"].index > t
+    bent = prices["syn"].copy()
+    bent.loc[after, "close"] *= np.exp(np.cumsum(rng.normal(0, 0.05, after.sum())))
+    fc2 = run_walk_forward(cfg, {"syn": bent})
+    cols = [c for c in fc.rows.columns if c.startswith(("p_", "regime")) or c in ("signal", "masks")]
+    key = ["strategy", "date"]
+    a = fc.rows[fc.rows.date <= t].sort_values(key).reset_index(drop=True)
+    b = fc2.rows[fc2.rows.date <= t].sort_values(key).reset_index(drop=True)
+    assert len(a) > 11 * 20 and set(a.strategy) == STRATEGIES
+    pd.testing.assert_frame_equal(a[key + cols], b[key + cols])  # bitwise: every strategy, every column
+    later = fc.rows[fc.rows.date > t + pd.Timedelta(days=10)].sort_values(key)["signal"].to_numpy()
+    later2 = fc2.rows[fc2.rows.date > t + pd.Timedelta(days=10)].sort_values(key)["signal"].to_numpy()
+    assert not np.array_equal(later, later2)  # the perturbation does reach later decisions
+    r1, r2 = summarise(fc, cfg, prices), summarise(fc2, cfg, {"syn": bent})
+    d1 = r1.daily[r1.daily.date <= t].sort_values(key)["position"].to_numpy()
+    d2 = r2.daily[r2.daily.date <= t].sort_values(key)["position"].to_numpy()
+    np.testing.assert_array_equal(d1, d2)
+
+
+def test_continual_path_grows_one_bank_and_forgets_nothing(small_backtest) -> None:
+    cfg, _, fc, res = small_backtest
+    tags = [w.tag for w in fc.windows]
+    assert len(tags) == 3
+    for tag in tags:  # every window's regime and ALL masks, named market/regime@as_of
+        assert f"syn/ALL@{tag}" in fc.bank and any(n.endswith(f"@{tag}") and "/ALL" not in n for n in fc.bank.names)
+    acc = fc.mask_acc["syn"]
+    # window j's masks re-run from the bank after every later window: identical accuracy
+    for j in range(len(tags)):
+        np.testing.assert_array_equal(acc[j:, j], np.full(len(tags) - j, acc[j, j]))
+    gated = res.continual.loc[("syn", "supsup_soft")]
+    assert gated["bwt"] == 0.0 and gated["forgetting"] == 0.0
+    assert 0.2 < gated["avg_accuracy"] < 0.9
+    assert ("syn", "dense_finetune") in res.continual.index
+
+
+def test_the_first_windows_masks_are_bit_identical_at_the_end(tmp_path_factory) -> None:
+    """Stop after one window, then run all: the first window's masks are the same bits."""
+    tree = backtest_config_dict()
+    cfg_all = config_from_dict(tree)
+    tree["backtest"] = {**tree["backtest"], "end": "2012-06-01"}
+    cfg_one = config_from_dict(tree)
+    prices = {m.name: load_prices(m, cfg_all.data, tmp_path_factory.mktemp("c")).frame for m in cfg_all.markets}
+    one = run_walk_forward(cfg_one.model_copy(update={"backtest": cfg_one.backtest.model_copy(
+        update={"baselines": (), "modes": ("soft",)})}), prices)
+    full = run_walk_forward(cfg_all.model_copy(update={"backtest": cfg_all.backtest.model_copy(
+        update={"baselines": (), "modes": ("soft",)})}), prices)
+    assert len(one.windows) == 1 and len(full.windows) == 3
+    for name in one.bank.names:
+        assert all(torch.equal(a, b) for a, b in zip(one.bank[name].layers, full.bank[name].layers))
+    assert full.net.weights_hash() == one.net.weights_hash()
+
+
+def test_comparison_table_holds_every_strategy_and_the_portfolio(small_backtest) -> None:
+    _, _, fc, res = small_backtest
+    t = res.table
+    assert set(t.xs("syn", level="market").index) == STRATEGIES
+    assert set(t.xs(PORTFOLIO, level="market").index) == STRATEGIES
+    row = t.loc[("syn", "supsup_soft")]
+    assert row["sharpe_lo"] <= row["sharpe"] <= row["sharpe_hi"]
+    assert 0 <= row["psr"] <= 1 and row["dsr"] <= row["psr"]
+    assert np.isnan(t.loc[("syn", "buy_and_hold"), "accuracy"]) and np.isfinite(row["accuracy"])
+    bh = res.daily[(res.daily.strategy == "buy_and_hold")].set_index("date")
+    close = fc.closes["syn"]
+    # buy and hold: flat on day 1, filled at day 2's close, then the market minus one fill cost
+    gross = close.iloc[-1] / close.iloc[1]
+    assert bh["equity"].iloc[-1] == pytest.approx(gross * (1 - 2e-4), rel=1e-9)
+    assert set(res.per_regime.index.get_level_values("regime")) <= {"calm", "turbulent"}
+    assert {"class", "mean_predicted", "observed", "count", "strategy"} <= set(res.calibration.columns)
+    assert res.storage.loc["supermasks (1 bit per weight)", "bytes"] * 30 < \
+        res.storage.loc["dense per market and regime (fp32)", "bytes"] * 3
+
+
+@pytest.fixture(scope="module")
+def harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def test_backtest_command_runs_the_flow_and_records_it(harness, tmp_path: Path) -> None:
+    from supsup_fin.cli import app
+
+    tree = backtest_config_dict()
+    tree["backtest"] = {**tree["backtest"], "end": "2012-09-28", "baselines": ["buy_and_hold", "dense"],
+                        "modes": ["soft", "market"]}
+    path = tmp_path / "bt.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    result = CliRunner().invoke(app, ["backtest", "--config", str(path), "--json", "--home", str(tmp_path / "ws")])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    strategies = {r["strategy"] for r in summary["table"] if r["market"] == "syn"}
+    assert strategies == {"buy_and_hold", "dense", "supsup_soft", "supsup_market"}
+    assert len(summary["windows"]) == 2 and summary["run_id"]
+    client = MlflowClient(summary["tracking_uri"])
+    run = client.get_run(summary["run_id"])
+    assert run.data.tags["supsup_fin.flow"] == "backtest"
+    assert run.data.metrics["bt.syn.supsup_soft.sharpe"] == pytest.approx(
+        next(r["sharpe"] for r in summary["table"] if r["market"] == "syn" and r["strategy"] == "supsup_soft"))
+    files = {f.path for f in client.list_artifacts(summary["run_id"], "backtest")}
+    assert {"backtest/comparison.csv", "backtest/equity_syn.png", "backtest/equity_portfolio.png",
+            "backtest/daily.parquet"} <= files
+    assert not client.search_registered_models()  # a backtest registers nothing
