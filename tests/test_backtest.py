@@ -157,3 +157,22 @@ def test_backtest_command_runs_the_flow_and_records_it(harness, tmp_path: Path) 
     assert {"backtest/comparison.csv", "backtest/equity_syn.png", "backtest/equity_portfolio.png",
             "backtest/daily.parquet"} <= files
     assert not client.search_registered_models()  # a backtest registers nothing
+
+
+def test_oracle_rows_are_the_true_model_forecast_on_each_window(small_backtest) -> None:
+    """The oracle strategy's probabilities equal ``oracle_proba`` on the whole history, window by
+    window (same class edges), and its accuracy is scored against the same realised classes."""
+    from supsup_fin.data.oracle import oracle_proba
+
+    cfg, prices, fc, _ = small_backtest
+    rows = fc.rows[fc.rows.strategy == "oracle"]
+    for w in fc.windows:
+        edges = fc.fits[(w.index, "syn")].features.class_edges
+        want = oracle_proba(prices["syn"], "easy", cfg.features.horizon, edges)
+        got = rows[rows.window == w.index].set_index("date")
+        cols = [c for c in got.columns if c.startswith("p_")]
+        np.testing.assert_allclose(got[cols].to_numpy(), want.reindex(got.index).to_numpy(), atol=1e-12)
+        fwd = np.log(prices["syn"]["close"].shift(-cfg.features.horizon) / prices["syn"]["close"])
+        y = np.digitize(fwd.reindex(got.index), edges)
+        known = np.isfinite(fwd.reindex(got.index).to_numpy())
+        np.testing.assert_array_equal(got["y"].to_numpy()[known], y[known])
