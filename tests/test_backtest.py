@@ -11,12 +11,12 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from conftest import SEED
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
-from conftest import SEED
 from supsup_fin.backtest.engine import run_walk_forward
-from supsup_fin.backtest.report import PORTFOLIO, run_backtest, summarise
+from supsup_fin.backtest.report import PORTFOLIO, summarise
 from supsup_fin.config import config_from_dict
 from supsup_fin.data import load_prices
 
@@ -74,7 +74,7 @@ def test_no_look_ahead_decisions_up_to_t_ignore_prices_after_t(small_backtest) -
 
 
 def test_continual_path_grows_one_bank_and_forgets_nothing(small_backtest) -> None:
-    cfg, _, fc, res = small_backtest
+    _, _, fc, res = small_backtest
     tags = [w.tag for w in fc.windows]
     assert len(tags) == 3
     for tag in tags:  # every window's regime and ALL masks, named market/regime@as_of

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from conftest import SEED, small_config_dict
+
 from supsup_fin.config import GatingConfig, config_from_dict
 from supsup_fin.features import feature_warmup
 from supsup_fin.gating import GATE_MODES, RegimeGatedForecaster, _row_task_scores
@@ -167,7 +167,7 @@ def test_infer_picks_the_mask_of_the_task_the_inputs_come_from(two_tasks) -> Non
 class _NoRegimes:
     """A stand-in market whose single regime names mask ``A`` and whose ALL mask is ``B``."""
 
-    class regime:  # noqa: N801
+    class regime:
         names_ = ("r0", "r1")
 
     masks = {"r0": "A"}

@@ -33,13 +33,19 @@ from supsup_fin.backtest.windows import Window, fit_view, make_windows
 from supsup_fin.config import Config
 from supsup_fin.data.oracle import oracle_filter, oracle_proba
 from supsup_fin.errors import DataError
-from supsup_fin.features import class_names, classify, forward_returns, input_windows, make_features
+from supsup_fin.features import (
+    class_names,
+    classify,
+    forward_returns,
+    input_windows,
+    make_features,
+)
 from supsup_fin.gating import MarketModel, RegimeGatedForecaster
 from supsup_fin.masks import FrozenNet, MaskBank
 from supsup_fin.prepare import FeatureSet, RegimeFit, build_features, fit_regimes
 from supsup_fin.regimes import RegimeModel
 from supsup_fin.tasks import ALL, Task, make_tasks
-from supsup_fin.training import build_network, resolve_device, train_tasks
+from supsup_fin.training import resolve_device, train_tasks
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,12 @@ import numpy as np
 import pandas as pd
 
 from supsup_fin.backtest import metrics as mx
-from supsup_fin.backtest.engine import SUPSUP, Forecasts, continual_mode, run_walk_forward
+from supsup_fin.backtest.engine import (
+    SUPSUP,
+    Forecasts,
+    continual_mode,
+    run_walk_forward,
+)
 from supsup_fin.backtest.positions import decide, equal_risk_portfolio, simulate
 from supsup_fin.config import Config
 
@@ -108,7 +113,7 @@ def _table(daily: pd.DataFrame, portfolio: pd.DataFrame, pcols: list[str], n_boo
     for market, _, g in groups:
         trials.setdefault(market, []).append(mx.daily_sharpe(g["ret"]))
     for market, strategy, g in groups:
-        pos = g["exposure"] if "exposure" in g else None
+        pos = g.get("exposure")
         rec = {"market": market, "strategy": strategy, **mx.return_metrics(g["ret"], pos)}
         rec["sharpe_lo"], rec["sharpe_hi"] = mx.sharpe_ci(g["ret"], n_boot=n_boot)
         rec["psr"] = mx.probabilistic_sharpe(g["ret"])
