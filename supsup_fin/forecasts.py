@@ -1,7 +1,9 @@
 """The forecasts table: one parquet file in the workspace, one row per (as_of, market, model_version).
 
 Appending is idempotent (rows whose key is already stored are skipped, never duplicated or
-overwritten) and atomic (the new table is written beside the old one, then renamed over it).
+overwritten), atomic (the new table is written beside the old one, then renamed over it) and
+serialised across processes by a lock file beside the table (a scheduled forecast and a manual
+one writing at once both land).
 Nested fields (regime posterior, masks) are stored as JSON strings.
 """
 
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from filelock import FileLock
 
 from supsup_fin.workspace import Workspace
 
@@ -51,15 +54,25 @@ def append_forecasts(workspace: Workspace, rows: list[dict[str, Any]]) -> pd.Dat
         raise ValueError(f"forecast rows need the key columns {list(KEY)}; missing {missing}")
     new = pd.DataFrame([_flat(r) for r in rows]).drop_duplicates(list(KEY), keep="first")
     new["model_version"] = new["model_version"].astype("int64")
+    path = table_path(workspace)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock", timeout=LOCK_TIMEOUT_S):
+        return _append_locked(workspace, path, new, len(rows))
+
+
+LOCK_TIMEOUT_S = 120.0
+"""Seconds an append waits for another writer of the same table before it gives up."""
+
+
+def _append_locked(workspace: Workspace, path: Path, new: pd.DataFrame, n_rows: int) -> pd.DataFrame:
     old = read_forecasts(workspace)
     if len(old):
         seen = set(map(tuple, old[list(KEY)].astype({"model_version": "int64"}).itertuples(index=False)))
         new = new[[tuple(k) not in seen for k in new[list(KEY)].itertuples(index=False)]]
     if new.empty:
-        log.info("forecasts table: all %d rows already stored", len(rows))
+        log.info("forecasts table: all %d rows already stored", n_rows)
         return new
     table = pd.concat([old, new], ignore_index=True) if len(old) else new.reset_index(drop=True)
-    path = table_path(workspace)
     fd, tmp = tempfile.mkstemp(prefix=".forecasts-", suffix=".parquet", dir=path.parent)
     os.close(fd)
     try:

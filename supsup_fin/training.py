@@ -54,30 +54,36 @@ def reusable_masks(tasks: list[Task], previous: MaskBank | None, net: FrozenNet,
         if task.name in previous:
             old = previous.meta(task.name)
             if all(old.get(k) == task.meta.get(k) for k in keys):
-                keep[task.name] = (previous[task.name], {**old, "carried_from": source})
+                probs = [previous.probabilities(task.name)] if previous.has_probabilities(task.name) else []
+                keep[task.name] = (previous[task.name], {**old, "carried_from": source}, *probs)
     log.info("carry-over: %d of %d masks unchanged since %s", len(keep), len(tasks), source)
     return merge_banks(net, keep)
 
 
-MaskBits = dict[str, tuple[list[torch.Tensor], dict]]
-"""What travels back from a training worker: ``name -> (bool layers [out, in], metadata)``
-(``Mask`` objects do not pickle; their layers do)."""
+MaskBits = dict[str, tuple]
+"""What travels back from a training worker: ``name -> (bool layers [out, in], metadata)`` or
+``(layers, metadata, keep probabilities per layer)`` for masks that store them (``Mask`` objects
+do not pickle; their layers do)."""
 
 
 def to_bits(bank: MaskBank) -> MaskBits:
-    """A bank's masks as plain bool tensors and metadata (picklable; no base network)."""
-    return {n: (list(bank[n].layers), bank.meta(n)) for n in bank.names}
+    """A bank's masks as plain tensors and metadata (picklable; no base network)."""
+    return {n: (list(bank[n].layers), bank.meta(n), *([bank.probabilities(n)] if bank.has_probabilities(n) else []))
+            for n in bank.names}
 
 
 def merge_banks(net: FrozenNet, parts: list[MaskBank | MaskBits] | MaskBits) -> MaskBank:
-    """One bank on ``net`` from banks and/or :data:`MaskBits` (or ``name -> (Mask, meta)``), in order."""
-    entries: dict[str, tuple[Mask, dict]] = {}
+    """One bank on ``net`` from banks and/or :data:`MaskBits` (or ``name -> (Mask, meta)``), in order.
+
+    Stored keep probabilities travel with their masks.
+    """
+    out = MaskBank(net)
     for part in parts if isinstance(parts, list) else [parts]:
-        if isinstance(part, MaskBank):
-            entries |= {n: (part[n], part.meta(n)) for n in part.names}
-        else:
-            entries |= {n: (m if isinstance(m, Mask) else Mask(m), meta) for n, (m, meta) in part.items()}
-    return MaskBank(net)._extended(entries)  # masks' own API: appends already-trained masks
+        if not isinstance(part, MaskBank):
+            part = MaskBank(net)._extended({
+                n: (m if isinstance(m, Mask) else Mask(m), *rest) for n, (m, *rest) in part.items()})
+        out = out.merged(part)
+    return out
 
 
 def training_groups(tasks: list[Task], runtime: RuntimeConfig) -> list[list[Task]]:

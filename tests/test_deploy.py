@@ -159,6 +159,28 @@ def test_forecasts_table_rejects_rows_without_a_key(tmp_path: Path) -> None:
     assert read_forecasts(ws).empty
 
 
+def _append_many(root: str, writer: int, n: int) -> None:
+    ws = Workspace.resolve(root)
+    for i in range(n):
+        append_forecasts(ws, [{"as_of": f"2020-01-{1 + i % 28:02d}", "market": f"m{writer}_{i}", "model_version": 1,
+                               "signal": float(i)}])
+
+
+def test_concurrent_writers_lose_no_rows(tmp_path: Path) -> None:
+    """Four processes appending at once: every row lands (the read-modify-write is locked)."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_append_many, args=(str(tmp_path), w, 15)) for w in range(4)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(120)
+    assert [proc.exitcode for proc in procs] == [0, 0, 0, 0]
+    table = read_forecasts(Workspace.resolve(tmp_path))
+    assert len(table) == 60 and not table.duplicated(["as_of", "market", "model_version"]).any()
+
+
 def test_retention_keeps_the_last_n_and_every_champion(registry: dict) -> None:
     client, name, p, ws = registry["client"], registry["name"], registry["p"], registry["ws"]
     assert prune(client, name, keep_last=10) == []

@@ -194,3 +194,26 @@ def test_masks_config_keys_default_and_reach_the_form():
     assert isinstance(form, HardConcrete) and form.temperature(1.0) == pytest.approx(0.2)
     with pytest.raises(ValueError, match="tau"):
         MasksConfig(tau=0.0)
+
+
+def test_keep_probabilities_survive_merges_carry_over_and_worker_transport():
+    """Stored p travels with its mask: bank merges, the picklable worker form, champion carry-over."""
+    import pickle
+
+    from supsup_fin.training import merge_banks, to_bits
+
+    net = FrozenNet(SIZES, seed=SEED)
+    hc = train_masks(net, {"p": blobs(SEED, 200)}, method="hard_concrete", steps=5, batch_size=32,
+                     store_probabilities=True)
+    ep = train_masks(net, {"e": blobs(SEED + 1, 200)}, steps=5, batch_size=32)
+    merged = ep.merged(hc)
+    assert merged.names == ["e", "p"] and merged.has_probabilities("p") and not merged.has_probabilities("e")
+    assert merged.meta("p")["probs_sha256"] == hc.meta("p")["probs_sha256"]
+    moved = merge_banks(net, [ep, pickle.loads(pickle.dumps(to_bits(hc)))])
+    assert moved.has_probabilities("p") and moved.meta("p")["probs_sha256"] == hc.meta("p")["probs_sha256"]
+    for a, b in zip(moved.probabilities("p"), hc.probabilities("p")):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="both banks hold a mask named 'p'"):
+        merged.merged(hc)
+    with pytest.raises(ValueError, match="cannot merge a bank built on"):
+        merged.merged(MaskBank(FrozenNet(SIZES, seed=SEED + 1)))

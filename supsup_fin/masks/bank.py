@@ -181,6 +181,27 @@ class MaskBank(Mapping[str, Mask]):
                 out._probs[name] = self._probs[name]
         return out
 
+    def merged(self, *others: MaskBank) -> MaskBank:
+        """A new bank: this bank's tasks, then each of ``others``' in order, with their metadata
+        and stored keep probabilities (the bits and probabilities are the same objects).
+
+        Every bank must be built on this bank's base network; a task name may appear only once.
+        """
+        out = self.subset(self.names)
+        for other in others:
+            if (other.sizes, other.seed, other.superfluous, other.base_hash) != (
+                    self.sizes, self.seed, self.superfluous, self.base_hash):
+                raise ValueError(f"cannot merge a bank built on sizes={other.sizes}, seed={other.seed} "
+                                 f"into one built on sizes={self.sizes}, seed={self.seed}")
+            for name in other.names:
+                if name in out._masks:
+                    raise ValueError(f"both banks hold a mask named {name!r}")
+                out._masks[name] = other._masks[name]
+                out._meta[name] = copy.deepcopy(other._meta[name])
+                if name in other._probs:
+                    out._probs[name] = other._probs[name]
+        return out
+
     def _empty_like(self) -> MaskBank:
         out = MaskBank.__new__(MaskBank)
         out.sizes, out.seed, out.base_hash = self.sizes, self.seed, self.base_hash
