@@ -40,31 +40,33 @@ def market_files(n: int, root: Path, seed: int = 0) -> list[dict]:
     return markets
 
 
-def bench_config(markets: list[dict], runner: str, workers: int, steps: int | None) -> dict:
+def bench_config(markets: list[dict], runner: str, workers: int, steps: int | None, threads: int = 1,
+                 groups: str = "all") -> dict:
     tree = {
         "name": "bench", "markets": markets,
         "segments": {"train": [None, "2014-12-31"], "valid": ["2015-01-01", "2016-12-31"], "test": ["2017-01-01", None]},
         "regimes": {"n_states": 3, "n_restarts": 1},
         "tracking": {"experiment": "bench", "model_name": "bench", "carry_over": False},
-        "runtime": {"threads": 1, "task_runner": runner, "n_workers": workers, "threads_per_worker": 1,
-                    "max_workers": 2},
+        "runtime": {"threads": threads, "task_runner": runner, "n_workers": workers, "threads_per_worker": 1,
+                    "max_workers": 2, "training_groups": groups},
     }
     if steps:
         tree["training"] = {"steps": steps}
     return tree
 
 
-def one(n: int, runner: str, workers: int, steps: int | None) -> dict:
+def one(n: int, runner: str, workers: int, steps: int | None, threads: int = 1, groups: str = "all") -> dict:
     from pipelines.retrain import run_retrain
     from supsup_fin.config import config_from_dict
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        cfg = config_from_dict(bench_config(market_files(n, root), runner, workers, steps))
+        cfg = config_from_dict(bench_config(market_files(n, root), runner, workers, steps, threads, groups))
         t0 = time.perf_counter()
         summary = run_retrain(cfg, root / "ws")
         wall = time.perf_counter() - t0
     return {"markets": n, "runner": runner, "workers": workers if runner == "dask" else 1,
+            "torch_threads": threads, "groups": "market" if runner == "dask" else groups,
             "tasks": len(summary["tasks"]), "wall_s": round(wall, 1), "per_market_s": round(wall / n, 2),
             **{f"{k}_s": v for k, v in summary["timings_s"].items()}}
 
@@ -75,6 +77,10 @@ def main() -> None:
     ap.add_argument("--runners", nargs="+", default=["threads", "dask"], choices=["threads", "dask"])
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--steps", type=int, default=None, help="training steps (default: the config's 300)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads per process (runtime.threads; Dask workers always use 1 each)")
+    ap.add_argument("--groups", choices=["all", "market"], default="all",
+                    help="one process: one batched training group, or one per market (Dask: always market)")
     ap.add_argument("--quick", action="store_true", help="2 and 4 markets, 30 steps")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/retrain_scale.json"))
     a = ap.parse_args()
@@ -83,7 +89,7 @@ def main() -> None:
     rows = []
     for n in a.markets:
         for runner in a.runners:
-            rows.append(one(n, runner, a.workers, a.steps))
+            rows.append(one(n, runner, a.workers, a.steps, a.threads if runner == "threads" else 1, a.groups))
             print(json.dumps(rows[-1]), flush=True)
     cols = list(rows[0])
     print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
