@@ -146,7 +146,10 @@ class RegimeGatedForecaster:
         return self.markets[market]
 
     # -- the computation --------------------------------------------------------------------
-    def _inputs(self, mm: MarketModel, prices: pd.DataFrame) -> np.ndarray:
+    def inputs(self, market: str, prices: pd.DataFrame) -> np.ndarray:
+        """The network inputs of every row of ``prices``: ``[n, lookback * features]`` float,
+        the market's scaled feature windows (NaN where a window is incomplete)."""
+        mm = self._market(market)
         raw = make_features(prices, self.feature_names, market=mm.name).to_numpy()
         return input_windows(mm.scaler.transform(raw), self.lookback)
 
@@ -283,7 +286,7 @@ class RegimeGatedForecaster:
         modes = list(dict.fromkeys(_check_mode(m) for m in modes))
         mm = self._market(market)
         prices = validate_frame(prices, market)
-        X = self._inputs(mm, prices)
+        X = self.inputs(market, prices)
         post = mm.regime.rolling_next_proba(prices, self.regime_window).reindex(prices.index).to_numpy()
         ok = np.arange(len(prices)) >= self.min_rows - 1
         ok &= np.isfinite(X).all(axis=1) & np.isfinite(post).all(axis=1)

@@ -32,7 +32,7 @@ def with_window(fc: RegimeGatedForecaster, infer_window: int) -> RegimeGatedFore
 def routed(fc: RegimeGatedForecaster, market: str, prices: pd.DataFrame, post: np.ndarray, mode: str):
     """``_route`` on every row with an input, under a posterior of our choosing."""
     mm = fc.markets[market]
-    X = fc._inputs(mm, prices)
+    X = fc.inputs(market, prices)
     rows = np.flatnonzero(np.isfinite(X).all(axis=1))
     return fc._route(mm, X, rows, post[: len(rows)], mode)
 

@@ -37,8 +37,6 @@ from supsup_fin.features import (
     class_names,
     classify,
     forward_returns,
-    input_windows,
-    make_features,
 )
 from supsup_fin.gating import MarketModel, RegimeGatedForecaster
 from supsup_fin.masks import FrozenNet, MaskBank
@@ -91,7 +89,7 @@ class Forecasts:
     bank: MaskBank
     dense_finetune_acc: dict[str, np.ndarray]
     mask_acc: dict[str, np.ndarray]
-    storage: dict[str, int]
+    storage: dict[str, dict[str, int]]
     window_log: list[dict] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     classes: list[str] = field(default_factory=list)
@@ -163,7 +161,7 @@ def run_walk_forward(cfg: Config, prices: dict[str, pd.DataFrame]) -> Forecasts:
     test_days = {m: pd.DatetimeIndex(sorted(set(rows.loc[rows.market == m, "date"]))) for m in rows.market.unique()}
     closes = {m: prices[m]["close"].reindex(d) for m, d in test_days.items()}
     asset = {m: prices[m]["close"].pct_change().loc[d] for m, d in test_days.items()}
-    storage = _storage(state, cfg)
+    storage = _storage(state)
     return Forecasts(rows, closes, asset, windows, state.fits, state.net, state.bank,
                      _square(state.finetune_rows), _square(state.mask_rows), storage, state.log, {k: round(v, 2) for k, v in clock.items()}, classes)
 
@@ -284,11 +282,6 @@ def _train_dense(cfg: Config, fits: dict[str, WindowFit], tasks: list[Task], w: 
     return bank
 
 
-def _inputs(fit: WindowFit, prices: pd.DataFrame, cfg: Config) -> np.ndarray:
-    raw = make_features(prices, cfg.features.names, market=fit.model.name).to_numpy()
-    return input_windows(fit.features.scaler.transform(raw), cfg.features.lookback)
-
-
 def _forecast_window(cfg: Config, prices: pd.DataFrame, fit: WindowFit, w: Window, state: _LoopState,
                      dense: DenseBank | None, filtered: pd.DataFrame | None) -> pd.DataFrame:
     """Every strategy's forecasts for one market on the window's test days."""
@@ -332,7 +325,7 @@ def _forecast_window(cfg: Config, prices: pd.DataFrame, fit: WindowFit, w: Windo
         turbulent = np.nan_to_num(post).argmax(axis=1) == len(names) - 1
         add("hmm_rule", None, signal=np.where(turbulent, 0.0, 1.0))
     if dense is not None:
-        X = _inputs(fit, view, cfg)[pos - lo]
+        X = forecaster.inputs(market, view)[pos - lo]
         ok = np.isfinite(X).all(axis=1)
         Xf = np.where(ok[:, None], X, 0.0).astype(np.float32)
 
@@ -394,12 +387,14 @@ def _finetune_scores(state: _LoopState, market: str, dense: DenseBank) -> None:
     state.finetune_rows.setdefault(market, []).append(row)
 
 
-def _storage(state: _LoopState, cfg: Config) -> dict[str, int]:
-    """Bytes each model family holds at the end: masks at 1 bit per weight vs fp32 dense nets."""
+def _storage(state: _LoopState) -> dict[str, dict[str, int]]:
+    """Count and bytes of each model family at the end: the bank's masks at 1 bit per weight vs
+    one fp32 dense net per market, regime and window (the regimes that got a mask of their own)."""
     weights = sum(o * i for o, i in state.net.shapes) if state.net is not None else 0
-    out = {"supermasks": state.bank.nbytes_bits() if state.bank is not None else 0}
-    n_regime = sum(1 for (_, _), f in state.fits.items() for r in f.regimes.names
-                   if f.model.masks[r] != f.model.all_mask)
-    out["dense_regime"] = 4 * weights * n_regime
-    out["dense_per_window"] = 4 * weights * len(state.fits)
-    return out
+    n_regime = sum(1 for f in state.fits.values() for r in f.regimes.names if f.model.masks[r] != f.model.all_mask)
+    return {
+        "supermasks (1 bit per weight)": {"count": len(state.bank) if state.bank is not None else 0,
+                                          "bytes": state.bank.nbytes_bits() if state.bank is not None else 0},
+        "dense per market and regime (fp32)": {"count": n_regime, "bytes": 4 * weights * n_regime},
+        "frozen base (regenerated from its seed)": {"count": 1, "bytes": 0},
+    }

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-
-from supsup_fin._figures import save_png
 
 if TYPE_CHECKING:
     from supsup_fin.backtest.report import BacktestResult
@@ -45,8 +41,3 @@ def equity_figure(result: BacktestResult, market: str, strategies: list[str] | N
     top.set_title(f"{market}: walk-forward equity", fontsize=11)
     bottom.set_ylabel("drawdown")
     return fig
-
-
-def save_figure(fig: Figure, path: str | os.PathLike[str]) -> Path:
-    """Write ``fig`` as PNG to ``path`` atomically (temporary file in the same folder, renamed)."""
-    return save_png(fig, path)

@@ -165,12 +165,4 @@ def _continual(fc: Forecasts, cfg: Config) -> pd.DataFrame:
 
 
 def _storage_table(fc: Forecasts) -> pd.DataFrame:
-    n_masks = len(fc.bank.names) if fc.bank is not None else 0
-    weights = sum(o * i for o, i in fc.net.shapes) if fc.net is not None else 0
-    rows = [
-        {"model": "supermasks (1 bit per weight)", "count": n_masks, "bytes": fc.storage["supermasks"]},
-        {"model": "dense per market and regime (fp32)", "count": fc.storage["dense_regime"] // max(4 * weights, 1),
-         "bytes": fc.storage["dense_regime"]},
-        {"model": "frozen base (regenerated from its seed)", "count": 1, "bytes": 0},
-    ]
-    return pd.DataFrame(rows).set_index("model")
+    return pd.DataFrame.from_dict(fc.storage, orient="index").rename_axis("model")

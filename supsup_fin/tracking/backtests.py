@@ -10,7 +10,8 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 
-from supsup_fin.backtest.plots import equity_figure, save_figure
+from supsup_fin._figures import save_png
+from supsup_fin.backtest.plots import equity_figure
 from supsup_fin.backtest.report import PORTFOLIO, BacktestResult
 from supsup_fin.config import Config
 from supsup_fin.data import LoadedPrices
@@ -57,7 +58,7 @@ def log_backtest(cfg: Config, workspace: Workspace, result: BacktestResult, load
         for market in [*sorted(result.forecasts.closes), PORTFOLIO]:
             if market == PORTFOLIO and result.portfolio.empty:
                 continue
-            save_figure(equity_figure(result, market), tmp_path / f"equity_{market}.png")
+            save_png(equity_figure(result, market), tmp_path / f"equity_{market}.png")
         mlflow.log_artifacts(tmp, artifact_path="backtest")
         result.daily.to_parquet(tmp_path / "daily.parquet")
         mlflow.log_artifact(str(tmp_path / "daily.parquet"), artifact_path="backtest")
