@@ -20,8 +20,9 @@ from supsup_fin.masks import (
     train_masks,
 )
 from supsup_fin.masks.bank import dequantize_probs, quantize_probs
+from supsup_fin.masks import forms
 from supsup_fin.masks.forms import kept_count
-from supsup_fin.masks.train import batched_logits, supermask_logits
+from supsup_fin.masks.train import StepBuffers, batched_logits, supermask_logits
 from conftest import SEED
 
 SIZES = (16, 48, 40, 3)
@@ -217,3 +218,71 @@ def test_keep_probabilities_survive_merges_carry_over_and_worker_transport():
         merged.merged(hc)
     with pytest.raises(ValueError, match="cannot merge a bank built on"):
         merged.merged(MaskBank(FrozenNet(SIZES, seed=SEED + 1)))
+
+
+def _is_top_k(a: torch.Tensor, keep: torch.Tensor, k: int) -> bool:
+    """Every row keeps k entries and none dropped is larger than one kept."""
+    kept_min = torch.where(keep, a, torch.inf).min(dim=1).values
+    dropped_max = torch.where(keep, -torch.inf, a).max(dim=1).values
+    return bool((keep.sum(dim=1) == k).all() and (kept_min >= dropped_max).all())
+
+
+@pytest.mark.parametrize("k", [1, 37, 2500, 4999])
+def test_band_top_k_is_exact_while_scores_drift_and_jump(k):
+    """The warm-started selection equals a full top-k at every step: small drifts (band), large
+    jumps (widened band, then a full top-k for the rows it still misses), no move at all."""
+    g = torch.Generator().manual_seed(SEED)
+    a = torch.rand(6, 5000, generator=g)
+    state: dict[str, torch.Tensor] = {}
+    for size in [0.0, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.3, 1e-4, 0.0, 2.0, 1e-5]:
+        a = (a + size * torch.randn(a.shape, generator=g)).abs()
+        keep = forms.top_k_rows(a, k, state)
+        exact = torch.zeros_like(keep).scatter_(1, a.topk(k, dim=1).indices, True)
+        assert torch.equal(keep, exact), size
+
+
+def test_band_top_k_handles_rows_on_their_own_and_ties():
+    g = torch.Generator().manual_seed(SEED)
+    a = torch.rand(5, 6000, generator=g)
+    together: dict[str, torch.Tensor] = {}
+    alone: list[dict[str, torch.Tensor]] = [{} for _ in range(5)]
+    for size in [0.0, 1e-4, 0.5, 1e-3]:
+        a = (a + size * torch.randn(a.shape, generator=g)).abs()
+        batch = forms.top_k_rows(a, 2000, together)
+        for r in range(5):  # a row's mask and state do not depend on the other rows
+            row = forms.top_k_rows(a[r:r + 1], 2000, alone[r])
+            assert torch.equal(row[0], batch[r])
+            assert alone[r]["thr"].item() == together["thr"][r].item()
+    ties = torch.randint(0, 7, (3, 6000), generator=g).float()  # thousands of equal values
+    state: dict[str, torch.Tensor] = {}
+    for shift in [0.0, 0.0, 1.0]:
+        assert _is_top_k(ties + shift, forms.top_k_rows(ties + shift, 3001, state), 3001)
+
+
+def test_trainer_buffers_and_band_selection_change_no_bit():
+    """Training with reused buffers and band top-k equals training with a full top-k every step,
+    and the fused network gives the same gradients with buffers as without, call after call."""
+    sizes = (32, 128, 64, 3)  # 4,096 and 8,192 weights: both hidden layers take the band path
+    net = FrozenNet(sizes, seed=SEED)
+    rng = np.random.default_rng(SEED)
+    tasks = {f"t{i}": (rng.normal(size=(200, 32)).astype(np.float32), rng.integers(0, 3, 200)) for i in range(3)}
+    band = train_masks(net, tasks, steps=40, batch_size=32, seed=SEED)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(forms, "_BAND_MIN_ROW", 10**9)
+        full = train_masks(net, tasks, steps=40, batch_size=32, seed=SEED)
+    for name in tasks:
+        assert all(torch.equal(p, q) for p, q in zip(band[name].layers, full[name].layers))
+
+    form, dens = get_form("edge_popup"), [0.5] * 3
+    buffers = StepBuffers(3)
+    g = torch.Generator().manual_seed(SEED)
+    for _ in range(3):
+        scores = [torch.randn(2, o, i, generator=g) for o, i in net.shapes]
+        x = torch.randn(2, 8, sizes[0], generator=g)
+        grads = []
+        for buf in (None, buffers):
+            s = [t.clone().requires_grad_(True) for t in scores]
+            supermask_logits(net.weights, s, x, form, dens, buf).square().sum().backward()
+            grads.append([t.grad for t in s])
+        for a, b in zip(*grads):
+            assert torch.equal(a, b)

@@ -51,9 +51,26 @@ class MaskForm(ABC):
         """Float 0/1 mask ``[T, out, in]`` of detached scores (straight-through forms)."""
         raise NotImplementedError(f"{type(self).__name__} is not a straight-through form")
 
-    def ste_factor(self, scores: torch.Tensor) -> torch.Tensor | None:
-        """``d mask / d scores`` used by the straight-through gradient (``None`` means 1)."""
+    def ste_factor(self, scores: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor | None:
+        """``d mask / d scores`` used by the straight-through gradient (``None`` means 1), written
+        into ``out`` when given."""
         return None
+
+    def masked_weight(
+        self,
+        scores: torch.Tensor,
+        density: float,
+        weight: torch.Tensor,
+        out: torch.Tensor,
+        state: dict[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """``W ⊙ hard(scores)`` written into ``out`` (``[T, out, in]``); the fused trainer's forward.
+
+        ``state`` is a dict the trainer keeps for this layer from one step to the next (``None``
+        outside training); a form may cache in it whatever makes the next step's mask cheaper,
+        as long as the mask stays exactly :meth:`hard`'s.
+        """
+        return torch.mul(self.hard(scores, density), weight, out=out)
 
     def probabilities(self, scores: torch.Tensor) -> torch.Tensor:
         """Keep probabilities ``[T, out, in]`` (forms with ``has_probabilities`` only)."""
@@ -110,6 +127,15 @@ def _kaiming_uniform_bound(fan_in: int) -> float:
     return 1.0 / math.sqrt(fan_in)
 
 
+# Band top-k (top_k_rows): tries before a full topk, widening factor per try, and the band's
+# population (1 / this of a row) above which it narrows. Below _BAND_MIN_ROW weights per layer
+# a full topk costs less than the band's extra operations.
+_BAND_TRIES = 3
+_BAND_WIDEN = 8.0
+_BAND_SHRINK_ABOVE = 200
+_BAND_MIN_ROW = 4096
+
+
 class EdgePopup(MaskForm):
     """Edge-popup (Ramanujan et al.): keep the top ``round(d_l * numel)`` |scores| of each layer.
 
@@ -161,9 +187,31 @@ class EdgePopup(MaskForm):
         idx = flat.topk(n - k, dim=1, largest=False, sorted=False).indices
         return torch.ones_like(flat).scatter_(1, idx, 0.0).view_as(scores)
 
-    def ste_factor(self, scores: torch.Tensor) -> torch.Tensor | None:
+    def ste_factor(self, scores: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor | None:
         # As in the reference, the straight-through gradient reaches |score|: d|s|/ds = sign(s).
-        return torch.sign(scores.detach())
+        return torch.sign(scores.detach(), out=out)
+
+    def masked_weight(
+        self,
+        scores: torch.Tensor,
+        density: float,
+        weight: torch.Tensor,
+        out: torch.Tensor,
+        state: dict[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        # With a state the exact top-k is selected from a band around the last step's threshold
+        # (see top_k_rows); without one, from a full top-k.
+        n = scores.shape[1] * scores.shape[2]
+        k = kept_count(n, density)
+        if state is None or k == n or n < _BAND_MIN_ROW:
+            return super().masked_weight(scores, density, weight, out, state)
+        magnitude = state.get("abs")
+        if magnitude is None or magnitude.shape != scores.shape:
+            magnitude = state["abs"] = torch.empty_like(scores, requires_grad=False)
+        torch.abs(scores.detach(), out=magnitude)
+        keep = top_k_rows(magnitude.view(scores.shape[0], n), k, state, scratch=out)
+        # bool -> float copies are 10x slower than uint8 -> float here; the bytes are the same.
+        return out.copy_(keep.view(torch.uint8).view_as(scores)).mul_(weight)
 
     def make_mask(
         self,
@@ -179,6 +227,85 @@ class EdgePopup(MaskForm):
         if not training:
             return self.hard(scores, density)
         return _StraightThrough.apply(scores.abs(), lambda m: self.hard(m, density))
+
+
+def top_k_rows(a: torch.Tensor, k: int, state: dict[str, torch.Tensor],
+               scratch: torch.Tensor | None = None) -> torch.Tensor:
+    """Bool mask of the ``k`` largest entries of each row of ``a`` (``[T, n]``), reusing ``state``.
+
+    Scores move a little per optimiser step, so the k-th largest value of a row moves a little
+    too. ``state`` holds each row's last k-th value ``thr`` and a half-width ``delta``: entries
+    above ``thr + delta`` are kept outright, and only the few inside the band
+    ``[thr - delta, thr + delta]`` are sorted to fill the rest. The band is checked to contain the
+    k-th value (counts above and inside it), widened for the rows where it does not, and rows
+    still missing it after a few tries (and the first call) take a full ``topk``. The kept set is
+    the exact top-k either way; inside the band, ties go to the lower index. Every row is handled
+    on its own (its path depends on its own state only), so a task's mask does not depend on the
+    other rows. ``scratch`` (float, ``a.numel()`` elements) serves the counts: summing a bool
+    tensor casts it to int64 first, 10x slower than a uint8 -> float copy and a float sum here.
+    """
+    n_rows, n = a.shape
+    thr, delta = state.get("thr"), state.get("delta")
+    if thr is None or delta is None or thr.shape != (n_rows,):
+        keep = torch.zeros_like(a, dtype=torch.bool)
+        _exact_top_k(a, k, keep, torch.arange(n_rows, device=a.device), state)
+        return keep
+    counts = (torch.empty_like(a) if scratch is None else scratch).view(n_rows, n)
+
+    def count(mask: torch.Tensor) -> torch.Tensor:  # exact in float32 below 2**24 per row
+        return counts.copy_(mask.view(torch.uint8)).sum(dim=1).to(torch.int64)
+
+    ok = torch.zeros(n_rows, dtype=torch.bool, device=a.device)
+    for _ in range(_BAND_TRIES):
+        hi = (thr + delta)[:, None]
+        keep = a > hi
+        band = a >= (thr - delta)[:, None]
+        above = count(keep)
+        inside = count(band) - above
+        band.logical_xor_(keep)  # keep is inside band: the xor leaves [lo, hi]
+        need = k - above
+        ok = (need >= 0) & (need <= inside)
+        if bool(ok.all()):
+            break
+        delta = torch.where(ok, delta, delta * _BAND_WIDEN)
+    else:
+        band &= ok[:, None]
+    rows, cols = band.nonzero(as_tuple=True)
+    vals = a[rows, cols]
+    # Order the band by row, then value descending, then column (nonzero is row-major and both sorts are stable).
+    order = torch.sort(vals, descending=True, stable=True).indices
+    order = order[torch.sort(rows[order], stable=True).indices]
+    rows, cols, vals = rows[order], cols[order], vals[order]
+    inside = torch.where(ok, inside, 0)
+    start = torch.cumsum(inside, 0) - inside
+    pick = torch.arange(len(rows), device=a.device) - start[rows] < need[rows]
+    keep[rows[pick], cols[pick]] = True
+    # The new k-th value: the last band entry taken, or (none taken) the band's upper edge.
+    taken = vals[(start + need - 1).clamp(0, len(vals) - 1)] if len(vals) else hi[:, 0]
+    new_thr = torch.where(need > 0, taken, hi[:, 0])
+    # Next half-width: room for four times this step's move, shrinking only while the band holds
+    # more than ~0.5 % of the row (a retry costs more than a wider band).
+    shrink = torch.where(inside > n // _BAND_SHRINK_ABOVE, 0.8 * delta, delta)
+    state["delta"] = torch.maximum(4.0 * (new_thr - thr).abs(), shrink).clamp_(min=1e-12)
+    state["thr"] = new_thr
+    if not bool(ok.all()):
+        bad = (~ok).nonzero(as_tuple=True)[0]
+        _exact_top_k(a, k, keep, bad, state)
+    return keep
+
+
+def _exact_top_k(a: torch.Tensor, k: int, keep: torch.Tensor, rows: torch.Tensor,
+                 state: dict[str, torch.Tensor]) -> None:
+    """Full top-k of ``a[rows]`` into ``keep[rows]``; resets those rows' band in ``state``."""
+    sub = a[rows]
+    vals, idx = sub.topk(k, dim=1, sorted=False)
+    keep[rows] = torch.zeros_like(sub, dtype=torch.bool).scatter_(1, idx, True)
+    thr = vals.min(dim=1).values
+    if "thr" not in state or state["thr"].shape != (a.shape[0],):
+        state["thr"] = torch.zeros(a.shape[0], dtype=a.dtype, device=a.device)
+        state["delta"] = torch.zeros(a.shape[0], dtype=a.dtype, device=a.device)
+    state["thr"][rows] = thr
+    state["delta"][rows] = (thr.abs() * 1e-3).clamp_(min=1e-12)
 
 
 def erdos_renyi_densities(shapes: Sequence[tuple[int, int]], density: float) -> list[float]:

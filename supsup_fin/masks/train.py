@@ -10,7 +10,10 @@ Straight-through forms (edge-popup, threshold) run a fused network (:class:`_Sup
 one autograd node for the whole MLP that computes the mask without a graph, keeps ``W ⊙ M`` for
 the backward pass, applies ReLU in place and turns the weight gradient into the score gradient
 with in-place products, so the per-weight work is a handful of passes over ``[T, out, in]``.
-Other forms (hard-concrete) go through plain autograd.
+Its large intermediates live in :class:`StepBuffers` reused from step to step, and edge-popup
+selects each step's top-k from a band around the last step's threshold
+(:func:`~supsup_fin.masks.forms.top_k_rows`); SGD runs as one fused kernel. Other forms
+(hard-concrete) go through plain autograd.
 """
 
 from __future__ import annotations
@@ -204,7 +207,11 @@ def _train_scores(
         xb_full = x_all.view(n_tasks, batch_size, -1)
     offsets = torch.tensor(np.cumsum([0, *sizes[:-1]]), dtype=torch.int64).view(n_tasks, 1)
 
-    opt = torch.optim.SGD(scores, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    # The fused kernel (CPU and CUDA) is one pass over scores, gradients and momentum instead of
+    # several; measured 4x faster than foreach on 32 demo-net tasks here. Same update rule.
+    fused = True if dev.type in ("cpu", "cuda") else None
+    opt = torch.optim.SGD(scores, lr=lr, momentum=momentum, weight_decay=weight_decay, fused=fused)
+    buffers = StepBuffers(len(scores))
     for step in range(steps):
         for group in opt.param_groups:
             group["lr"] = 0.5 * lr * (1.0 + math.cos(math.pi * step / steps))
@@ -216,7 +223,7 @@ def _train_scores(
             xb = x_all[idx].view(n_tasks, batch_size, -1)
             yb = y_all[idx]
         if form.straight_through:
-            logits = supermask_logits(weights, scores, xb, form, densities)
+            logits = supermask_logits(weights, scores, xb, form, densities, buffers)
         else:
             frac = step / max(steps - 1, 1)
             masks = [
@@ -237,46 +244,84 @@ def _train_scores(
     return final, probs, dict(zip(names, loss_t.detach().cpu().tolist()))
 
 
+class StepBuffers:
+    """What the fused network keeps from one training step to the next.
+
+    On CPU a fresh tensor of tens of MB is paid for in page faults on first touch (measured here:
+    ~15 ms for a ``[32, 1400, 256]`` float tensor, six times a pass of arithmetic over it), so the
+    activations, ``W ⊙ M`` and input gradients are written into buffers kept for the whole run.
+    ``selection`` holds each layer's state for :meth:`MaskForm.masked_weight` (edge-popup's
+    per-task top-k thresholds). One instance serves one training loop: a step's buffers are
+    overwritten by the next step's forward pass.
+    """
+
+    def __init__(self, n_layers: int) -> None:
+        self._tensors: dict[tuple[str, int], torch.Tensor] = {}
+        self.selection: list[dict[str, torch.Tensor]] = [{} for _ in range(n_layers)]
+
+    def get(self, kind: str, layer: int, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        """A reusable uninitialised tensor of ``shape`` with ``like``'s dtype and device."""
+        buf = self._tensors.get((kind, layer))
+        if buf is None or buf.shape != shape or buf.dtype != like.dtype or buf.device != like.device:
+            buf = torch.empty(shape, dtype=like.dtype, device=like.device)
+            self._tensors[(kind, layer)] = buf
+        return buf
+
+
 class _SupermaskMLP(torch.autograd.Function):
     """The batched MLP of straight-through masks as one autograd node.
 
-    Forward: ``M = hard(S)`` per layer (no graph), ``W ⊙ M`` kept, ``h ← relu(h (W ⊙ M)ᵀ)`` with
-    ReLU in place. Backward: ``g ← g ⊙ 1[h > 0]`` in place, ``∂S = (gᵀ h) ⊙ W ⊙ f(S)`` with
-    ``f`` the form's straight-through factor (in-place products), ``g ← g (W ⊙ M)``. Gradients
-    equal autograd's through ``_StraightThrough`` (a test checks).
+    Forward: ``W ⊙ M`` per layer from the scores (no graph; :meth:`MaskForm.masked_weight`),
+    kept, ``h ← relu(h (W ⊙ M)ᵀ)`` with ReLU in place. Backward: ``∂S = (gᵀ h) ⊙ W ⊙ f(S)``
+    with ``f`` the form's straight-through factor (in-place products), ``g ← g (W ⊙ M)``, and the
+    ReLU's gradient as ``g ⊙ sign(h)`` once ``h`` has served its weight gradient (a float
+    product: masked_fill with a bool mask was 10x slower here). Gradients equal autograd's
+    through ``_StraightThrough`` (a test checks).
     """
 
     @staticmethod
-    def forward(ctx, x, form, densities, weights, *scores):  # type: ignore[no-untyped-def]
+    def forward(ctx, x, form, densities, weights, buffers, *scores):  # type: ignore[no-untyped-def]
         h, last = x, len(weights) - 1
         hs, wms, factors = [x], [], []
         for i, (w, s) in enumerate(zip(weights, scores)):
-            wm = form.hard(s, densities[i]).mul_(w)  # [T, out, in], W ⊙ M in place of M
-            h = torch.bmm(h, wm.transpose(1, 2))
+            if buffers is None:
+                wm = form.masked_weight(s, densities[i], w, torch.empty_like(s))
+            else:
+                wm = form.masked_weight(s, densities[i], w, buffers.get("wm", i, s.shape, s),
+                                        buffers.selection[i])
             if i < last:
-                h = h.clamp_(min=0)
+                shape = (h.shape[0], h.shape[1], wm.shape[1])
+                out = torch.empty(shape, dtype=h.dtype, device=h.device) if buffers is None \
+                    else buffers.get("h", i, shape, h)
+                h = torch.bmm(h, wm.transpose(1, 2), out=out).clamp_(min=0)
                 hs.append(h)
+            else:
+                h = torch.bmm(h, wm.transpose(1, 2))
             wms.append(wm)
-            factors.append(form.ste_factor(s))
-        ctx.weights, ctx.wms, ctx.hs, ctx.factors = weights, wms, hs, factors
+            factors.append(form.ste_factor(s) if buffers is None
+                           else form.ste_factor(s, buffers.get("factor", i, s.shape, s)))
+        ctx.weights, ctx.wms, ctx.hs, ctx.factors, ctx.buffers = weights, wms, hs, factors, buffers
         return h
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[no-untyped-def]
-        weights, wms, hs, factors = ctx.weights, ctx.wms, ctx.hs, ctx.factors
+        weights, wms, hs, factors, buffers = ctx.weights, ctx.wms, ctx.hs, ctx.factors, ctx.buffers
         grads: list[torch.Tensor | None] = [None] * len(weights)
         g = grad.contiguous()
         for i in range(len(weights) - 1, -1, -1):
             if i < len(weights) - 1:
-                g = g.masked_fill_(hs[i + 1] <= 0, 0.0)
+                g = g.mul_(hs[i + 1].sign_())  # h >= 0 after ReLU; h has served its weight gradient
             gs = torch.bmm(g.transpose(1, 2), hs[i]).mul_(weights[i])  # ∂(W⊙M) ⊙ W = ∂M
             if factors[i] is not None:
                 gs.mul_(factors[i])
             grads[i] = gs
             if i > 0:
-                g = torch.bmm(g, wms[i])
-        del ctx.wms, ctx.hs, ctx.factors
-        return (None, None, None, None, *grads)
+                shape = (g.shape[0], g.shape[1], wms[i].shape[2])
+                out = torch.empty(shape, dtype=g.dtype, device=g.device) if buffers is None \
+                    else buffers.get("g", i, shape, g)
+                g = torch.bmm(g, wms[i], out=out)
+        del ctx.wms, ctx.hs, ctx.factors, ctx.buffers
+        return (None, None, None, None, None, *grads)
 
 
 def supermask_logits(
@@ -285,12 +330,15 @@ def supermask_logits(
     x: torch.Tensor,
     form: MaskForm,
     densities: list[float],
+    buffers: StepBuffers | None = None,
 ) -> torch.Tensor:
     """Logits ``[T, B, outputs]`` of ``x [T, B, in]`` through straight-through masks of ``scores``.
 
-    Gradients reach ``scores`` (list of ``[T, out, in]``) as through ``form.make_mask``.
+    Gradients reach ``scores`` (list of ``[T, out, in]``) as through ``form.make_mask``. With
+    ``buffers`` (a training loop's :class:`StepBuffers`) large intermediates are reused from the
+    previous call, so a call's graph must be used (or dropped) before the next call.
     """
-    return _SupermaskMLP.apply(x, form, densities, weights, *scores)
+    return _SupermaskMLP.apply(x, form, densities, weights, buffers, *scores)
 
 
 def batched_logits(weights: list[torch.Tensor], masks: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
