@@ -15,16 +15,19 @@ import json
 import logging
 import platform
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from hmmlearn.hmm import GaussianHMM
 from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import adjusted_rand_score
+from threadpoolctl import threadpool_limits
 
 from supsup_fin.data import generate_synthetic
 from supsup_fin.data.oracle import oracle_filter, oracle_smooth
-from supsup_fin.regimes import RegimeModel
+from supsup_fin.regimes import RegimeModel, _forward
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TRAIN_END = "2012-12-31"
@@ -51,7 +54,32 @@ def _print(rows: list[dict], columns: list[str]) -> None:
         print(frame.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
 
 
-def recovery(n_markets: int, seed: int, obs: str, restarts: int) -> list[dict]:
+def em_from_truth(prices: pd.DataFrame, params: dict, index: pd.DatetimeIndex) -> tuple[np.ndarray, np.ndarray]:
+    """Filtered and smoothed argmax labels on ``index`` of a returns HMM whose EM starts at the
+    generator's true parameters (drift, vol, transitions; the small AR term dropped) and runs to
+    convergence on the train segment: the maximum-likelihood optimum nearest the truth, i.e.
+    what a perfect optimiser reaches on this sample."""
+    r = np.log(prices["close"]).diff().dropna()
+    scale = float(r.loc[:TRAIN_END].std())
+    x = (r.to_numpy() / scale)[:, None]
+    hmm = GaussianHMM(3, "full", n_iter=500, tol=1e-4, init_params="", random_state=0)
+    hmm.startprob_ = np.full(3, 1 / 3)
+    hmm.transmat_ = np.asarray(params["transition"], dtype=float)
+    hmm.means_ = (np.asarray(params["drift"], dtype=float) / scale)[:, None]
+    hmm.covars_ = ((np.asarray(params["vol"], dtype=float) / scale) ** 2)[:, None, None]
+    with threadpool_limits(limits=1), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logging.getLogger("hmmlearn").setLevel(logging.ERROR)
+        hmm.fit(x[: len(r.loc[:TRAIN_END])])
+    log_b = _forward.gaussian_log_densities(x, hmm.means_, hmm.covars_)
+    log_a = _forward.log_transmat(hmm.transmat_)
+    log_alpha, _ = _forward.forward(log_b, _forward.log_transmat(hmm.startprob_), log_a)  # log, 0 -> -inf
+    gamma = _forward.smooth(log_alpha, _forward.backward(log_b, log_a))
+    pos = r.index.get_indexer(index)
+    return log_alpha[pos].argmax(1), gamma[pos].argmax(1)
+
+
+def recovery(n_markets: int, seed: int, obs: str, restarts: int, sticky: float = 0.0) -> list[dict]:
     """Fit on the train segment, score filtered/smoothed labels on every day after the warm-up."""
     rows = []
     for preset in ("easy", "hard"):
@@ -59,7 +87,8 @@ def recovery(n_markets: int, seed: int, obs: str, restarts: int) -> list[dict]:
         for market, prices in draw.prices.items():
             truth = draw.regimes[market]
             start = time.perf_counter()
-            model = RegimeModel(3, n_restarts=restarts, random_state=seed, observations=obs).fit(prices.loc[:TRAIN_END])
+            model = RegimeModel(3, n_restarts=restarts, random_state=seed, observations=obs,
+                                sticky=sticky).fit(prices.loc[:TRAIN_END])
             fit_s = time.perf_counter() - start
             chosen = RegimeModel((2, 4), random_state=seed, observations=obs).fit(prices.loc[:TRAIN_END]).n_states_
             filt = model.filter_proba(prices)
@@ -69,8 +98,10 @@ def recovery(n_markets: int, seed: int, obs: str, restarts: int) -> list[dict]:
             o_filt = oracle_filter(prices, draw.params).loc[idx].to_numpy().argmax(1)
             o_smooth = oracle_smooth(prices, draw.params).loc[idx].to_numpy().argmax(1)
             m_filt, m_smooth = filt.to_numpy().argmax(1), smooth.to_numpy().argmax(1)
+            t_filt, t_smooth = em_from_truth(prices, draw.params, idx)
             test = idx > pd.Timestamp(TRAIN_END)
-            row = {"observations": obs, "preset": preset, "market": market, "bic_states": chosen, "fit_s": fit_s}
+            row = {"observations": obs, "sticky": sticky, "preset": preset, "market": market,
+                   "bic_states": chosen, "fit_s": fit_s}
             for tag, sel in (("all", slice(None)), ("test", test)):
                 acc_f = _aligned_accuracy(m_filt[sel], z[sel], 3)
                 acc_of = float((o_filt[sel] == z[sel]).mean())
@@ -81,7 +112,9 @@ def recovery(n_markets: int, seed: int, obs: str, restarts: int) -> list[dict]:
                         f"{tag}_smooth_ratio": acc_s / acc_os,
                         f"{tag}_ari_filt": adjusted_rand_score(z[sel], m_filt[sel]),
                         f"{tag}_ari_oracle_filt": adjusted_rand_score(z[sel], o_filt[sel]),
-                        f"{tag}_ari_smooth": adjusted_rand_score(z[sel], m_smooth[sel])}
+                        f"{tag}_ari_smooth": adjusted_rand_score(z[sel], m_smooth[sel]),
+                        f"{tag}_em_truth_filt_ratio": _aligned_accuracy(t_filt[sel], z[sel], 3) / acc_of,
+                        f"{tag}_em_truth_smooth_ratio": _aligned_accuracy(t_smooth[sel], z[sel], 3) / acc_os}
             rows.append(row)
     return rows
 
@@ -127,7 +160,7 @@ def _stability_series(name: str) -> pd.DataFrame:
     return lp.frame
 
 
-def stability(step: int, n_refits: int) -> list[dict]:
+def stability(step: int, n_refits: int, sticky: float = 0.0) -> list[dict]:
     """Expanding windows, refit each with previous=: label agreement on the shared days."""
     rows = []
     for name in ("sp500", "nasdaq", "wti", "easy", "hard"):
@@ -136,7 +169,7 @@ def stability(step: int, n_refits: int) -> list[dict]:
         previous = None
         for i in range(n_refits + 1):
             train = prices.iloc[: first + i * step]
-            model = RegimeModel(3, random_state=0).fit(train, previous=previous)
+            model = RegimeModel(3, random_state=0, sticky=sticky).fit(train, previous=previous)
             if previous is not None:
                 shared = prices.iloc[: first + (i - 1) * step]
                 same_f = (model.filter_proba(shared).to_numpy().argmax(1)
@@ -160,21 +193,28 @@ def main() -> None:
     ap.add_argument("--step", type=int, default=250)
     ap.add_argument("--refits", type=int, default=4)
     ap.add_argument("--restarts", type=int, default=3, help="EM restarts of the recovery fits")
+    ap.add_argument("--observations", nargs="+", default=["return_vol", "return"], choices=["return_vol", "return"])
+    ap.add_argument("--sticky", nargs="+", type=float, default=[0.0],
+                    help="self-transition pseudo-counts of the recovery fits (one run each)")
     args = ap.parse_args()
     if args.what in ("recovery", "all"):
         t = time.perf_counter()
-        rows = [r for obs in ("return_vol", "return") for r in recovery(args.markets, args.seed, obs, args.restarts)]
+        rows = [r for obs in args.observations for k in args.sticky
+                for r in recovery(args.markets, args.seed, obs, args.restarts, k)]
+        keys = ["observations", "sticky", "preset", "market"]
         print("Regime recovery vs the true-parameter oracle (share of days right, after alignment)")
-        _print(rows, ["observations", "preset", "market", "bic_states", "all_filt", "all_oracle_filt", "all_filt_ratio",
+        _print(rows, [*keys, "bic_states", "all_filt", "all_oracle_filt", "all_filt_ratio",
                       "all_smooth", "all_oracle_smooth", "all_smooth_ratio", "all_ari_filt",
-                      "all_ari_oracle_filt", "all_ari_smooth"])
+                      "all_ari_oracle_filt", "all_ari_smooth", "all_em_truth_filt_ratio", "all_em_truth_smooth_ratio"])
         print("test segment only")
-        _print(rows, ["observations", "preset", "market", "test_filt", "test_oracle_filt", "test_filt_ratio", "test_smooth",
+        _print(rows, [*keys, "test_filt", "test_oracle_filt", "test_filt_ratio", "test_smooth",
                       "test_oracle_smooth", "test_smooth_ratio", "test_ari_filt"])
-        summary = pd.DataFrame(rows).groupby(["observations", "preset"])[["all_filt_ratio", "all_smooth_ratio", "test_filt_ratio",
-                                                        "test_smooth_ratio"]].mean()
+        summary = pd.DataFrame(rows).groupby(["observations", "sticky", "preset"])[
+            ["all_filt_ratio", "all_smooth_ratio", "test_filt_ratio", "test_smooth_ratio",
+             "all_em_truth_filt_ratio", "all_em_truth_smooth_ratio"]].mean()
         print(summary.to_string(float_format=lambda v: f"{v:.4f}"))
-        _write("recovery", {"seed": args.seed, "restarts": args.restarts, "markets": args.markets, "train_end": TRAIN_END, "rows": rows,
+        _write("recovery", {"seed": args.seed, "restarts": args.restarts, "markets": args.markets,
+                            "sticky": args.sticky, "train_end": TRAIN_END, "rows": rows,
                             "mean_by_preset": summary.reset_index().to_dict("records"),
                             "elapsed_s": time.perf_counter() - t})
     if args.what in ("peer", "all"):
@@ -186,10 +226,10 @@ def main() -> None:
               .to_string(float_format=lambda v: f"{v:.4f}"))
         _write("peer", {"rows": rows})
     if args.what in ("stability", "all"):
-        rows = stability(args.step, args.refits)
+        rows = stability(args.step, args.refits, args.sticky[0])
         print(f"Refit stability: expanding windows, +{args.step} rows per refit, aligned with previous=")
         _print(rows, ["series", "refit", "train_end", "permutation", "filtered_same", "smoothed_same"])
-        _write("stability", {"step": args.step, "refits": args.refits, "rows": rows,
+        _write("stability", {"step": args.step, "refits": args.refits, "sticky": args.sticky[0], "rows": rows,
                              "min_filtered_same": min(r["filtered_same"] for r in rows),
                              "min_smoothed_same": min(r["smoothed_same"] for r in rows)})
 

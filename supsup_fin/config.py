@@ -136,6 +136,9 @@ class RegimesConfig(_Section):
         "or of the two-feature HMM (over-selects: overlapping vol windows)")
     observations: Literal["return_vol", "return"] = Field(
         "return_vol", description="HMM observations: (log return, log realised vol) or log return only")
+    sticky: float = Field(
+        0.0, ge=0, description="pseudo-counts added to each regime's self-transition in EM (a Dirichlet "
+        "prior that favours persistent regimes; 0: maximum likelihood)")
     lineage: bool = Field(
         True, description="retrain: align each market's refit to the champion's HMM (its state count and "
         "regime names are kept, so a regime means the same across versions); false: a fresh state search")

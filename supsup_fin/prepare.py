@@ -159,7 +159,7 @@ def fit_regimes(
         n_states=regimes.n_states, n_restarts=regimes.n_restarts, n_iter=regimes.n_iter,
         covariance_type=regimes.covariance_type, vol_window=regimes.vol_window,
         random_state=regimes.random_state, selection=regimes.selection,
-        observations=regimes.observations,
+        observations=regimes.observations, sticky=regimes.sticky,
     )
     try:
         model.fit(train, previous=previous)

@@ -23,6 +23,8 @@ from supsup_fin.regimes import (
     plot_regimes,
     regime_names,
 )
+from supsup_fin.regimes._forward import gaussian_log_densities
+from supsup_fin.regimes.features import raw_features
 
 SEED = int(os.environ.get("SUPSUP_TEST_SEED", "0"))
 print(f"test_regimes: SUPSUP_TEST_SEED={SEED}")
@@ -232,6 +234,54 @@ def test_refit_aligns_to_previous(two_state, fitted2):
     same = RegimeModel(2, random_state=SEED).fit(prices.iloc[100:], previous=fitted2)
     assert same.permutation_ == [0, 1] and same.names_ == fitted2.names_
     assert fitted2.permutation_ is None
+
+
+def test_refit_warm_starts_from_the_previous_fit(two_state, fitted2, monkeypatch):
+    prices, _ = two_state
+    window = prices.iloc[100:]
+    raw, _ = raw_features(window, fitted2.vol_window, fitted2.observations)
+    mean, std = raw.mean(axis=0), raw.std(axis=0)
+    init = fitted2._in_units(mean, std)
+    # The same densities in the new window's units, up to the change of variables' constant.
+    new = gaussian_log_densities((raw - mean) / std, init.means, init.covars)
+    old = gaussian_log_densities((raw - fitted2.feature_mean_) / fitted2.feature_std_,
+                                 fitted2.means_, fitted2.covars_)
+    np.testing.assert_allclose(new - old, np.log(std / fitted2.feature_std_).sum(), atol=1e-9)
+    np.testing.assert_array_equal(init.transmat, fitted2.transmat_)
+
+    starts: list[object] = []
+    once = _fit._fit_once
+
+    def spy(*args, **kwargs):
+        starts.append(args[7] if len(args) > 7 else kwargs.get("init"))
+        return once(*args, **kwargs)
+
+    monkeypatch.setattr(_fit, "_fit_once", spy)
+    RegimeModel(2, n_restarts=2, random_state=SEED).fit(window, previous=fitted2)
+    assert len(starts) == 3 and starts[:2] == [None, None]  # the restarts, then the warm start
+    np.testing.assert_allclose(starts[2].means, init.means)
+    starts.clear()
+    RegimeModel(2, n_restarts=2, random_state=SEED).fit(window)
+    assert starts == [None, None]
+    monkeypatch.undo()
+    # One EM iteration leaves the k-means starts far from an optimum; the warm start, begun at
+    # one, wins by far more than the margin and keeps the lineage's parameters.
+    cold = RegimeModel(2, n_iter=1, random_state=SEED).fit(prices)
+    warm = RegimeModel(2, n_iter=1, random_state=SEED).fit(prices, previous=fitted2)
+    assert warm.log_likelihood_ > cold.log_likelihood_ + _fit.WARM_START_MARGIN
+    np.testing.assert_allclose(warm.transmat_, fitted2.transmat_, atol=2e-3)
+
+
+def test_sticky_prior_lengthens_regimes_and_round_trips(two_state, fitted2):
+    prices, _ = two_state
+    sticky = RegimeModel(2, random_state=SEED, sticky=5000.0).fit(prices)
+    assert (np.diag(sticky.transmat_) > np.diag(fitted2.transmat_)).all()
+    assert (np.diag(sticky.transmat_) > 0.995).all()  # 5,000 pseudo-counts vs ~1,500 rows
+    rebuilt = RegimeModel.from_dict(json.loads(json.dumps(sticky.to_dict())))
+    assert rebuilt.get_params()["sticky"] == 5000.0
+    for bad in (-1.0, True, "high"):
+        with pytest.raises(SupsupError, match="sticky expected a number >= 0"):
+            RegimeModel(2, sticky=bad).fit(prices)
 
 
 # ---------------------------------------------------------------- persistence

@@ -23,6 +23,8 @@ from supsup_fin.regimes._canonical import match_states, regime_names, volatility
 from supsup_fin.regimes._fit import (
     COVARIANCE_TYPES,
     SELECTIONS,
+    WARM_START_SEED,
+    FitResult,
     fit_with_fallback,
     select_state_count,
 )
@@ -126,6 +128,7 @@ class RegimeModel:
         random_state: int | np.random.Generator | None = 0,
         selection: str = "bic_returns",
         observations: str = "return_vol",
+        sticky: float = 0.0,
     ) -> None:
         self.n_states = n_states
         self.n_restarts = n_restarts
@@ -136,6 +139,7 @@ class RegimeModel:
         self.random_state = random_state
         self.selection = selection
         self.observations = observations
+        self.sticky = sticky
 
     # ------------------------------------------------------------------ parameters
 
@@ -151,6 +155,7 @@ class RegimeModel:
             "random_state": self.random_state,
             "selection": self.selection,
             "observations": self.observations,
+            "sticky": self.sticky,
         }
 
     def __repr__(self) -> str:
@@ -181,6 +186,9 @@ class RegimeModel:
         if self.selection not in SELECTIONS:
             raise SupsupError(f"RegimeModel: selection expected one of {list(SELECTIONS)}, "
                               f"got {self.selection!r}")
+        if isinstance(self.sticky, bool) or not (isinstance(self.sticky, (int, float)) and self.sticky >= 0):
+            raise SupsupError(f"RegimeModel: sticky expected a number >= 0 (self-transition "
+                              f"pseudo-counts), got {self.sticky!r}")
         if not (isinstance(self.min_covar, (int, float)) and self.min_covar > 0):
             raise SupsupError(f"RegimeModel: min_covar expected a number > 0, "
                               f"got {self.min_covar!r}")
@@ -213,7 +221,11 @@ class RegimeModel:
             Earlier fit of the same market lineage: its state count is kept (``n_states`` is
             ignored) and the new states are matched to its states by the Hungarian
             on the state means and log standard deviations (both in ``previous``'s standardised units), so regime ``k``
-            keeps its meaning and name. Fewer-state fallbacks are then not allowed.
+            keeps its meaning and name. Fewer-state fallbacks are then not allowed. EM also runs
+            once from ``previous``'s parameters (converted to this window's standardisation)
+            beside the ``n_restarts`` k-means starts; it is kept when its likelihood beats theirs
+            by more than one log-likelihood unit (so a refit on unchanged data reproduces the same fit, and
+            one whose k-means starts all land in worse optima keeps the lineage's).
 
         Returns
         -------
@@ -227,6 +239,11 @@ class RegimeModel:
                                   f"got {type(previous).__name__}")
             previous._check_fitted("using it as previous=")
             lo = hi = previous.n_states_
+            if previous.observations != self.observations or previous.vol_window != self.vol_window:
+                raise SupsupError(
+                    f"RegimeModel.fit: previous= was fitted on observations {previous.observations!r} with "
+                    f"vol_window {previous.vol_window}, this model uses {self.observations!r} with "
+                    f"vol_window {self.vol_window}; a lineage keeps its observations")
         names = FEATURE_SETS[self.observations]
         min_rows = _ROWS_PER_PARAMETER * hi * len(names) + self.vol_window
         states = f"{hi} states" if lo == hi else f"n_states range ({lo}, {hi}): {hi} states"
@@ -240,21 +257,22 @@ class RegimeModel:
         x = standardise(raw, mean, std)
         seeds = self._restart_seeds()
         args = (self.covariance_type, seeds, self.n_iter, self.min_covar)
+        sticky = float(self.sticky)
         if lo == hi:
-            res, fallback = fit_with_fallback(x, lo, *args, allow_fewer_states=previous is None)
+            init = None if previous is None else previous._in_units(mean, std)
+            res, fallback = fit_with_fallback(x, lo, *args, allow_fewer_states=previous is None,
+                                              sticky=sticky, init=init)
             bics = {res.n_states: res.bic}
+            if res.seed == WARM_START_SEED:
+                log.info("refit: EM started from the previous fit scored best (log-likelihood %.2f)",
+                         res.log_likelihood)
         else:
-            res, fallback, bics = select_state_count(x, (lo, hi), *args, self.selection)
+            res, fallback, bics = select_state_count(x, (lo, hi), *args, self.selection, sticky)
 
         order = volatility_order(res.means, res.covars)
         names = regime_names(res.n_states)
         permutation = None
         if previous is not None:
-            if previous.observations != self.observations or previous.vol_window != self.vol_window:
-                raise SupsupError(
-                    f"RegimeModel.fit: previous= was fitted on observations {previous.observations!r} with "
-                    f"vol_window {previous.vol_window}, this model uses {self.observations!r} with "
-                    f"vol_window {self.vol_window}; a lineage keeps its observations")
             scale = std / previous.feature_std_
             in_prev_units = (res.means[order] * std + mean - previous.feature_mean_) \
                 / previous.feature_std_
@@ -292,6 +310,17 @@ class RegimeModel:
                  "converged=%s", self.n_states_, len(x), index[0].date(), index[-1].date(),
                  self.log_likelihood_, self.n_iter_, self.converged_)
         return self
+
+    def _in_units(self, mean: np.ndarray, std: np.ndarray) -> FitResult:
+        """This fit's parameters for features standardised with ``mean`` and ``std`` (a warm start)."""
+        ratio = self.feature_std_ / std
+        return FitResult(
+            n_states=self.n_states_, covariance_type=self.covariance_type_,
+            startprob=self.startprob_.copy(), transmat=self.transmat_.copy(),
+            means=(self.means_ * self.feature_std_ + self.feature_mean_ - mean) / std,
+            covars=self.covars_ * np.outer(ratio, ratio)[None],
+            log_likelihood=float("nan"), bic=float("nan"), converged=False, n_iter=0, seed=WARM_START_SEED,
+        )
 
     def _set_derived(self, stationary: np.ndarray | None = None) -> None:
         self.stationary_ = (_forward.stationary_distribution(self.transmat_)
