@@ -134,6 +134,7 @@ _BAND_TRIES = 3
 _BAND_WIDEN = 8.0
 _BAND_SHRINK_ABOVE = 200
 _BAND_MIN_ROW = 4096
+_FLOAT_EXACT = 2**24  # rows this long take a full topk: the band's float32 counts must be exact
 
 
 class EdgePopup(MaskForm):
@@ -246,13 +247,13 @@ def top_k_rows(a: torch.Tensor, k: int, state: dict[str, torch.Tensor],
     """
     n_rows, n = a.shape
     thr, delta = state.get("thr"), state.get("delta")
-    if thr is None or delta is None or thr.shape != (n_rows,):
+    if thr is None or delta is None or thr.shape != (n_rows,) or n >= _FLOAT_EXACT:
         keep = torch.zeros_like(a, dtype=torch.bool)
         _exact_top_k(a, k, keep, torch.arange(n_rows, device=a.device), state)
         return keep
     counts = (torch.empty_like(a) if scratch is None else scratch).view(n_rows, n)
 
-    def count(mask: torch.Tensor) -> torch.Tensor:  # exact in float32 below 2**24 per row
+    def count(mask: torch.Tensor) -> torch.Tensor:  # exact: float32 counts below 2**24
         return counts.copy_(mask.view(torch.uint8)).sum(dim=1).to(torch.int64)
 
     ok = torch.zeros(n_rows, dtype=torch.bool, device=a.device)
