@@ -242,42 +242,42 @@ def top_k_rows(a: torch.Tensor, k: int, state: dict[str, torch.Tensor],
     still missing it after a few tries (and the first call) take a full ``topk``. The kept set is
     the exact top-k either way; inside the band, ties go to the lower index. Every row is handled
     on its own (its path depends on its own state only), so a task's mask does not depend on the
-    other rows. ``scratch`` (float, ``a.numel()`` elements) serves the counts: summing a bool
-    tensor casts it to int64 first, 10x slower than a uint8 -> float copy and a float sum here.
+    other rows.
+
+    The returned mask is a buffer of ``state``, overwritten by the next call. ``scratch`` (float,
+    ``a.numel()`` elements) serves the counts: summing a bool tensor casts it to int64 first,
+    10x slower than a uint8 -> float copy and a float sum here.
     """
     n_rows, n = a.shape
+    keep = _state_buffer(state, "keep", a, torch.bool)
     thr, delta = state.get("thr"), state.get("delta")
     if thr is None or delta is None or thr.shape != (n_rows,) or n >= _FLOAT_EXACT:
-        keep = torch.zeros_like(a, dtype=torch.bool)
         _exact_top_k(a, k, keep, torch.arange(n_rows, device=a.device), state)
         return keep
+    band = _state_buffer(state, "band", a, torch.bool)
     counts = (torch.empty_like(a) if scratch is None else scratch).view(n_rows, n)
-
-    def count(mask: torch.Tensor) -> torch.Tensor:  # exact: float32 counts below 2**24
-        return counts.copy_(mask.view(torch.uint8)).sum(dim=1).to(torch.int64)
-
-    ok = torch.zeros(n_rows, dtype=torch.bool, device=a.device)
     for _ in range(_BAND_TRIES):
         hi = (thr + delta)[:, None]
-        keep = a > hi
-        band = a >= (thr - delta)[:, None]
-        above = count(keep)
-        inside = count(band) - above
-        band.logical_xor_(keep)  # keep is inside band: the xor leaves [lo, hi]
+        torch.gt(a, hi, out=keep)
+        torch.ge(a, (thr - delta)[:, None], out=band).logical_xor_(keep)  # keep is inside: [lo, hi] remains
+        rows, cols = _sparse_nonzero(band)
+        above = counts.copy_(keep.view(torch.uint8)).sum(dim=1).to(torch.int64)  # exact below 2**24
+        inside = torch.bincount(rows, minlength=n_rows)
         need = k - above
         ok = (need >= 0) & (need <= inside)
         if bool(ok.all()):
             break
         delta = torch.where(ok, delta, delta * _BAND_WIDEN)
     else:
-        band &= ok[:, None]
-    rows, cols = band.nonzero(as_tuple=True)
+        take = ok[rows]
+        rows, cols = rows[take], cols[take]
+        inside = torch.where(ok, inside, 0)
     vals = a[rows, cols]
-    # Order the band by row, then value descending, then column (nonzero is row-major and both sorts are stable).
-    order = torch.sort(vals, descending=True, stable=True).indices
-    order = order[torch.sort(rows[order], stable=True).indices]
+    # Order the band by row, then value descending, then column: one stable sort of a float64 key
+    # (rows apart by more than any value; the band comes row-major, so ties keep column order).
+    span = 2.0 * float(vals.abs().max()) + 1.0 if len(vals) else 1.0
+    order = torch.sort(rows.to(torch.float64) * span - vals.to(torch.float64), stable=True).indices
     rows, cols, vals = rows[order], cols[order], vals[order]
-    inside = torch.where(ok, inside, 0)
     start = torch.cumsum(inside, 0) - inside
     pick = torch.arange(len(rows), device=a.device) - start[rows] < need[rows]
     keep[rows[pick], cols[pick]] = True
@@ -293,6 +293,30 @@ def top_k_rows(a: torch.Tensor, k: int, state: dict[str, torch.Tensor],
         bad = (~ok).nonzero(as_tuple=True)[0]
         _exact_top_k(a, k, keep, bad, state)
     return keep
+
+
+def _state_buffer(state: dict[str, torch.Tensor], key: str, like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``state[key]``: an uninitialised tensor shaped like ``like``, kept between calls."""
+    buf = state.get(key)
+    if buf is None or buf.shape != like.shape or buf.dtype != dtype or buf.device != like.device:
+        buf = state[key] = torch.empty(like.shape, dtype=dtype, device=like.device)
+    return buf
+
+
+def _sparse_nonzero(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row-major ``(rows, cols)`` of a sparse contiguous bool ``[R, n]`` mask.
+
+    ``nonzero`` scans 8-byte words first (5x faster on a 2 M-entry mask with ~1 % set), then only
+    the words that hold a set entry are expanded to their 8 positions.
+    """
+    n_rows, n = mask.shape
+    if n % 8 or not mask.is_contiguous():
+        rows, cols = mask.nonzero(as_tuple=True)
+        return rows, cols
+    words = mask.view(torch.int64).nonzero()  # [m, 2]: row, word
+    flat = (words[:, 0] * n + words[:, 1] * 8)[:, None] + torch.arange(8, device=mask.device)
+    flat = flat[mask.view(-1)[flat]]
+    return torch.div(flat, n, rounding_mode="floor"), flat % n
 
 
 def _exact_top_k(a: torch.Tensor, k: int, keep: torch.Tensor, rows: torch.Tensor,
