@@ -252,15 +252,19 @@ class StepBuffers:
     activations, ``W ⊙ M`` and input gradients are written into buffers kept for the whole run.
     ``selection`` holds each layer's state for :meth:`MaskForm.masked_weight` (edge-popup's
     per-task top-k thresholds). One instance serves one training loop: a step's buffers are
-    overwritten by the next step's forward pass.
+    overwritten by the next step's forward pass. With ``reuse=False`` every :meth:`get` is a fresh
+    tensor and there is no selection state (a one-off forward pass).
     """
 
-    def __init__(self, n_layers: int) -> None:
+    def __init__(self, n_layers: int, reuse: bool = True) -> None:
+        self.reuse = reuse
         self._tensors: dict[tuple[str, int], torch.Tensor] = {}
-        self.selection: list[dict[str, torch.Tensor]] = [{} for _ in range(n_layers)]
+        self.selection: list[dict[str, torch.Tensor] | None] = [{} if reuse else None for _ in range(n_layers)]
 
     def get(self, kind: str, layer: int, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
-        """A reusable uninitialised tensor of ``shape`` with ``like``'s dtype and device."""
+        """An uninitialised tensor of ``shape`` with ``like``'s dtype and device (kept if reusing)."""
+        if not self.reuse:
+            return torch.empty(shape, dtype=like.dtype, device=like.device)
         buf = self._tensors.get((kind, layer))
         if buf is None or buf.shape != shape or buf.dtype != like.dtype or buf.device != like.device:
             buf = torch.empty(shape, dtype=like.dtype, device=like.device)
@@ -283,23 +287,18 @@ class _SupermaskMLP(torch.autograd.Function):
     def forward(ctx, x, form, densities, weights, buffers, *scores):  # type: ignore[no-untyped-def]
         h, last = x, len(weights) - 1
         hs, wms, factors = [x], [], []
+        if buffers is None:
+            buffers = StepBuffers(len(weights), reuse=False)
         for i, (w, s) in enumerate(zip(weights, scores)):
-            if buffers is None:
-                wm = form.masked_weight(s, densities[i], w, torch.empty_like(s))
-            else:
-                wm = form.masked_weight(s, densities[i], w, buffers.get("wm", i, s.shape, s),
-                                        buffers.selection[i])
+            wm = form.masked_weight(s, densities[i], w, buffers.get("wm", i, s.shape, s), buffers.selection[i])
             if i < last:
-                shape = (h.shape[0], h.shape[1], wm.shape[1])
-                out = torch.empty(shape, dtype=h.dtype, device=h.device) if buffers is None \
-                    else buffers.get("h", i, shape, h)
+                out = buffers.get("h", i, (h.shape[0], h.shape[1], wm.shape[1]), h)
                 h = torch.bmm(h, wm.transpose(1, 2), out=out).clamp_(min=0)
                 hs.append(h)
-            else:
+            else:  # the logits leave the node: a fresh tensor
                 h = torch.bmm(h, wm.transpose(1, 2))
             wms.append(wm)
-            factors.append(form.ste_factor(s) if buffers is None
-                           else form.ste_factor(s, buffers.get("factor", i, s.shape, s)))
+            factors.append(form.ste_factor(s, buffers.get("factor", i, s.shape, s)))
         ctx.weights, ctx.wms, ctx.hs, ctx.factors, ctx.buffers = weights, wms, hs, factors, buffers
         return h
 
@@ -316,10 +315,7 @@ class _SupermaskMLP(torch.autograd.Function):
                 gs.mul_(factors[i])
             grads[i] = gs
             if i > 0:
-                shape = (g.shape[0], g.shape[1], wms[i].shape[2])
-                out = torch.empty(shape, dtype=g.dtype, device=g.device) if buffers is None \
-                    else buffers.get("g", i, shape, g)
-                g = torch.bmm(g, wms[i], out=out)
+                g = torch.bmm(g, wms[i], out=buffers.get("g", i, (g.shape[0], g.shape[1], wms[i].shape[2]), g))
         del ctx.wms, ctx.hs, ctx.factors, ctx.buffers
         return (None, None, None, None, None, *grads)
 
