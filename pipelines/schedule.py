@@ -8,8 +8,12 @@ crons until interrupted. No Prefect retries: downloads already retry inside the 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 from prefect import flow, serve
@@ -25,7 +29,11 @@ from supsup_fin.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ServerError", "deployments", "prefect_server", "serve_deployments", "stop_process_group"]
+__all__ = ["ServerError", "bounded_interrupt", "deployments", "prefect_server", "serve_deployments",
+           "stop_process_group"]
+
+STOP_GRACE_S = 15.0
+"""Seconds a served process gets to shut down after Ctrl-C before the interrupt is repeated."""
 
 
 @flow(name="retrain-dask")
@@ -47,8 +55,62 @@ def deployments(cfg: Config, workspace: Workspace) -> list[RunnerDeployment]:
     ]
 
 
+@contextlib.contextmanager
+def bounded_interrupt(grace_s: float = STOP_GRACE_S) -> Iterator[None]:
+    """Ctrl-C (or SIGTERM) stops the body within about ``grace_s`` seconds.
+
+    The first signal raises ``KeyboardInterrupt`` as usual and starts a timer; if the body is
+    still running ``grace_s`` later, SIGINT is sent again. Prefect's ``serve`` runs its runner
+    under ``asyncio.run``, whose shutdown waits for every task to finish cancelling: a task that
+    swallows the cancellation (seen once in a while right after a flow run ends) keeps the
+    process alive until a second interrupt. Signal handlers are restored on exit.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    timer: threading.Timer | None = None
+
+    def interrupted(signum: int, frame: Any) -> None:
+        nonlocal timer
+        if timer is None:
+            log.info("interrupted (signal %d): stopping; interrupting again in %.0f s if still running",
+                     signum, grace_s)
+            timer = threading.Timer(grace_s, os.kill, (os.getpid(), signal.SIGINT))
+            timer.daemon = True
+            timer.start()
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, interrupted) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        if timer is not None:
+            timer.cancel()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def serve_deployments(cfg: Config, workspace: Workspace, api_url: str) -> None:
-    """Serve both deployments against ``api_url`` until interrupted (Ctrl-C)."""
+    """Serve both deployments against ``api_url`` until interrupted (Ctrl-C; see
+    :func:`bounded_interrupt`)."""
     os.environ["PREFECT_API_URL"] = api_url  # flow-run subprocesses inherit it
     with temporary_settings(updates={PREFECT_API_URL: api_url}):
-        serve(*deployments(cfg, workspace), print_starting_message=False)
+        try:
+            with bounded_interrupt():
+                serve(*deployments(cfg, workspace), print_starting_message=False)
+        finally:
+            drain_prefect_workers()
+
+
+def drain_prefect_workers(timeout_s: float = 10.0) -> None:
+    """Send Prefect's queued API logs and events now, while the server is still up.
+
+    Left alone they drain at interpreter exit, with no time limit, against a server that
+    :func:`prefect_server` has stopped by then: the client's retries could hold the process
+    for a minute after Ctrl-C.
+    """
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        worker.drain_all(timeout=timeout_s)

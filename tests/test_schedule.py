@@ -97,3 +97,24 @@ def test_schedule_serves_deployments_on_a_real_server_and_stops_on_ctrl_c(tmp_pa
         stop_process_group(proc)
         proc.stdout.close()
         errlog.close()
+
+
+def test_a_swallowed_ctrl_c_is_repeated_after_the_grace_period() -> None:
+    """A shutdown that swallows the first interrupt gets a second one ``grace_s`` later, and the
+    previous signal handlers are back afterwards."""
+    import threading
+
+    from pipelines.schedule import bounded_interrupt
+
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    caught: list[float] = []
+    start = time.monotonic()
+    with bounded_interrupt(grace_s=0.5):
+        threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGTERM)).start()
+        for _ in range(2):  # a stuck shutdown: catches the interrupt and carries on waiting
+            try:
+                time.sleep(10)
+            except KeyboardInterrupt:
+                caught.append(time.monotonic() - start)
+    assert len(caught) == 2 and 0.4 < caught[1] - caught[0] < 3.0, caught
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
