@@ -47,6 +47,14 @@ class NotFittedError(SupsupError):
     """A method that needs fitted parameters was called before ``fit``."""
 
 
+def _rescale(means: np.ndarray, covars: np.ndarray, src: tuple[np.ndarray, np.ndarray],
+             dst: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """State means ``[K, d]`` and covariances ``[K, d, d]`` of features standardised with
+    ``src = (mean, std)``, expressed for features standardised with ``dst``."""
+    ratio = src[1] / dst[1]
+    return (means * src[1] + src[0] - dst[0]) / dst[1], covars * np.outer(ratio, ratio)[None]
+
+
 class RegimeModel:
     """Gaussian HMM of a market's regimes on standardised (log return, log realised vol) or log return.
 
@@ -273,10 +281,9 @@ class RegimeModel:
         names = regime_names(res.n_states)
         permutation = None
         if previous is not None:
-            scale = std / previous.feature_std_
-            in_prev_units = (res.means[order] * std + mean - previous.feature_mean_) \
-                / previous.feature_std_
-            new_var = np.diagonal(res.covars[order], axis1=1, axis2=2) * scale ** 2
+            in_prev_units, new_covars = _rescale(res.means[order], res.covars[order], (mean, std),
+                                                 (previous.feature_mean_, previous.feature_std_))
+            new_var = np.diagonal(new_covars, axis1=1, axis2=2)
             old_var = np.diagonal(previous.covars_, axis1=1, axis2=2)
             perm = match_states(np.hstack([in_prev_units, 0.5 * np.log(new_var)]),
                                 np.hstack([previous.means_, 0.5 * np.log(old_var)]))
@@ -313,12 +320,10 @@ class RegimeModel:
 
     def _in_units(self, mean: np.ndarray, std: np.ndarray) -> FitResult:
         """This fit's parameters for features standardised with ``mean`` and ``std`` (a warm start)."""
-        ratio = self.feature_std_ / std
+        means, covars = _rescale(self.means_, self.covars_, (self.feature_mean_, self.feature_std_), (mean, std))
         return FitResult(
             n_states=self.n_states_, covariance_type=self.covariance_type_,
-            startprob=self.startprob_.copy(), transmat=self.transmat_.copy(),
-            means=(self.means_ * self.feature_std_ + self.feature_mean_ - mean) / std,
-            covars=self.covars_ * np.outer(ratio, ratio)[None],
+            startprob=self.startprob_.copy(), transmat=self.transmat_.copy(), means=means, covars=covars,
             log_likelihood=float("nan"), bic=float("nan"), converged=False, n_iter=0, seed=WARM_START_SEED,
         )
 
