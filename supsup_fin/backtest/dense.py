@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from supsup_fin.errors import DataError
-from supsup_fin.masks.net import as_tensor
+from supsup_fin.masks.net import as_tensor, mlp
 from supsup_fin.masks.train import task_generator
 
 logger = logging.getLogger(__name__)
@@ -254,12 +254,7 @@ def batched_dense_logits(weights: Sequence[torch.Tensor], x: torch.Tensor) -> to
     -------
     torch.Tensor ``[T, B, classes]``
     """
-    h, last = x, len(weights) - 1
-    for i, w in enumerate(weights):
-        h = torch.bmm(h, w.transpose(1, 2))
-        if i < last:
-            h = torch.relu(h)
-    return h
+    return mlp(x, weights)
 
 
 def _initial_weights(

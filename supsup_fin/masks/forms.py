@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -206,10 +207,7 @@ class EdgePopup(MaskForm):
         k = kept_count(n, density)
         if state is None or k == n or n < _BAND_MIN_ROW:
             return super().masked_weight(scores, density, weight, out, state)
-        magnitude = state.get("abs")
-        if magnitude is None or magnitude.shape != scores.shape:
-            magnitude = state["abs"] = torch.empty_like(scores, requires_grad=False)
-        torch.abs(scores.detach(), out=magnitude)
+        magnitude = torch.abs(scores.detach(), out=reusable(state, "abs", scores.shape, scores.dtype, scores.device))
         keep = top_k_rows(magnitude.view(scores.shape[0], n), k, state, scratch=out)
         # bool -> float copies are 10x slower than uint8 -> float here; the bytes are the same.
         return out.copy_(keep.view(torch.uint8).view_as(scores)).mul_(weight)
@@ -249,12 +247,12 @@ def top_k_rows(a: torch.Tensor, k: int, state: dict[str, torch.Tensor],
     10x slower than a uint8 -> float copy and a float sum here.
     """
     n_rows, n = a.shape
-    keep = _state_buffer(state, "keep", a, torch.bool)
+    keep = reusable(state, "keep", a.shape, torch.bool, a.device)
     thr, delta = state.get("thr"), state.get("delta")
     if thr is None or delta is None or thr.shape != (n_rows,) or n >= _FLOAT_EXACT:
         _exact_top_k(a, k, keep, torch.arange(n_rows, device=a.device), state)
         return keep
-    band = _state_buffer(state, "band", a, torch.bool)
+    band = reusable(state, "band", a.shape, torch.bool, a.device)
     counts = (torch.empty_like(a) if scratch is None else scratch).view(n_rows, n)
     for _ in range(_BAND_TRIES):
         hi = (thr + delta)[:, None]
@@ -295,11 +293,13 @@ def top_k_rows(a: torch.Tensor, k: int, state: dict[str, torch.Tensor],
     return keep
 
 
-def _state_buffer(state: dict[str, torch.Tensor], key: str, like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``state[key]``: an uninitialised tensor shaped like ``like``, kept between calls."""
-    buf = state.get(key)
-    if buf is None or buf.shape != like.shape or buf.dtype != dtype or buf.device != like.device:
-        buf = state[key] = torch.empty(like.shape, dtype=dtype, device=like.device)
+def reusable(store: dict[Any, torch.Tensor], key: Any, shape: Sequence[int], dtype: torch.dtype,
+             device: torch.device) -> torch.Tensor:
+    """``store[key]``: an uninitialised tensor of ``shape``, ``dtype`` and ``device``, kept between
+    calls (replaced when any of them changes)."""
+    buf = store.get(key)
+    if buf is None or buf.shape != tuple(shape) or buf.dtype != dtype or buf.device != device:
+        buf = store[key] = torch.empty(tuple(shape), dtype=dtype, device=device)
     return buf
 
 

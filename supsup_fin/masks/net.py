@@ -158,7 +158,7 @@ class FrozenNet:
             raise ValueError("pass either mask= or masks= with alphas=, not both")
         if masks is None and alphas is None:
             weights = self._weights if mask is None else self._masked(mask)
-            return _mlp(h, weights)
+            return mlp(h, weights)
         if masks is None or alphas is None:
             raise ValueError("a superposition needs both masks= and alphas=")
         chosen, coeffs = self._resolve(masks, alphas, h.shape[0])
@@ -167,7 +167,7 @@ class FrozenNet:
             for i, w in enumerate(self._weights):
                 total = sum(a * m.layers[i].to(w.device, w.dtype) for a, m in zip(coeffs, chosen))
                 weights.append(w * total)
-            return _mlp(h, weights)
+            return mlp(h, weights)
         return self._per_row(h, chosen, coeffs)
 
     # -- helpers -------------------------------------------------------------------------------
@@ -245,11 +245,15 @@ def as_tensor(a: torch.Tensor | np.ndarray | float, dtype: np.dtype | type) -> t
     return torch.from_numpy(arr)
 
 
-def _mlp(h: torch.Tensor, weights: Sequence[torch.Tensor]) -> torch.Tensor:
-    """``h [N, in]`` through bias-free linear layers with ReLU between them."""
+def mlp(h: torch.Tensor, weights: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``h`` through bias-free linear layers with ReLU between them.
+
+    ``h [N, in]`` with weights ``[out, in]``, or T nets at once: ``h [T, B, in]`` with weights
+    ``[T, out, in]`` (one ``bmm`` per layer).
+    """
     last = len(weights) - 1
     for i, w in enumerate(weights):
-        h = h @ w.t()
+        h = torch.matmul(h, w.transpose(-1, -2))
         if i < last:
             h = torch.relu(h)
     return h

@@ -30,9 +30,9 @@ import torch
 import torch.nn.functional as F
 
 from supsup_fin.masks.bank import MaskBank
-from supsup_fin.masks.forms import MaskForm, get_form
+from supsup_fin.masks.forms import MaskForm, get_form, reusable
 from supsup_fin.masks.mask import Mask
-from supsup_fin.masks.net import FrozenNet, as_tensor
+from supsup_fin.masks.net import FrozenNet, as_tensor, mlp
 
 logger = logging.getLogger(__name__)
 
@@ -265,11 +265,7 @@ class StepBuffers:
         """An uninitialised tensor of ``shape`` with ``like``'s dtype and device (kept if reusing)."""
         if not self.reuse:
             return torch.empty(shape, dtype=like.dtype, device=like.device)
-        buf = self._tensors.get((kind, layer))
-        if buf is None or buf.shape != shape or buf.dtype != like.dtype or buf.device != like.device:
-            buf = torch.empty(shape, dtype=like.dtype, device=like.device)
-            self._tensors[(kind, layer)] = buf
-        return buf
+        return reusable(self._tensors, (kind, layer), shape, like.dtype, like.device)
 
 
 class _SupermaskMLP(torch.autograd.Function):
@@ -350,12 +346,7 @@ def batched_logits(weights: list[torch.Tensor], masks: list[torch.Tensor], x: to
     -------
     torch.Tensor ``[T, B, classes]``
     """
-    h, last = x, len(weights) - 1
-    for i, (w, m) in enumerate(zip(weights, masks)):
-        h = torch.bmm(h, (w * m).transpose(1, 2))
-        if i < last:
-            h = torch.relu(h)
-    return h
+    return mlp(x, [w * m for w, m in zip(weights, masks)])
 
 
 def _check_hyperparameters(
