@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from supsup_fin.config import Config
 from supsup_fin.evaluate import Evaluation
-from supsup_fin.tracking import RunRecord
+
+if TYPE_CHECKING:  # the tracking layer (MLflow) stays out of this module's imports
+    from supsup_fin.tracking import RunRecord
 
 _TASK_KEYS = ("accuracy", "baseline_accuracy", "log_loss", "baseline_log_loss", "mask_density")
 
 
-def _num(v: Any) -> Any:
+def plain_number(v: Any) -> Any:
+    """A JSON-ready value: floats rounded to 6 decimals, NaN as ``None``, numpy scalars unwrapped."""
     if isinstance(v, float):
         return None if math.isnan(v) else round(v, 6)
+    if hasattr(v, "item"):
+        return plain_number(v.item())
     return v
 
 
@@ -25,12 +30,12 @@ def retrain_summary(
     test = ev.tasks[ev.tasks.segment == "test"]
     tasks = [
         {"task": r["task"], "market": r["market"], "regime": r["regime"], "n_train": int(r["n_train"]),
-         "n_test": int(r["n_eval"]), **{k: _num(r[k]) for k in _TASK_KEYS}}
+         "n_test": int(r["n_eval"]), **{k: plain_number(r[k]) for k in _TASK_KEYS}}
         for r in test.to_dict("records")
     ]
     markets = [
         {"market": r["market"], "mode": r["mode"], "segment": r["segment"], "n": int(r["n"]),
-         **{k: _num(r[k]) for k in ("accuracy", "baseline_accuracy", "log_loss", "baseline_log_loss")}}
+         **{k: plain_number(r[k]) for k in ("accuracy", "baseline_accuracy", "log_loss", "baseline_log_loss")}}
         for r in ev.markets.to_dict("records")
     ]
     d = run.decision
@@ -39,9 +44,9 @@ def retrain_summary(
         "tasks": tasks,
         "forecaster": markets,
         "registered_model": {"name": run.model_name, "version": run.version, "aliases": sorted(run.aliases)},
-        "promotion": {"promoted": d.promoted, "metric": d.metric, "valid_score": _num(d.score),
-                      "valid_baseline": _num(d.baseline_score), "champion_version": d.champion_version,
-                      "champion_score": _num(d.champion_score), "reason": d.reason},
+        "promotion": {"promoted": d.promoted, "metric": d.metric, "valid_score": plain_number(d.score),
+                      "valid_baseline": plain_number(d.baseline_score), "champion_version": d.champion_version,
+                      "champion_score": plain_number(d.champion_score), "reason": d.reason},
         "tracking_uri": run.tracking_uri,
         "run_id": run.run_id,
         "elapsed_s": round(elapsed_s, 2),

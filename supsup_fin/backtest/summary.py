@@ -2,28 +2,20 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import pandas as pd
 
 from supsup_fin.backtest.report import BacktestResult
 from supsup_fin.config import Config
-
-
-def _num(v: Any) -> Any:
-    if isinstance(v, float):
-        return None if math.isnan(v) else round(v, 6)
-    if hasattr(v, "item"):
-        return _num(v.item())
-    return v
+from supsup_fin.summary import plain_number
 
 
 def records(frame: pd.DataFrame) -> list[dict[str, Any]]:
     """Rows of a (multi-)indexed frame as plain dicts, NaN as ``None``."""
     if frame.empty:
         return []
-    return [{k: _num(v) for k, v in r.items()} for r in frame.reset_index().to_dict("records")]
+    return [{k: plain_number(v) for k, v in r.items()} for r in frame.reset_index().to_dict("records")]
 
 
 def backtest_summary(cfg: Config, result: BacktestResult, *, run_id: str | None, tracking_uri: str | None,
