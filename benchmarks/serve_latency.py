@@ -29,7 +29,7 @@ from forecast_latency import build, pct
 
 from pipelines._server import stop_process_group
 from supsup_fin.config import config_from_dict
-from supsup_fin.evaluate import evaluate
+from supsup_fin.forecaster.evaluate import evaluate
 from supsup_fin.tracking import log_retrain, payload
 from supsup_fin.tracking.serve import serve_command
 from supsup_fin.workspace import Workspace
@@ -59,7 +59,7 @@ def main() -> None:
         from retrain_scale import bench_config, market_files
 
         from supsup_fin.data import load_prices
-        from supsup_fin.prepare import build_features, fit_regimes
+        from supsup_fin.forecaster.prepare import build_features, fit_regimes
 
         fc, prices = build(2, root)
         cfg = config_from_dict(bench_config(market_files(2, root), "threads", 1, steps=20))

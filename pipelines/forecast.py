@@ -15,7 +15,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pipelines.retrain import ingest
 from supsup_fin.config import Config, config_from_dict
 from supsup_fin.data import LoadedPrices
-from supsup_fin.live import champion, forecast_one, known_markets, store_forecasts
+from supsup_fin.live.forecast import champion, forecast_one, known_markets, store_forecasts
 from supsup_fin.workspace import Workspace
 
 

@@ -17,16 +17,16 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from pipelines._server import prefect_server
 from supsup_fin.config import Config, MarketConfig, RuntimeConfig, config_from_dict
 from supsup_fin.data import LoadedPrices, load_prices
-from supsup_fin.evaluate import Evaluation, evaluate
-from supsup_fin.gating import RegimeGatedForecaster
+from supsup_fin.forecaster.evaluate import Evaluation, evaluate
+from supsup_fin.forecaster.gating import RegimeGatedForecaster
 from supsup_fin.masks import FrozenNet, MaskBank
-from supsup_fin.prepare import FeatureSet, RegimeFit, build_features, fit_regimes, lineage_of
+from supsup_fin.forecaster.prepare import FeatureSet, RegimeFit, build_features, fit_regimes, lineage_of
 from supsup_fin.regimes import RegimeModel
-from supsup_fin.summary import retrain_summary
-from supsup_fin.tasks import Task, make_tasks
+from supsup_fin.forecaster.summary import retrain_summary
+from supsup_fin.forecaster.mask_tasks import Task, make_tasks
 from supsup_fin.tracking import RunRecord, log_retrain
 from supsup_fin.tracking.registry import champion_bank, champion_regimes
-from supsup_fin.training import (
+from supsup_fin.forecaster.training import (
     MaskBits,
     build_forecaster,
     build_network,

@@ -58,10 +58,10 @@ def small_pipeline(tmp_path_factory: pytest.TempPathFactory):
     """The library pipeline (no Prefect, no MLflow) on the small config, built once."""
     from supsup_fin.config import config_from_dict
     from supsup_fin.data import load_prices
-    from supsup_fin.evaluate import evaluate
-    from supsup_fin.prepare import build_features, fit_regimes
-    from supsup_fin.tasks import make_tasks
-    from supsup_fin.training import build_forecaster, train_tasks
+    from supsup_fin.forecaster.evaluate import evaluate
+    from supsup_fin.forecaster.prepare import build_features, fit_regimes
+    from supsup_fin.forecaster.mask_tasks import make_tasks
+    from supsup_fin.forecaster.training import build_forecaster, train_tasks
 
     cfg = config_from_dict(small_config_dict())
     cache = tmp_path_factory.mktemp("cache")

@@ -10,7 +10,7 @@ from supsup_fin.backtest.positions import decide, equal_risk_portfolio, simulate
 from supsup_fin.backtest.windows import fit_view, make_windows, purge_rows
 from supsup_fin.config import PositionsConfig, config_from_dict
 from supsup_fin.errors import ConfigError, DataError
-from supsup_fin.prepare import segment_labels
+from supsup_fin.forecaster.prepare import segment_labels
 
 DATES = pd.bdate_range("2020-01-01", periods=6)
 

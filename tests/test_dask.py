@@ -16,8 +16,8 @@ import torch
 from conftest import small_config_dict
 
 from supsup_fin.config import config_from_dict
-from supsup_fin.gating import RegimeGatedForecaster
-from supsup_fin.training import train_tasks
+from supsup_fin.forecaster.gating import RegimeGatedForecaster
+from supsup_fin.forecaster.training import train_tasks
 from supsup_fin.workspace import Workspace
 
 pytestmark = pytest.mark.slow

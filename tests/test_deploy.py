@@ -16,12 +16,12 @@ from typer.testing import CliRunner
 from supsup_fin.cli import app
 from supsup_fin.config import config_from_dict
 from supsup_fin.errors import RegistryError
-from supsup_fin.forecasts import append_forecasts, read_forecasts
-from supsup_fin.live import forecast_markets, store_forecasts
+from supsup_fin.live.table import append_forecasts, read_forecasts
+from supsup_fin.live.forecast import forecast_markets, store_forecasts
 from supsup_fin.tracking import log_retrain, tracking_uri
 from supsup_fin.tracking.registry import HISTORY_TAG, champion_version
 from supsup_fin.tracking.versions import list_versions, promote, prune, rollback
-from supsup_fin.training import reusable_masks, train_tasks
+from supsup_fin.forecaster.training import reusable_masks, train_tasks
 from supsup_fin.workspace import Workspace
 
 
@@ -123,7 +123,7 @@ def test_unchanged_masks_are_carried_over_bit_identically(small_pipeline: dict) 
     assert "carried_from" not in bank.meta(changed.name)
     # another config (e.g. other training steps) carries nothing over
     other = config_from_dict(small_config_dict(training={"steps": 41, "batch_size": 64}))
-    from supsup_fin.tasks import make_tasks
+    from supsup_fin.forecaster.mask_tasks import make_tasks
 
     fresh = make_tasks(p["features"], p["regimes"], other)
     assert len(reusable_masks(fresh, champ, net, "v1")) == 0

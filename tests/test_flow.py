@@ -14,8 +14,8 @@ from mlflow.tracking import MlflowClient
 from conftest import small_config_dict
 from supsup_fin.config import config_from_dict
 from supsup_fin.errors import DataError
-from supsup_fin.gating import RegimeGatedForecaster
-from supsup_fin.live import forecast_markets
+from supsup_fin.forecaster.gating import RegimeGatedForecaster
+from supsup_fin.live.forecast import forecast_markets
 from supsup_fin.tracking.registry import download_forecaster
 from supsup_fin.workspace import Workspace
 

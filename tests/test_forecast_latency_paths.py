@@ -20,7 +20,7 @@ from conftest import SEED, random_walk
 from supsup_fin.data import validate_frame
 from supsup_fin.errors import DataError
 from supsup_fin.features import FEATURES, feature_array, make_features
-from supsup_fin.gating import GATE_MODES, _canonical_values, _price_columns
+from supsup_fin.forecaster.gating import GATE_MODES, _canonical_values, _price_columns
 from supsup_fin.regimes import RegimeModel, _forward
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -13,7 +13,7 @@ from conftest import SEED, small_config_dict
 
 from supsup_fin.config import GatingConfig, config_from_dict
 from supsup_fin.features import feature_warmup
-from supsup_fin.gating import GATE_MODES, RegimeGatedForecaster, _row_task_scores
+from supsup_fin.forecaster.gating import GATE_MODES, RegimeGatedForecaster, _row_task_scores
 from supsup_fin.masks import FrozenNet, Mask, infer_task, train_masks
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -251,7 +251,7 @@ def test_save_load_keeps_infer_window_and_old_specs_default_to_16(small_pipeline
 def test_config_carries_the_new_modes_and_the_window(small_pipeline: dict) -> None:
     from pydantic import ValidationError
 
-    from supsup_fin.training import build_forecaster
+    from supsup_fin.forecaster.training import build_forecaster
 
     assert GatingConfig().infer_window == 16
     for mode in ("ensemble", "infer"):

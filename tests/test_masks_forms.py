@@ -201,7 +201,7 @@ def test_keep_probabilities_survive_merges_carry_over_and_worker_transport():
     """Stored p travels with its mask: bank merges, the picklable worker form, champion carry-over."""
     import pickle
 
-    from supsup_fin.training import merge_banks, to_bits
+    from supsup_fin.forecaster.training import merge_banks, to_bits
 
     net = FrozenNet(SIZES, seed=SEED)
     hc = train_masks(net, {"p": blobs(SEED, 200)}, method="hard_concrete", steps=5, batch_size=32,

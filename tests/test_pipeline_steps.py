@@ -10,8 +10,8 @@ import torch
 from conftest import small_config_dict
 from supsup_fin.config import config_from_dict
 from supsup_fin.errors import DataError, MaskFileError
-from supsup_fin.gating import RegimeGatedForecaster
-from supsup_fin.prepare import build_features, segment_labels
+from supsup_fin.forecaster.gating import RegimeGatedForecaster
+from supsup_fin.forecaster.prepare import build_features, segment_labels
 
 
 def test_segments_purge_the_horizon() -> None:
@@ -144,7 +144,7 @@ def test_evaluation_tables(small_pipeline: dict) -> None:
 
 def test_training_reports_progress(small_pipeline: dict) -> None:
     from supsup_fin import progress
-    from supsup_fin.training import train_tasks
+    from supsup_fin.forecaster.training import train_tasks
 
     cfg = config_from_dict(small_config_dict(training={"steps": 20}))
     seen: list[tuple[str, int, int]] = []

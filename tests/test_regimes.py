@@ -24,7 +24,7 @@ from supsup_fin.regimes import (
     regime_names,
 )
 from supsup_fin.regimes._forward import gaussian_log_densities
-from supsup_fin.regimes.features import raw_features
+from supsup_fin.regimes.observations import raw_features
 
 SEED = int(os.environ.get("SUPSUP_TEST_SEED", "0"))
 print(f"test_regimes: SUPSUP_TEST_SEED={SEED}")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from conftest import small_config_dict
 
-from supsup_fin.forecasts import read_forecasts
+from supsup_fin.live.table import read_forecasts
 from supsup_fin.workspace import Workspace
 
 START_S = 120

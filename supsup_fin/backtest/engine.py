@@ -38,12 +38,12 @@ from supsup_fin.features import (
     classify,
     forward_returns,
 )
-from supsup_fin.gating import MarketModel, RegimeGatedForecaster
+from supsup_fin.forecaster.gating import MarketModel, RegimeGatedForecaster
 from supsup_fin.masks import FrozenNet, MaskBank
-from supsup_fin.prepare import FeatureSet, RegimeFit, build_features, fit_regimes
+from supsup_fin.forecaster.prepare import FeatureSet, RegimeFit, build_features, fit_regimes
 from supsup_fin.regimes import RegimeModel
-from supsup_fin.tasks import ALL, Task, make_tasks
-from supsup_fin.training import resolve_device, train_tasks
+from supsup_fin.forecaster.mask_tasks import ALL, Task, make_tasks
+from supsup_fin.forecaster.training import resolve_device, train_tasks
 
 log = logging.getLogger(__name__)
 

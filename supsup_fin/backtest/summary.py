@@ -8,7 +8,7 @@ import pandas as pd
 
 from supsup_fin.backtest.report import BacktestResult
 from supsup_fin.config import Config
-from supsup_fin.summary import plain_number
+from supsup_fin.forecaster.summary import plain_number
 
 
 def records(frame: pd.DataFrame) -> list[dict[str, Any]]:

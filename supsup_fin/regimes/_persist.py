@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from supsup_fin.errors import SupsupError
-from supsup_fin.regimes.features import FEATURE_SETS
+from supsup_fin.regimes.observations import FEATURE_SETS
 
 if TYPE_CHECKING:
     from supsup_fin.regimes.model import RegimeModel

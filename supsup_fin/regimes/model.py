@@ -29,7 +29,7 @@ from supsup_fin.regimes._fit import (
     select_state_count,
 )
 from supsup_fin.regimes._persist import _is_int
-from supsup_fin.regimes.features import (
+from supsup_fin.regimes.observations import (
     FEATURE_SETS,
     VOL_FLOOR,
     raw_features,

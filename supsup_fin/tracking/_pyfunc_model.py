@@ -1,7 +1,7 @@
 """MLflow models-from-code entry: the registered forecaster.
 
 Loads the forecaster artifact (mask bank + JSON spec; the base network is rebuilt from its
-seed) and delegates to :class:`supsup_fin.gating.RegimeGatedForecaster`. No pickled objects.
+seed) and delegates to :class:`supsup_fin.forecaster.gating.RegimeGatedForecaster`. No pickled objects.
 
 Input: rows of ``market``, ``date``, ``close`` (``open high low volume`` optional), at least the
 model's ``min_rows`` per market. Output: one forecast row per market.
@@ -13,7 +13,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from supsup_fin.errors import SupsupError
-from supsup_fin.gating import RegimeGatedForecaster
+from supsup_fin.forecaster.gating import RegimeGatedForecaster
 from supsup_fin.tracking.model import forecasts_from_payload
 
 

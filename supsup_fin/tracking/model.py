@@ -13,7 +13,7 @@ from mlflow.models.model import ModelInfo
 from mlflow.types.schema import ColSpec, Schema
 
 from supsup_fin.errors import DataError
-from supsup_fin.gating import RegimeGatedForecaster
+from supsup_fin.forecaster.gating import RegimeGatedForecaster
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ import pandas as pd
 
 from supsup_fin.config import Config, TrackingConfig
 from supsup_fin.data import LoadedPrices
-from supsup_fin.evaluate import Evaluation
-from supsup_fin.gating import RegimeGatedForecaster
-from supsup_fin.prepare import RegimeFit
+from supsup_fin.forecaster.evaluate import Evaluation
+from supsup_fin.forecaster.gating import RegimeGatedForecaster
+from supsup_fin.forecaster.prepare import RegimeFit
 from supsup_fin.regimes import plot_regimes
 from supsup_fin.tracking.model import log_forecaster, payload
 from supsup_fin.tracking.registry import Decision, aliases, decide, delete_version

@@ -9,7 +9,7 @@ from typing import Any
 
 from supsup_fin.config import Config
 from supsup_fin.errors import MaskFileError
-from supsup_fin.gating import RegimeGatedForecaster
+from supsup_fin.forecaster.gating import RegimeGatedForecaster
 from supsup_fin.masks import FrozenNet, MaskBank, jaccard_matrix, layer_densities
 from supsup_fin.workspace import Workspace
 

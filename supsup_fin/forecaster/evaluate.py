@@ -17,9 +17,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from supsup_fin.gating import GATE_MODES, RegimeGatedForecaster
-from supsup_fin.prepare import FeatureSet, RegimeFit
-from supsup_fin.tasks import ALL
+from supsup_fin.forecaster.gating import GATE_MODES, RegimeGatedForecaster
+from supsup_fin.forecaster.prepare import FeatureSet, RegimeFit
+from supsup_fin.forecaster.mask_tasks import ALL
 
 _EPS = 1e-12
 

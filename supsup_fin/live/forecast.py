@@ -10,7 +10,7 @@ import pandas as pd
 
 from supsup_fin.config import Config
 from supsup_fin.data import LoadedPrices, load_prices
-from supsup_fin.forecasts import append_forecasts, table_path
+from supsup_fin.live.table import append_forecasts, table_path
 from supsup_fin.tracking import connect, load_champion, log_forecasts, payload
 from supsup_fin.workspace import Workspace
 

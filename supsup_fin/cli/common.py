@@ -1,6 +1,6 @@
 """Shared pieces of the ``supsup-fin`` command line: the app, consoles, options, tables.
 
-Command modules (``cli.py``, ``_cli_data.py``, ``_cli_deploy.py``) register on :data:`app`.
+Command modules (``cli/__init__.py``, ``cli/data.py``, ``cli/deploy.py``, ``cli/backtest.py``) register on :data:`app`.
 Errors end a command with a non-zero exit and a one-line reason on stderr.
 """
 

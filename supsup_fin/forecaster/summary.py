@@ -6,7 +6,7 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from supsup_fin.config import Config
-from supsup_fin.evaluate import Evaluation
+from supsup_fin.forecaster.evaluate import Evaluation
 
 if TYPE_CHECKING:  # the tracking layer (MLflow) stays out of this module's imports
     from supsup_fin.tracking import RunRecord

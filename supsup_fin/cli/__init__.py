@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from supsup_fin._cli_common import (
+from supsup_fin.cli.common import (
     ConfigOpt,
     HomeOpt,
     JsonOpt,
@@ -58,7 +58,7 @@ def _show_forecasts(rows: list[dict[str, Any]]) -> None:
 @fails_cleanly
 def demo(as_json: JsonOpt = False, home: HomeOpt = None, verbose: VerboseOpt = False) -> None:
     """Run the whole pipeline offline on the shipped demo data, then forecast from the registry."""
-    from supsup_fin.live import forecast_markets
+    from supsup_fin.live.forecast import forecast_markets
 
     setup_logging(verbose)
     start = time.perf_counter()
@@ -96,7 +96,7 @@ def forecast(
     as_json: JsonOpt = False, home: HomeOpt = None, verbose: VerboseOpt = False,
 ) -> None:
     """Forecast the latest date of each market with the registered champion."""
-    from supsup_fin.live import forecast_markets, store_forecasts
+    from supsup_fin.live.forecast import forecast_markets, store_forecasts
 
     setup_logging(verbose)
     cfg, ws = load_config(config), Workspace.resolve(home)
@@ -120,7 +120,7 @@ def masks(
     as_json: JsonOpt = False, home: HomeOpt = None, verbose: VerboseOpt = False,
 ) -> None:
     """Inspect a mask bank: tasks, per-layer densities, storage, overlaps."""
-    from supsup_fin.bank_info import describe_bank, open_bank
+    from supsup_fin.forecaster.bank_info import describe_bank, open_bank
 
     setup_logging(verbose)
     cfg = load_config(config) if config else load_config(demo_config_path())
@@ -153,8 +153,5 @@ def main() -> None:
 
 
 # Further command groups register themselves on `app` when imported.
-from supsup_fin import _cli_backtest, _cli_data, _cli_deploy  # noqa: E402,F401
+from supsup_fin.cli import backtest as _backtest, data as _data, deploy as _deploy  # noqa: E402,F401
 
-
-if __name__ == "__main__":
-    main()

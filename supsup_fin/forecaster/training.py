@@ -12,10 +12,10 @@ import torch
 
 from supsup_fin import progress
 from supsup_fin.config import Config, RuntimeConfig
-from supsup_fin.gating import MarketModel, RegimeGatedForecaster
+from supsup_fin.forecaster.gating import MarketModel, RegimeGatedForecaster
 from supsup_fin.masks import FrozenNet, Mask, MaskBank, train_masks
-from supsup_fin.prepare import FeatureSet, RegimeFit
-from supsup_fin.tasks import ALL, Task, task_name
+from supsup_fin.forecaster.prepare import FeatureSet, RegimeFit
+from supsup_fin.forecaster.mask_tasks import ALL, Task, task_name
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from supsup_fin.config import Config
-from supsup_fin.prepare import FeatureSet, RegimeFit
+from supsup_fin.forecaster.prepare import FeatureSet, RegimeFit
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
-from supsup_fin._cli_common import (
+from supsup_fin.cli.common import (
     ConfigOpt,
     HomeOpt,
     JsonOpt,

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from supsup_fin._cli_common import (
+from supsup_fin.cli.common import (
     ConfigOpt,
     HomeOpt,
     JsonOpt,
@@ -87,7 +87,7 @@ def regime_reports(cfg: Config, home: Path | None, names: list[str] | None = Non
                    plot_dir: Path | None = None) -> list[dict[str, Any]]:
     """Fit each market's HMM on ``train`` (as the retrain flow does), its stats table and plot."""
     from supsup_fin.data import load_prices
-    from supsup_fin.prepare import fit_regimes, train_slice
+    from supsup_fin.forecaster.prepare import fit_regimes, train_slice
     from supsup_fin.regimes import plot_regimes
 
     ws = Workspace.resolve(home)
