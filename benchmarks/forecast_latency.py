@@ -28,10 +28,10 @@ from retrain_scale import bench_config, market_files
 
 from supsup_fin.config import config_from_dict
 from supsup_fin.data import load_prices
-from supsup_fin.forecaster.gating import GATE_MODES
 from supsup_fin.forecaster.prepare import build_features, fit_regimes
 from supsup_fin.forecaster.mask_tasks import make_tasks
 from supsup_fin.forecaster.training import build_forecaster, train_tasks
+from supsup_fin.gate_modes import GATE_MODES
 
 
 def build(n: int, tmp: Path):

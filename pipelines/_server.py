@@ -66,11 +66,27 @@ def prefect_server(workspace: Workspace, port: int, startup_timeout: float = 90.
         log.info("prefect server up at %s (pid %d)", api_url, proc.pid)
         yield api_url
     finally:
+        if "prefect" in sys.modules:  # send what this process queued for the server while it still answers
+            drain_prefect_workers()
         # A Prefect server that has served an events websocket can ignore SIGINT for good
         # (PrefectHQ/prefect#13868; its own CLI escalates too): a stop normally takes ~5 s, so
         # escalate after 8 s instead of waiting 40 s before the SIGKILL. State is in sqlite.
         stop_process_group(proc, timeout=8.0)
         logf.close()
+
+
+def drain_prefect_workers(timeout_s: float = 10.0) -> None:
+    """Send Prefect's queued API logs and events now, while the server is still up.
+
+    Left alone they drain at interpreter exit, with no time limit, against a server that
+    :func:`prefect_server` has stopped by then: the client's retries, item after item, can hold
+    the process for many minutes (seen after a Dask retrain: 17 log batches, ~80 s each).
+    """
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        worker.drain_all(timeout=timeout_s)
 
 
 def stop_process_group(proc: subprocess.Popen, timeout: float = 20.0) -> None:

@@ -21,7 +21,7 @@ from prefect.deployments.runner import EntrypointType, RunnerDeployment
 from prefect.schedules import Cron
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from pipelines._server import ServerError, prefect_server, stop_process_group
+from pipelines._server import ServerError, drain_prefect_workers, prefect_server, stop_process_group
 from pipelines.forecast import forecast_flow
 from pipelines.retrain import retrain_flow, run_retrain
 from supsup_fin.config import Config, config_from_dict
@@ -100,17 +100,3 @@ def serve_deployments(cfg: Config, workspace: Workspace, api_url: str) -> None:
                 serve(*deployments(cfg, workspace), print_starting_message=False)
         finally:
             drain_prefect_workers()
-
-
-def drain_prefect_workers(timeout_s: float = 10.0) -> None:
-    """Send Prefect's queued API logs and events now, while the server is still up.
-
-    Left alone they drain at interpreter exit, with no time limit, against a server that
-    :func:`prefect_server` has stopped by then: the client's retries could hold the process
-    for a minute after Ctrl-C.
-    """
-    from prefect.events.worker import EventsWorker
-    from prefect.logging.handlers import APILogWorker
-
-    for worker in (APILogWorker, EventsWorker):
-        worker.drain_all(timeout=timeout_s)

@@ -3,22 +3,16 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 from matplotlib.figure import Figure
 
+from supsup_fin._atomic import atomic_file
+
 
 def save_png(fig: Figure, path: str | os.PathLike[str], dpi: int = 100) -> Path:
-    """Write ``fig`` as PNG to ``path``: a temporary file in the same folder, then renamed."""
+    """Write ``fig`` as PNG to ``path``: a temporary file in the same folder, then renamed over it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".png", prefix=f".{path.stem}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png", dpi=dpi)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as tmp, open(tmp, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=dpi)
     return path

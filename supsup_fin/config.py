@@ -2,6 +2,9 @@
 
 Every key has a default, so a file that lists only ``markets`` is valid. Unknown keys are
 rejected with their full path (``markets.0.tickr``), never silently ignored.
+
+It runs past 400 lines on purpose: every section, with its defaults and one-line descriptions,
+is in this one file, so the whole tree a user can write reads top to bottom in one place.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from supsup_fin.errors import ConfigError
+from supsup_fin.gate_modes import GateChoice
 
 Policy = Literal["error", "repair", "warn"]
 
@@ -129,7 +133,8 @@ class RegimesConfig(_Section):
     n_iter: int = Field(200, ge=1)
     covariance_type: Literal["full", "diag"] = "full"
     vol_window: int = Field(10, ge=2)
-    warmup: int = Field(250, ge=10, description="rows the windowed filter runs before its answer")
+    regime_window: int = Field(250, ge=10, description="price rows the HMM filter runs over before it answers "
+                               "(a forecast's regime posterior uses only these; formerly `warmup`)")
     random_state: int = 0
     selection: Literal["bic_returns", "bic_features"] = Field(
         "bic_returns", description="state-count criterion for a range: BIC of a returns-only HMM (works) "
@@ -139,6 +144,17 @@ class RegimesConfig(_Section):
     sticky: float = Field(
         0.0, ge=0, description="pseudo-counts added to each regime's self-transition in EM (a Dirichlet "
         "prior that favours persistent regimes; 0: maximum likelihood)")
+    @model_validator(mode="before")
+    @classmethod
+    def _old_window_name(cls, data: Any) -> Any:
+        """Configs written before the rename say ``warmup``; it still loads (not both)."""
+        if isinstance(data, dict) and "warmup" in data:
+            if "regime_window" in data:
+                raise ValueError("give regimes.regime_window or its old name regimes.warmup, not both")
+            data = {**data, "regime_window": data["warmup"]}
+            del data["warmup"]
+        return data
+
     lineage: bool = Field(
         True, description="retrain: align each market's refit to the champion's HMM (its state count and "
         "regime names are kept, so a regime means the same across versions); false: a fresh state search")
@@ -167,10 +183,21 @@ class MasksConfig(_Section):
     init_p: float | None = Field(None, gt=0, lt=1, description="hard_concrete: initial keep probability (None: density)")
     store_probabilities: bool = Field(False, description="hard_concrete: keep p as uint8 beside the bits")
     stochastic_samples: int = Field(16, ge=1, description="hard_concrete: masks averaged by stochastic inference")
+    inference: Literal["deterministic", "stochastic"] = Field(
+        "deterministic", description="forecasts from each mask's bits, or (hard_concrete with store_probabilities) "
+        "the mean over stochastic_samples masks sampled from its keep probabilities, in every gate mode")
     superfluous: int = Field(
         0, ge=0, description="extra output units of the frozen net (SupSup's remedy for few classes): training "
         "pushes them down on each task's own mask, which is what lets task inference (gate mode infer) find it; "
         "they cost forecast calibration (the small pipeline's test log-loss 1.22 with 20 vs below the prior with 0)")
+
+    @model_validator(mode="after")
+    def _stochastic_needs_probabilities(self) -> MasksConfig:
+        if self.inference == "stochastic" and not (self.method == "hard_concrete" and self.store_probabilities):
+            raise ValueError("masks.inference 'stochastic' samples masks from keep probabilities: it needs "
+                             f"method hard_concrete and store_probabilities true (got method {self.method!r}, "
+                             f"store_probabilities {self.store_probabilities})")
+        return self
 
     def form_options(self) -> dict[str, Any]:
         """Options of the chosen form, as ``train_masks(form_options=...)`` takes them."""
@@ -189,25 +216,41 @@ class TrainingConfig(_Section):
     weight_decay: float = Field(1e-4, ge=0)
     min_task_rows: int = Field(60, ge=1, description="fewer training rows: no regime mask (ALL is used)")
     seed: int = 0
+    holdout_fraction: float = Field(
+        0.0, ge=0, lt=0.5, description="the last part of each market's training rows held out (after a purge of "
+        "horizon + lookback rows) to choose each mask's step budget, its calibration map and the gate mode; "
+        "0: no selection slice (fixed steps, uncalibrated, the configured gate mode)")
+    checkpoints: tuple[int, ...] | None = Field(
+        None, description="steps at which each task's held-out log-loss is scored (None: 1/30, 1/15, 1/10, 1/6, "
+        "1/4, 1/3, 1/2, 2/3 and all of training.steps)")
+    patience: int = Field(3, ge=1, description="checkpoints without held-out improvement before a task's choice is final")
 
 
 class GatingConfig(_Section):
-    mode: Literal["hard", "soft", "ensemble", "infer", "market"] = "soft"
+    mode: GateChoice = Field("soft", description="hard | soft | ensemble | infer | market, or auto: each market's "
+                             "mode chosen by held-out log-loss (market unless another beats it by > 2 s.e.)")
     infer_window: int = Field(16, ge=1, description="rows up to t whose SupSup task-inference scores the `infer` mode averages")
 
 
 class PositionsConfig(_Section):
-    """How a forecast becomes a position, decided at the close of t from ``signal = p_up - p_down``."""
+    """How a forecast becomes a position at the close of t (see :mod:`supsup_fin.decision`)."""
 
-    rule: Literal["sign", "proportional"] = Field(
-        "sign", description="sign: full long/short when |signal| > threshold, else flat; "
-        "proportional: clip(signal / scale, -1, 1) beyond the threshold")
+    rule: Literal["kelly", "sign", "proportional"] = Field(
+        "sign", description="kelly: kelly_fraction x expected return / predicted variance of the forward return "
+        "(from the class probabilities and each class's mean return on training rows), capped by cap and "
+        "target_vol; sign: full long/short when |p_up - p_down| > threshold, else flat; "
+        "proportional: clip((p_up - p_down) / scale, -1, 1) beyond the threshold")
+    kelly_fraction: float = Field(0.5, gt=0, le=1, description="kelly: the fraction of the growth-optimal position")
+    cap: float = Field(1.0, gt=0, le=5, description="kelly: the largest |position| in units of notional")
+    target_vol: float | None = Field(
+        0.15, gt=0, description="kelly: the largest position whose predicted annualised volatility is this (None: cap only)")
     threshold: float = Field(0.05, ge=0, lt=1, description="|signal| at or below this: flat")
     allow_short: bool = Field(True, description="False: negative positions become flat")
     scale: float = Field(0.5, gt=0, le=2, description="proportional: the signal that earns a full position")
 
 
-BASELINES: tuple[str, ...] = ("buy_and_hold", "hmm_rule", "dense", "dense_finetune", "dense_regime", "oracle")
+BASELINES: tuple[str, ...] = ("buy_and_hold", "hmm_rule", "class_prior", "logistic", "dense", "dense_finetune",
+                               "dense_regime", "oracle")
 
 
 class BacktestConfig(_Section):
@@ -223,7 +266,7 @@ class BacktestConfig(_Section):
     slippage_bps: float = Field(1.0, ge=0, description="slippage per unit of |Δposition|, added to costs")
     positions: PositionsConfig = PositionsConfig()
     vol_window: int = Field(60, ge=5, description="equal-risk portfolio: trailing days of each market's volatility")
-    modes: tuple[Literal["hard", "soft", "ensemble", "infer", "market"], ...] = Field(
+    modes: tuple[GateChoice, ...] = Field(
         ("hard", "soft", "ensemble", "infer", "market"), min_length=1,
         description="gate modes of the supermask forecaster run side by side (market: the ALL mask)")
     baselines: tuple[Literal[BASELINES], ...] = Field(  # type: ignore[valid-type]
@@ -348,10 +391,12 @@ def config_from_dict(tree: dict[str, Any], where: str = "<config>") -> Config:
         cfg = Config.model_validate(tree)
     except ValidationError as err:
         raise ConfigError(_format_errors(err, where)) from None
+    # The feature registry lives with the formulas (features.py, which knows nothing of this module);
+    # imported here, not at the top, so that importing the config does not import numpy and pandas.
     from supsup_fin.features import check_feature_names
 
     try:
-        check_feature_names(cfg)
+        check_feature_names(cfg.features.names, [(m.name, m.source, m.dataset) for m in cfg.markets])
     except ConfigError as err:
         raise ConfigError(f"{where}: {err}") from None
     return cfg

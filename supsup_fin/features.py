@@ -7,9 +7,8 @@ series that still covers its warm-up. Scalers and class edges are fitted on ``tr
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -17,9 +16,6 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from supsup_fin import _rolling as rl
 from supsup_fin.errors import ConfigError, DataError
-
-if TYPE_CHECKING:
-    from supsup_fin.config import Config
 
 _EPS = 1e-8
 
@@ -113,14 +109,19 @@ def feature_warmup(names: Sequence[str]) -> int:
     return max(FEATURES[n].warmup for n in names)
 
 
-def check_feature_names(cfg: Config) -> None:
-    """Refuse unknown features, and features a configured market is known not to supply."""
-    names = cfg.features.names
+def check_feature_names(names: Sequence[str], markets: Iterable[tuple[str, str, str | None]]) -> None:
+    """Refuse unknown features, and features a configured market is known not to supply.
+
+    Parameters
+    ----------
+    names : the configured ``features.names``.
+    markets : ``(name, source, dataset)`` of each configured market.
+    """
     unknown = [n for n in names if n not in FEATURES]
     if unknown:
         raise ConfigError(f"features.names: unknown {unknown}; known: {sorted(FEATURES)}")
-    for m in cfg.markets:
-        cols = _KNOWN_COLUMNS.get((m.source, m.dataset)) or _KNOWN_COLUMNS.get((m.source, None))
+    for market, source, dataset in markets:
+        cols = _KNOWN_COLUMNS.get((source, dataset)) or _KNOWN_COLUMNS.get((source, None))
         if cols is None:
             continue
         for n in names:
@@ -128,7 +129,7 @@ def check_feature_names(cfg: Config) -> None:
             if missing:
                 raise ConfigError(
                     f"features.names: {n!r} needs columns {sorted(missing)} that market "
-                    f"{m.name!r} ({m.source}:{m.dataset}) does not have (it has {sorted(cols)})"
+                    f"{market!r} ({source}:{dataset}) does not have (it has {sorted(cols)})"
                 )
 
 

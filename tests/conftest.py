@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import socket
+from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
@@ -27,6 +29,41 @@ def random_walk(n: int, seed: int = SEED, start: str = "2000-01-03", vol: float 
     return pd.DataFrame({"close": 100 * np.exp(np.cumsum(r))}, index=idx)
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prefect_settings() -> Iterator[dict[str, str]]:
+    """Prefect's defaults set as the CLI sets them before it starts a flow (the session's flows and the
+    servers and workers they start see the same settings); undone at the end of the session.
+
+    Session-wide and first: Prefect reads them once, when it is first imported, and no test module
+    imports it at collection time.
+    """
+    from pipelines import PREFECT_DEFAULTS, prefect_defaults
+
+    with pytest.MonkeyPatch.context() as mp:
+        for key in PREFECT_DEFAULTS:  # record each variable as it is, to be restored on exit
+            if key in os.environ:
+                mp.setenv(key, os.environ[key])
+            else:
+                mp.delenv(key, raising=False)
+        yield prefect_defaults()
+
+
+@pytest.fixture(scope="module")
+def harness(prefect_settings: dict[str, str]) -> Iterator[None]:
+    """Prefect's test harness: a temporary local API server for the module's flow runs."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _isolated_workspace(tmp_path: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every test gets its own workspace and MLflow store, never the user's."""
@@ -42,7 +79,7 @@ def small_config_dict(**overrides: dict) -> dict:
             {"name": "syn_a", "source": "synthetic", "dataset": "easy", "seed": 1},
             {"name": "syn_b", "source": "synthetic", "dataset": "hard", "seed": 2},
         ],
-        "regimes": {"n_states": 3, "n_restarts": 1, "warmup": 100},
+        "regimes": {"n_states": 3, "n_restarts": 1, "regime_window": 100},
         "network": {"hidden": [32, 32], "seed": 0},
         "training": {"steps": 40, "batch_size": 64},
         "tracking": {"experiment": "small", "model_name": "small-model"},

@@ -20,8 +20,9 @@ from supsup_fin.backtest.report import PORTFOLIO, summarise
 from supsup_fin.config import config_from_dict
 from supsup_fin.data import load_prices
 
-STRATEGIES = {"buy_and_hold", "hmm_rule", "dense", "dense_finetune", "dense_regime", "oracle",
-              "supsup_hard", "supsup_soft", "supsup_ensemble", "supsup_infer", "supsup_market"}
+STRATEGIES = {"buy_and_hold", "hmm_rule", "class_prior", "logistic", "dense", "dense_finetune", "dense_regime",
+              "oracle", "supsup_hard", "supsup_soft", "supsup_ensemble", "supsup_infer", "supsup_market",
+              "supsup_auto"}
 
 
 def backtest_config_dict() -> dict:
@@ -32,10 +33,12 @@ def backtest_config_dict() -> dict:
         "segments": {"train": [None, "2009-12-31"], "valid": ["2010-01-01", "2011-12-31"],
                      "test": ["2012-01-01", None]},
         "features": {"lookback": 4, "horizon": 3},
-        "regimes": {"n_states": 2, "n_restarts": 1, "warmup": 100},
+        "regimes": {"n_states": 2, "n_restarts": 1, "regime_window": 100},
         "network": {"hidden": [16, 16]},
-        "training": {"steps": 20, "batch_size": 64},
-        "backtest": {"start": "2012-01-02", "end": "2013-03-29", "retrain_every": 110, "bootstrap": 200},
+        "training": {"steps": 20, "batch_size": 64, "holdout_fraction": 0.2},
+        "gating": {"mode": "auto"},
+        "backtest": {"start": "2012-01-02", "end": "2013-03-29", "retrain_every": 110, "bootstrap": 200,
+                     "modes": ["hard", "soft", "ensemble", "infer", "market", "auto"]},
         "tracking": {"experiment": "bt-small", "model_name": "bt-small"},
         "runtime": {"threads": 1},
     }
@@ -83,10 +86,42 @@ def test_continual_path_grows_one_bank_and_forgets_nothing(small_backtest) -> No
     # window j's masks re-run from the bank after every later window: identical accuracy
     for j in range(len(tags)):
         np.testing.assert_array_equal(acc[j:, j], np.full(len(tags) - j, acc[j, j]))
-    gated = res.continual.loc[("syn", "supsup_soft")]
+    gated = res.continual.loc[("syn", "supsup_auto")]
     assert gated["bwt"] == 0.0 and gated["forgetting"] == 0.0
-    assert 0.2 < gated["avg_accuracy"] < 0.9
-    assert ("syn", "dense_finetune") in res.continual.index
+    assert gated["avg_accuracy"] == acc[-1].mean()  # the mean of the per-task accuracies at the end
+    ft = fc.dense_finetune_acc["syn"]
+    assert res.continual.loc[("syn", "dense_finetune"), "avg_accuracy"] == ft[-1].mean()
+    assert res.continual.loc[("syn", "dense_finetune"), "bwt"] == pytest.approx(
+        np.mean([ft[-1, j] - ft[j, j] for j in range(len(tags) - 1)]), abs=1e-15)
+
+
+def test_each_windows_task_accuracy_is_its_masks_score_on_its_new_rows(small_backtest) -> None:
+    """acc[-1, j], recomputed by hand: window j's gated model, run from the final bank on the
+    whole history up to each of window j's new training rows, scored against their classes."""
+    from supsup_fin.backtest.fitting import forecaster_for
+
+    cfg, prices, fc, _ = small_backtest
+    acc = fc.mask_acc["syn"]
+    for j, w in enumerate(fc.windows):
+        fit = fc.fits[(w.index, "syn")]
+        dates, y = fit.features.dates[fit.new_rows], fit.features.y[fit.new_rows]
+        assert len(dates) > 50 and (y >= 0).all()
+        if j:  # new rows start after the previous window's last training row
+            assert dates[0] > fc.fits[(j - 1, "syn")].last_train
+        frame = forecaster_for([fit], cfg, fc.net, fc.bank).predict_frame("syn", prices["syn"].loc[: dates[-1]], cfg.gating.mode)
+        probs = frame.reindex(dates)[[f"p_{c}" for c in fc.classes]].to_numpy()
+        ok = np.isfinite(probs).all(axis=1)  # the first rows of history have no forecast yet
+        assert ok.sum() > 50
+        assert acc[-1, j] == (probs[ok].argmax(axis=1) == y[ok]).mean()
+
+
+def test_hmm_rule_is_flat_exactly_where_turbulent_is_the_most_probable_next_regime(small_backtest) -> None:
+    _, _, fc, _ = small_backtest
+    rows = fc.rows[fc.rows.strategy == "hmm_rule"]
+    calm, turbulent = rows["regime_calm"].to_numpy(), rows["regime_turbulent"].to_numpy()
+    assert np.isfinite(calm).all() and 0 < (turbulent > calm).sum() < len(rows)  # both decisions occur
+    np.testing.assert_array_equal(rows["signal"].to_numpy(), np.where(turbulent > calm, 0.0, 1.0))
+    assert rows[["p_down", "p_flat", "p_up"]].isna().all().all()
 
 
 def test_the_first_windows_masks_are_bit_identical_at_the_end(tmp_path_factory) -> None:

@@ -13,7 +13,6 @@ from scipy.stats import kurtosis, norm, skew
 from supsup_fin.backtest.metrics import (
     PERIODS,
     calibration_table,
-    continual_scores,
     daily_sharpe,
     deflated_sharpe,
     expected_calibration_error,
@@ -25,6 +24,7 @@ from supsup_fin.backtest.metrics import (
     sharpe_ci,
     sharpe_ratio,
 )
+from supsup_fin.backtest.continual import continual_scores
 from supsup_fin.errors import DataError
 
 KEYS = {"ann_return", "ann_vol", "sharpe", "sortino", "max_drawdown", "calmar", "hit_rate", "turnover", "days"}
@@ -211,14 +211,32 @@ def test_sharpe_ci_contains_estimate_is_seeded_and_narrows_with_data() -> None:
     assert all(math.isnan(v) for v in sharpe_ci(_series([0.001] * 50)))
 
 
-def test_sharpe_ci_is_the_percentile_interval_of_stationary_resamples() -> None:
-    from arch.bootstrap import StationaryBootstrap
+def test_sharpe_ci_of_unbroken_blocks_is_the_sample_sharpe_exactly() -> None:
+    """Degenerate case with a known interval: with an expected block far longer than the series
+    the stationary bootstrap never starts a new block, so every resample is a circular shift of
+    the returns (same mean, same std) and both ends are the sample Sharpe."""
+    r = _noise(200)
+    x = r.to_numpy()
+    sr = x.mean() / x.std(ddof=1) * math.sqrt(PERIODS)
+    lo, hi = sharpe_ci(r, n_boot=200, block=10**15, seed=SEED)
+    assert lo == pytest.approx(sr, rel=1e-12) and hi == pytest.approx(sr, rel=1e-12)
 
-    r = _noise(343)  # default expected block: 343 ** (1/3) = 7
-    bs = StationaryBootstrap(7, r.to_numpy(), seed=np.random.default_rng(SEED))
-    draws = bs.apply(lambda a: np.array([a.mean() / a.std(ddof=1) * math.sqrt(PERIODS)]), reps=300)[:, 0]
-    expected = np.percentile(draws, [5.0, 95.0])
-    assert sharpe_ci(r, level=0.9, n_boot=300, seed=SEED) == pytest.approx(tuple(expected), rel=1e-9)
+
+def test_sharpe_ci_of_iid_normal_returns_has_the_known_centre_and_width() -> None:
+    """Returns whose sample mean and std are exactly 0.001 and 0.01 have annualised Sharpe
+    0.1 * sqrt(252) = 1.587; for i.i.d. normal returns its standard error is
+    sqrt(252 (1 + SR_d^2 / 2) / n) (Lo, 2002), so the 95% interval is about ±1.96 of it around 1.587."""
+    n = 3000
+    z = np.random.default_rng(SEED).standard_normal(n)
+    x = 0.001 + 0.01 * (z - z.mean()) / z.std(ddof=1)
+    sr_d = 0.1
+    known = sr_d * math.sqrt(PERIODS)
+    assert sharpe_ratio(_series(x)) == pytest.approx(known, rel=1e-12)
+    se = math.sqrt(PERIODS * (1 + sr_d**2 / 2) / n)
+    lo, hi = sharpe_ci(_series(x), n_boot=2000, block=1, seed=SEED)
+    assert lo < known < hi
+    assert (hi - lo) == pytest.approx(2 * 1.959964 * se, rel=0.1)
+    assert (lo + hi) / 2 == pytest.approx(known, abs=0.2 * se)
 
 
 def test_probabilistic_sharpe_matches_formula_and_is_half_at_the_observed_sharpe() -> None:

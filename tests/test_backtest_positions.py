@@ -6,11 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from supsup_fin.backtest.positions import decide, equal_risk_portfolio, simulate
+from supsup_fin.backtest.positions import equal_risk_portfolio, simulate
 from supsup_fin.backtest.windows import fit_view, make_windows, purge_rows
-from supsup_fin.config import PositionsConfig, config_from_dict
+from supsup_fin.config import config_from_dict
 from supsup_fin.errors import ConfigError, DataError
 from supsup_fin.forecaster.prepare import segment_labels
+from supsup_fin.forecaster.training import decision_rule
 
 DATES = pd.bdate_range("2020-01-01", periods=6)
 
@@ -43,12 +44,19 @@ def test_costs_reduce_equity_by_exactly_the_charge():
     assert sim["equity"].iloc[-1] == pytest.approx(np.prod(1 - charges))
 
 
-def test_decide_rules():
-    s = pd.Series([0.3, -0.3, 0.02, -0.6, np.nan])
-    np.testing.assert_array_equal(decide(s, PositionsConfig()), [1, -1, 0, -1, 0])
-    np.testing.assert_array_equal(decide(s, PositionsConfig(allow_short=False)), [1, 0, 0, 0, 0])
-    prop = decide(s, PositionsConfig(rule="proportional", scale=0.5))
-    np.testing.assert_allclose(prop, [0.6, -0.6, 0, -1, 0])
+def test_threshold_rules_from_the_config():
+    """p_up - p_down = 0.3, -0.3, 0.02, -0.6 and a row without a forecast."""
+    probs = np.array([[0.2, 0.3, 0.5], [0.5, 0.3, 0.2], [0.33, 0.32, 0.35], [0.7, 0.2, 0.1], [np.nan] * 3])
+
+    def positions(**kw: object) -> np.ndarray:
+        return decision_rule(config_from_dict({"markets": [{"name": "a", "source": "synthetic", "dataset": "easy"}],
+                                               "backtest": {"positions": kw}})).positions(probs, None, 5)[1]
+
+    np.testing.assert_array_equal(positions(rule="sign"), [1, -1, 0, -1, 0])
+    np.testing.assert_array_equal(positions(rule="sign", allow_short=False), [1, 0, 0, 0, 0])
+    np.testing.assert_allclose(positions(rule="proportional", scale=0.5), [0.6, -0.6, 0, -1, 0])
+    with pytest.raises(ValueError, match="kelly rule needs"):
+        positions(rule="kelly")
 
 
 def test_simulate_rejects_bad_input():

@@ -64,8 +64,15 @@ def test_masks_inspects_a_saved_forecaster(small_pipeline: dict, tmp_path: Path)
     assert [t["task"] for t in info["tasks"]] == small_pipeline["bank"].names
     assert all(abs(t["density"] - 0.5) < 1e-3 for t in info["tasks"])
     k = len(info["tasks"])
+    assert k == 8  # two markets x (three regimes + ALL)
     assert len(info["overlap"]["matrix"]) == k and all(info["overlap"]["matrix"][i][i] == 1.0 for i in range(k))
-    assert info["bytes_bits"] * 32 == info["bytes_dense_float32"] or info["bytes_bits"] * 32 > info["bytes_dense_float32"] * 0.99
+    # 8 features x lookback 8 inputs -> hidden (32, 32) -> 3 classes; one bit per weight (every
+    # layer a whole number of bytes) against 4 bytes per weight as dense float32
+    assert info["sizes"] == [64, 32, 32, 3]
+    weights = 64 * 32 + 32 * 32 + 32 * 3
+    assert all(t["bytes"] == weights // 8 == 396 for t in info["tasks"])
+    assert info["bytes_bits"] == k * weights // 8
+    assert info["bytes_dense_float32"] == k * weights * 4
     table = runner.invoke(app, ["masks", "--path", str(path / "bank")])
     assert table.exit_code == 0 and "syn_a/ALL" in table.stdout
 
@@ -81,10 +88,19 @@ def test_demo_runs_offline_end_to_end(tmp_path: Path) -> None:
     assert out["markets"] == ["sp500", "nasdaq", "wti"]
     assert {t["task"] for t in out["tasks"]} >= {"sp500/ALL", "nasdaq/ALL", "wti/ALL"}
     for t in out["tasks"]:
-        assert t["n_test"] >= 0 and t["mask_density"] == pytest.approx(0.5, abs=1e-3)
+        assert t["mask_density"] == pytest.approx(0.5, abs=1e-3)
+    # ALL is scored on every test row with a 5-day-ahead target: the test segment's days less 5
+    # (sp500, nasdaq: 754 days 2016-01-04..2018-12-31; wti: 785 rows to 2019-01-03, gaps forward-filled)
+    n_test = {t["task"]: t["n_test"] for t in out["tasks"]}
+    assert {m: n_test[f"{m}/ALL"] for m in out["markets"]} == {"sp500": 749, "nasdaq": 749, "wti": 780}
+    for m in out["markets"]:  # each of those rows goes to exactly one regime's mask
+        regimes = [n for task, n in n_test.items() if task.startswith(f"{m}/") and task != f"{m}/ALL"]
+        assert len(regimes) >= 2 and sum(regimes) == n_test[f"{m}/ALL"], (m, n_test)
     assert out["registered_model"]["name"] == "supsup-fin-demo" and out["registered_model"]["version"] == 1
     assert out["tracking_uri"].startswith("sqlite:///") and str(tmp_path / "home") in out["tracking_uri"]
     assert out["elapsed_s"] > 0
-    if "champion" in out["registered_model"]["aliases"]:
-        assert [f["market"] for f in out["forecasts"]] == ["sp500", "nasdaq", "wti"]
-        assert all(f["as_of"].startswith(("2018", "2019")) for f in out["forecasts"])
+    # the first version is champion when it beats the class prior on valid: the shipped demo does
+    # (seeded training; valid log-loss ~1.084 vs the prior's ~1.099), so the registry serves forecasts
+    assert "champion" in out["registered_model"]["aliases"], out["promotion"]["reason"]
+    assert [(f["market"], f["as_of"], f["model_version"]) for f in out["forecasts"]] == [
+        ("sp500", "2018-12-31", 1), ("nasdaq", "2018-12-31", 1), ("wti", "2019-01-03", 1)]  # each market's last day

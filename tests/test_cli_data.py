@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import yaml
+from conftest import random_walk
 from typer.testing import CliRunner
 
 from supsup_fin.cli import app
@@ -16,7 +17,7 @@ runner = CliRunner()
 
 
 def _config(tmp_path: Path, markets: list[dict], **extra: dict) -> Path:
-    tree = {"name": "t", "markets": markets, "regimes": {"n_states": [2, 3], "n_restarts": 1, "warmup": 50},
+    tree = {"name": "t", "markets": markets, "regimes": {"n_states": [2, 3], "n_restarts": 1, "regime_window": 50},
             **extra}
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(tree))
@@ -30,8 +31,7 @@ def _csv(tmp_path: Path, name: str, frame: pd.DataFrame) -> str:
 
 
 def _prices(n: int = 60) -> pd.DataFrame:
-    close = 100 * np.exp(np.cumsum(np.random.default_rng(0).normal(0, 0.01, n)))
-    return pd.DataFrame({"close": close}, index=pd.bdate_range("2011-01-03", periods=n, name="date"))
+    return random_walk(n, start="2011-01-03")
 
 
 def test_ingest_health_table_and_json(tmp_path: Path) -> None:
@@ -69,8 +69,7 @@ def test_ingest_bad_files_fail_with_one_line_per_market(tmp_path: Path) -> None:
     assert "ok" in result.stdout  # the good market's row is still printed
 
 
-def test_regimes_prints_stats_and_writes_plot(tmp_path: Path) -> None:
-    rng = np.random.default_rng(0)
+def test_regimes_prints_stats_and_writes_plot(tmp_path: Path, rng: np.random.Generator) -> None:
     vol = np.where((np.arange(800) // 100) % 2 == 0, 0.005, 0.025)
     frame = pd.DataFrame({"close": 100 * np.exp(np.cumsum(rng.normal(0, vol)))},
                          index=pd.bdate_range("2010-01-04", periods=800, name="date"))

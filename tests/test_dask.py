@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import small_config_dict
+from conftest import free_port, small_config_dict
 
 from supsup_fin.config import config_from_dict
 from supsup_fin.forecaster.gating import RegimeGatedForecaster
@@ -22,12 +22,6 @@ from supsup_fin.workspace import Workspace
 
 pytestmark = pytest.mark.slow
 START_S = 90
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_port(port: int, proc: subprocess.Popen, what: str) -> None:
@@ -50,14 +44,14 @@ def test_dask_run_on_a_separate_scheduler_and_workers_is_bit_identical(small_pip
     from supsup_fin.tracking.registry import download_forecaster
 
     ws = Workspace.resolve(tmp_path / "ws")
-    port = _free_port()
+    port = free_port()
     bin_dir = Path(sys.executable).parent
     procs: list[subprocess.Popen] = []
     logs = (tmp_path / "dask.log").open("wb")
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     os.environ.pop("PREFECT_API_URL", None)
     try:
-        with prefect_server(ws, _free_port()) as api_url:
+        with prefect_server(ws, free_port()) as api_url:
             worker_env = {**env, "PREFECT_API_URL": api_url}  # process workers report to the real server
             procs.append(subprocess.Popen(
                 [str(bin_dir / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
@@ -96,7 +90,7 @@ def test_dask_local_cluster_by_default_is_bit_identical(small_pipeline: dict, tm
 
     os.environ.pop("PREFECT_API_URL", None)
     cfg = config_from_dict(small_config_dict(runtime={"threads": 1, "task_runner": "dask", "n_workers": 2},
-                                             schedule={"prefect_port": _free_port()}))
+                                             schedule={"prefect_port": free_port()}))
     summary = run_retrain(cfg, tmp_path / "ws")
     assert "PREFECT_API_URL" not in os.environ
     mlflow.set_tracking_uri(summary["tracking_uri"])

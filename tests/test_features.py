@@ -69,8 +69,7 @@ def test_forward_returns_and_tertile_classes() -> None:
     assert (fwd[y == 0] < fwd[y == 2].min()).all()
 
 
-def test_scaler_and_windows_layout() -> None:
-    rng = np.random.default_rng(0)
+def test_scaler_and_windows_layout(rng: np.random.Generator) -> None:
     raw = rng.normal(3.0, 2.0, size=(50, 2))
     s = Scaler.fit(raw)
     z = s.transform(raw)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
@@ -20,12 +21,14 @@ from supsup_fin.tracking.registry import download_forecaster
 from supsup_fin.workspace import Workspace
 
 
-@pytest.fixture(scope="module")
-def harness():
-    from prefect.testing.utilities import prefect_test_harness
+def test_prefect_reads_the_defaults_set_before_it_is_imported(prefect_settings: dict[str, str]) -> None:
+    """conftest sets them as the CLI does, before anything imports Prefect: this process's Prefect sees them."""
+    from prefect.settings import get_current_settings
 
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
+    settings = get_current_settings()
+    assert settings.server.ephemeral.startup_timeout_seconds == int(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"])
+    assert settings.server.analytics_enabled is (os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"].lower() == "true")
+    assert settings.logging.extra_loggers == os.environ["PREFECT_LOGGING_EXTRA_LOGGERS"].split(",")
 
 
 def test_retrain_flow_registers_a_reproducible_forecaster(harness, small_pipeline: dict, tmp_path: Path) -> None:

@@ -20,7 +20,8 @@ from conftest import SEED, random_walk
 from supsup_fin.data import validate_frame
 from supsup_fin.errors import DataError
 from supsup_fin.features import FEATURES, feature_array, make_features
-from supsup_fin.forecaster.gating import GATE_MODES, _canonical_values, _price_columns
+from supsup_fin.data.frame import _canonical_values, price_arrays
+from supsup_fin.gate_modes import GATE_MODES
 from supsup_fin.regimes import RegimeModel, _forward
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -93,7 +94,7 @@ def test_feature_array_is_bitwise_make_features() -> None:
         feature_array({"close": prices["close"].to_numpy()}, ["ret_1", "range_1"], market="m")
 
 
-def test_price_columns_are_validate_frames_columns() -> None:
+def test_price_arrays_are_validate_frames_columns() -> None:
     p = random_walk(50)
     p["high"], p["low"] = p["close"] * 1.01, p["close"] * 0.99
     p["volume"] = np.arange(50, dtype=np.int64) * 1000
@@ -109,7 +110,7 @@ def test_price_columns_are_validate_frames_columns() -> None:
     }
     for what, (frame, fast) in frames.items():
         assert (_canonical_values(frame) is not None) == fast, what
-        columns, dates = _price_columns(frame, "m")
+        columns, dates = price_arrays(frame, "m")
         ref = validate_frame(frame, "m")
         assert list(columns) == list(ref.columns), what
         for c, values in columns.items():
@@ -119,7 +120,7 @@ def test_price_columns_are_validate_frames_columns() -> None:
     flags = p.assign(volume=p["volume"] > 0)
     assert _canonical_values(flags) is None
     with pytest.raises(DataError, match="column 'volume' must be numeric"):
-        _price_columns(flags, "m")
+        price_arrays(flags, "m")
 
 
 def _reference(fc, market: str, prices: pd.DataFrame, mode: str) -> pd.Series:

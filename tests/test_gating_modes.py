@@ -13,8 +13,9 @@ from conftest import SEED, small_config_dict
 
 from supsup_fin.config import GatingConfig, config_from_dict
 from supsup_fin.features import feature_warmup
-from supsup_fin.forecaster.gating import GATE_MODES, RegimeGatedForecaster, _row_task_scores
-from supsup_fin.masks import FrozenNet, Mask, infer_task, train_masks
+from supsup_fin.forecaster.gating import RegimeGatedForecaster
+from supsup_fin.gate_modes import GATE_MODES
+from supsup_fin.masks import FrozenNet, infer_task, row_task_scores, train_masks
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -115,25 +116,28 @@ def test_a_mask_named_by_several_regimes_runs_once_with_their_summed_weight(smal
 
 # -- infer ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("superfluous", "objective"), [(0, "entropy"), (5, "entropy"), (5, "superfluous")])
-def test_row_scores_are_infer_task_scores_of_each_row_alone(superfluous: int, objective: str) -> None:
-    net = FrozenNet((IN, 32, 32, 3), seed=SEED, superfluous=superfluous)
-    gen = torch.Generator().manual_seed(SEED)
-    bank = {n: Mask([torch.rand(s, generator=gen) < 0.5 for s in net.shapes]) for n in ("a", "b", "c")}
-    X = torch.randn(12, IN, generator=gen).numpy()
-    names = ["c", "a", "b"]
-    scores = _row_task_scores(net, bank, names, X, objective)
-    assert scores.shape == (12, 3) and scores.dtype == np.float64
-    for i in range(len(X)):
-        one = infer_task(net, bank, X[i : i + 1], names=names, objective=objective)
-        expected = np.array([one.scores[n] for n in names])
-        np.testing.assert_allclose(scores[i], expected, rtol=1e-4, atol=1e-6 * np.abs(expected).max())
-    # the mean over a batch is infer_task's batch gradient
-    batch = infer_task(net, bank, X, names=names, objective=objective)
-    np.testing.assert_allclose(scores.mean(axis=0), [batch.scores[n] for n in names], rtol=1e-4, atol=1e-7)
-    if objective == "entropy":  # what the infer gate uses is infer_task's default
-        default = infer_task(net, bank, X[:1], names=names)
-        np.testing.assert_allclose(scores[0], [default.scores[n] for n in names], rtol=1e-4, atol=1e-7)
+def test_the_infer_gate_scores_rows_with_the_public_row_task_scores(two_tasks, monkeypatch) -> None:
+    """The gate's per-row scores come from :func:`supsup_fin.masks.row_task_scores` (tested in
+    test_masks_inference), called on the finite rows of the window span, nothing private."""
+    from supsup_fin.forecaster import gating
+
+    net, tasks, bank = two_tasks
+    assert not hasattr(gating, "_row_task_scores")
+    seen = []
+
+    def spy(*args, **kwargs):
+        seen.append(args[3].shape)
+        return row_task_scores(*args, **kwargs)
+
+    monkeypatch.setattr(gating, "row_task_scores", spy)
+    fc = RegimeGatedForecaster({}, net, bank, feature_names=(), lookback=1, horizon=1, regime_window=1,
+                               infer_window=4)
+    X = np.concatenate([tasks["A"][0][:20], tasks["B"][0][:20]])
+    X[3] = np.nan
+    rows = np.flatnonzero(np.isfinite(X).all(axis=1))[5:]
+    fc._inferred_tasks(["A", "B"], X, rows)
+    span = X[int(rows[0]) - 3 : int(rows[-1]) + 1]  # the infer_window rows up to each output row
+    assert seen == [(int(np.isfinite(span).all(axis=1).sum()), IN)]
 
 
 def test_infer_picks_the_mask_of_the_task_the_inputs_come_from(two_tasks) -> None:
@@ -172,6 +176,7 @@ class _NoRegimes:
 
     masks = {"r0": "A"}
     all_mask = "B"
+    calibrators: dict = {}
 
 
 def test_infer_frame_reports_one_mask_per_row_and_the_hmm_regime(small_pipeline: dict) -> None:
@@ -262,6 +267,17 @@ def test_config_carries_the_new_modes_and_the_window(small_pipeline: dict) -> No
     sp = small_pipeline
     fc = build_forecaster(sp["features"], sp["regimes"], sp["net"], sp["bank"], cfg)
     assert fc.infer_window == 7 and fc.mode == "infer"
+
+
+def test_the_config_accepts_exactly_the_gate_modes() -> None:
+    """The config's gate-mode fields and GATE_MODES name the same modes (one list, not three), plus auto."""
+    from typing import get_args
+
+    from supsup_fin.config import BacktestConfig
+
+    assert get_args(GatingConfig.model_fields["mode"].annotation) == (*GATE_MODES, "auto")
+    mode_type, _ = get_args(BacktestConfig.model_fields["modes"].annotation)
+    assert get_args(mode_type) == (*GATE_MODES, "auto")
 
 
 def test_unknown_mode_and_bad_window_are_refused(small_pipeline: dict) -> None:

@@ -86,11 +86,11 @@ def test_save_replaces_a_bank_atomically(bank: MaskBank, net: FrozenNet, saved: 
 def test_failed_save_leaves_the_old_bank_and_no_debris(
     bank: MaskBank, net: FrozenNet, saved: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def broken(path: Path, data: bytes) -> None:
+    def broken(path: Path, data: bytes, fsync: bool = False) -> None:
         path.write_bytes(data[: len(data) // 2])
         raise OSError("disk full")
 
-    monkeypatch.setattr(bank_module, "_write_durably", broken)
+    monkeypatch.setattr(bank_module, "atomic_write_bytes", broken)
     with pytest.raises(OSError, match="disk full"):
         bank.subset(["sp500/calm"]).save(saved)
     assert MaskBank.load(saved, net).names == NAMES

@@ -20,9 +20,9 @@ from supsup_fin.masks import (
     train_masks,
 )
 from supsup_fin.masks.bank import dequantize_probs, quantize_probs
-from supsup_fin.masks import forms
+from supsup_fin.masks import _topk
 from supsup_fin.masks.forms import kept_count
-from supsup_fin.masks.train import StepBuffers, batched_logits, supermask_logits
+from supsup_fin.masks.fused import StepBuffers, batched_logits, supermask_logits
 from conftest import SEED
 
 SIZES = (16, 48, 40, 3)
@@ -236,7 +236,7 @@ def test_band_top_k_is_exact_while_scores_drift_and_jump(k):
     state: dict[str, torch.Tensor] = {}
     for size in [0.0, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.3, 1e-4, 0.0, 2.0, 1e-5]:
         a = (a + size * torch.randn(a.shape, generator=g)).abs()
-        keep = forms.top_k_rows(a, k, state)
+        keep = _topk.top_k_rows(a, k, state)
         exact = torch.zeros_like(keep).scatter_(1, a.topk(k, dim=1).indices, True)
         assert torch.equal(keep, exact), size
 
@@ -248,15 +248,15 @@ def test_band_top_k_handles_rows_on_their_own_and_ties():
     alone: list[dict[str, torch.Tensor]] = [{} for _ in range(5)]
     for size in [0.0, 1e-4, 0.5, 1e-3]:
         a = (a + size * torch.randn(a.shape, generator=g)).abs()
-        batch = forms.top_k_rows(a, 2000, together)
+        batch = _topk.top_k_rows(a, 2000, together)
         for r in range(5):  # a row's mask and state do not depend on the other rows
-            row = forms.top_k_rows(a[r:r + 1], 2000, alone[r])
+            row = _topk.top_k_rows(a[r:r + 1], 2000, alone[r])
             assert torch.equal(row[0], batch[r])
             assert alone[r]["thr"].item() == together["thr"][r].item()
     ties = torch.randint(0, 7, (3, 6000), generator=g).float()  # thousands of equal values
     state: dict[str, torch.Tensor] = {}
     for shift in [0.0, 0.0, 1.0]:
-        assert _is_top_k(ties + shift, forms.top_k_rows(ties + shift, 3001, state), 3001)
+        assert _is_top_k(ties + shift, _topk.top_k_rows(ties + shift, 3001, state), 3001)
 
 
 def test_trainer_buffers_and_band_selection_change_no_bit():
@@ -268,7 +268,7 @@ def test_trainer_buffers_and_band_selection_change_no_bit():
     tasks = {f"t{i}": (rng.normal(size=(200, 32)).astype(np.float32), rng.integers(0, 3, 200)) for i in range(3)}
     band = train_masks(net, tasks, steps=40, batch_size=32, seed=SEED)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(forms, "_BAND_MIN_ROW", 10**9)
+        mp.setattr(_topk, "BAND_MIN_ROW", 10**9)
         full = train_masks(net, tasks, steps=40, batch_size=32, seed=SEED)
     for name in tasks:
         assert all(torch.equal(p, q) for p, q in zip(band[name].layers, full[name].layers))
@@ -294,6 +294,6 @@ def test_sparse_nonzero_equals_nonzero(shape):
     for density in (0.0, 0.01, 0.5, 1.0):
         mask = torch.rand(shape, generator=g) < density
         for m in (mask, mask.t().contiguous().t()):  # contiguous and not
-            rows, cols = forms._sparse_nonzero(m)
+            rows, cols = _topk._sparse_nonzero(m)
             want = m.nonzero(as_tuple=True)
             assert torch.equal(rows, want[0]) and torch.equal(cols, want[1])

@@ -1,5 +1,5 @@
-"""Superposition and SupSup task inference (one-shot and binary), superfluous outputs, continual
-appending, the Jaccard heatmap and bad input."""
+"""Superposition and SupSup task inference (one-shot, binary and per row), superfluous outputs,
+continual appending, the Jaccard heatmap and bad input."""
 
 from __future__ import annotations
 
@@ -9,10 +9,12 @@ import torch
 
 from supsup_fin.masks import (
     FrozenNet,
+    Mask,
     MaskBank,
     infer_task,
     jaccard_matrix,
     plot_jaccard,
+    row_task_scores,
     train_masks,
 )
 from conftest import SEED
@@ -62,6 +64,50 @@ def test_task_inference_picks_the_right_task(trained, method):
         assert found.rounds <= np.log2(k) + 1
     sub = infer_task(net, bank, tasks["t3"][0][:100], names=["t3", "t4"])
     assert sub.task == "t3" and list(sub.scores) == ["t3", "t4"]
+
+
+@pytest.mark.parametrize(("superfluous", "objective"), [(0, "entropy"), (5, "entropy"), (5, "superfluous")])
+def test_row_scores_are_infer_task_scores_of_each_row_alone(superfluous: int, objective: str) -> None:
+    net = FrozenNet((SIZES[0], 32, 32, 3), seed=SEED, superfluous=superfluous)
+    gen = torch.Generator().manual_seed(SEED)
+    bank = {n: Mask([torch.rand(s, generator=gen) < 0.5 for s in net.shapes]) for n in ("a", "b", "c")}
+    X = torch.randn(12, SIZES[0], generator=gen).numpy()
+    names = ["c", "a", "b"]
+    scores = row_task_scores(net, bank, names, X, objective)
+    assert scores.shape == (12, 3) and scores.dtype == np.float64
+    for i in range(len(X)):
+        one = infer_task(net, bank, X[i : i + 1], names=names, objective=objective)
+        expected = np.array([one.scores[n] for n in names])
+        np.testing.assert_allclose(scores[i], expected, rtol=1e-4, atol=1e-6 * np.abs(expected).max())
+    # the mean over a batch is infer_task's batch gradient
+    batch = infer_task(net, bank, X, names=names, objective=objective)
+    np.testing.assert_allclose(scores.mean(axis=0), [batch.scores[n] for n in names], rtol=1e-4, atol=1e-7)
+    if objective == "entropy":  # what the infer gate uses is infer_task's default
+        default = infer_task(net, bank, X[:1], names=names)
+        np.testing.assert_allclose(scores[0], [default.scores[n] for n in names], rtol=1e-4, atol=1e-7)
+
+
+
+def test_row_task_scores_pick_each_rows_task_and_check_their_input(trained):
+    net, tasks, bank = trained
+    names = ["t3", "t0", "t1"]
+    X = np.concatenate([tasks[n][0][:100] for n in names])
+    scores = row_task_scores(net, bank, names, X)
+    assert np.array_equal(scores, row_task_scores(net, bank, names, X, "entropy"))  # auto is entropy
+    for k, n in enumerate(names):  # the mean score over a task's rows picks the task
+        assert scores[100 * k : 100 * (k + 1)].mean(axis=0).argmin() == k, n
+    for bad, message in [
+        ({"names": []}, "names must be distinct and non-empty"),
+        ({"names": ["t0", "t0"]}, "names must be distinct and non-empty"),
+        ({"names": ["t0", "nope"]}, r"names \['nope'\] are not in the bank"),
+        ({"objective": "superfluous"}, "needs a net built with superfluous > 0"),
+        ({"objective": "G"}, "objective must be 'auto', 'entropy' or 'superfluous'"),
+        ({"X": X[:, :5]}, r"X must be shaped \[N >= 1, 16\]"),
+        ({"X": np.where(np.arange(len(X))[:, None] == 3, np.nan, X)}, "non-finite"),
+    ]:
+        args = {"names": names, "X": X, **bad}
+        with pytest.raises(ValueError, match=message):
+            row_task_scores(net, bank, args.pop("names"), args.pop("X"), **args)
 
 
 def test_superfluous_units_are_hidden_and_drive_inference_with_two_classes():

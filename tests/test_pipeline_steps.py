@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -36,6 +38,32 @@ def test_features_are_fitted_on_train_only(small_pipeline: dict) -> None:
     np.testing.assert_array_equal(a.prior, b.prior)
 
 
+def test_retrain_fits_the_hmm_on_train_only(small_pipeline: dict, rng: np.random.Generator) -> None:
+    """The retrain flow's regimes task, given prices changed after train: the fitted HMM is bitwise the same."""
+    from pipelines.retrain import regimes
+
+    cfg, lp = small_pipeline["cfg"], small_pipeline["loaded"]["syn_a"]
+    train_end = pd.Timestamp(cfg.segments.train[1])
+    after = lp.frame.index > train_end
+    changed = lp.frame.copy()
+    changed.loc[after, "close"] *= 3.0 * np.exp(np.cumsum(rng.normal(0, 0.05, after.sum())))  # wilder and higher
+    a = regimes.fn(lp, cfg)
+    b = regimes.fn(dataclasses.replace(lp, frame=changed), cfg)
+    fitted = sorted(k for k in vars(a.model) if k.endswith("_") and not k.startswith("_"))
+    assert {"transmat_", "startprob_", "means_", "covars_", "names_", "bic_"} <= set(fitted), fitted
+    for key in fitted:
+        x, y = getattr(a.model, key), getattr(b.model, key)
+        if isinstance(x, np.ndarray):
+            np.testing.assert_array_equal(x, y, err_msg=key, strict=True)
+        else:
+            assert x == y, key
+    np.testing.assert_array_equal(a.train_labels, b.train_labels)
+    # the causal posterior is unchanged up to the end of train and sees the new prices after it
+    upto = (~after).sum()
+    np.testing.assert_array_equal(a.next_proba[:upto], b.next_proba[:upto])
+    assert not np.allclose(a.next_proba[upto:], b.next_proba[upto:], equal_nan=True)
+
+
 def test_too_short_market_is_a_clear_error(small_pipeline: dict) -> None:
     cfg = small_pipeline["cfg"]
     short = small_pipeline["prices"]["syn_a"].iloc[:50]
@@ -47,8 +75,10 @@ def test_tasks_cover_regimes_and_all(small_pipeline: dict) -> None:
     tasks = {t.name: t for t in small_pipeline["tasks"]}
     for market in ("syn_a", "syn_b"):
         assert f"{market}/ALL" in tasks
-        regime_rows = sum(len(t.y) for t in tasks.values() if t.market == market and t.regime != "ALL")
-        assert regime_rows <= len(tasks[f"{market}/ALL"].y)
+        # three regimes, each with enough rows for its own mask: they split ALL's training rows
+        regime_rows = [len(t.y) for t in tasks.values() if t.market == market and t.regime != "ALL"]
+        assert len(regime_rows) == 3 and min(regime_rows) >= small_pipeline["cfg"].training.min_task_rows
+        assert sum(regime_rows) == len(tasks[f"{market}/ALL"].y)
     for t in tasks.values():
         assert t.X.dtype == np.float32 and np.isfinite(t.X).all() and (t.y >= 0).all()
 
@@ -66,6 +96,9 @@ def test_bank_has_exact_density_and_base_is_untouched(small_pipeline: dict) -> N
 
 @pytest.mark.parametrize("mode", ["hard", "soft", "market"])
 def test_predict_equals_predict_frame_and_uses_only_min_rows(small_pipeline: dict, mode: str) -> None:
+    """``predict`` (one row) agrees with ``predict_frame`` (all rows at once) to float rounding, not
+    bitwise: the float32 net rounds a row alone differently from a batch (seen: up to 5e-8 in the
+    probabilities), the HMM posterior to ~1e-16. Given only the last ``min_rows`` rows it is exact."""
     fc: RegimeGatedForecaster = small_pipeline["forecaster"]
     prices = small_pipeline["prices"]["syn_b"]
     frame = fc.predict_frame("syn_b", prices, mode)
@@ -74,7 +107,10 @@ def test_predict_equals_predict_frame_and_uses_only_min_rows(small_pipeline: dic
         one = fc.predict("syn_b", upto, mode)
         row = frame.loc[upto.index[-1]]
         probs = np.array([one["probabilities"][c] for c in fc.classes])
-        np.testing.assert_allclose(probs, row[[f"p_{c}" for c in fc.classes]].to_numpy(float), atol=1e-6)
+        np.testing.assert_allclose(probs, row[[f"p_{c}" for c in fc.classes]].to_numpy(float), rtol=0, atol=1e-6)
+        post = one["regime_posterior"]
+        np.testing.assert_allclose(list(post.values()), row[[f"regime_{r}" for r in post]].to_numpy(float),
+                                   rtol=0, atol=1e-12)
         assert one["regime"] == row["regime"]
         # only the last min_rows rows matter: older history changes nothing
         also = fc.predict("syn_b", upto.iloc[-fc.min_rows:], mode)
@@ -83,11 +119,13 @@ def test_predict_equals_predict_frame_and_uses_only_min_rows(small_pipeline: dic
 
 
 def test_forecasts_do_not_look_ahead(small_pipeline: dict) -> None:
+    """Later rows change no earlier forecast, bit for bit (window-exact features, windowed HMM filter)."""
     fc, prices = small_pipeline["forecaster"], small_pipeline["prices"]["syn_a"]
     full = fc.predict_frame("syn_a", prices)
     cut = prices.iloc[:3000]
     part = fc.predict_frame("syn_a", cut)
-    pd.testing.assert_frame_equal(part, full.loc[part.index], atol=1e-6, rtol=0)
+    assert len(part) > 2000
+    pd.testing.assert_frame_equal(part, full.loc[part.index], check_exact=True)
 
 
 def test_hard_gate_uses_the_most_probable_regime_mask(small_pipeline: dict) -> None:
@@ -132,7 +170,18 @@ def test_evaluation_tables(small_pipeline: dict) -> None:
     ev = small_pipeline["evaluation"]
     assert set(ev.markets["mode"]) == {"hard", "soft", "ensemble", "infer", "market"}
     assert set(ev.tasks.segment) == {"valid", "test"}
-    assert (ev.tasks.n_eval >= 0).all() and ev.tasks.mask_density.between(0.49, 0.51).all()
+    assert ev.tasks.mask_density.between(0.49, 0.51).all()
+    # ALL is scored on every row of the segment with a known target: its business days (the synthetic
+    # calendar) less the `horizon` rows at its end (valid: purged, their targets reach into test;
+    # test: no price `horizon` days after the data's end, 2018-12-31)
+    cfg, horizon = small_pipeline["cfg"], small_pipeline["cfg"].features.horizon
+    days = {"valid": len(pd.bdate_range(*cfg.segments.valid)), "test": len(pd.bdate_range(cfg.segments.test[0], "2018-12-31"))}
+    assert {s: n - horizon for s, n in days.items()} == {"valid": 778, "test": 777}
+    alls = ev.tasks[ev.tasks.regime == "ALL"]
+    assert (alls.n_eval == alls.segment.map(days) - horizon).all(), alls
+    # each of those rows goes to exactly one regime's mask
+    split = ev.tasks[ev.tasks.regime != "ALL"].groupby(["market", "segment"]).n_eval.sum()
+    assert split.to_dict() == alls.set_index(["market", "segment"]).n_eval.to_dict()
     # every ALL task is scored on every evaluation row of its market
     all_rows = ev.tasks[ev.tasks.regime == "ALL"].set_index(["market", "segment"]).n_eval
     soft = ev.markets[ev.markets["mode"] == "soft"].set_index(["market", "segment"]).n

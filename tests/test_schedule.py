@@ -7,7 +7,6 @@ import json
 import os
 import select
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,19 +14,13 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from conftest import small_config_dict
+from conftest import free_port, small_config_dict
 
 from supsup_fin.live.table import read_forecasts
 from supsup_fin.workspace import Workspace
 
 START_S = 120
 RUN_S = 240
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _up(url: str) -> bool:
@@ -49,7 +42,7 @@ def test_schedule_serves_deployments_on_a_real_server_and_stops_on_ctrl_c(tmp_pa
                                        "timezone": "Europe/Paris"})
     cfg_file = tmp_path / "small.json"
     cfg_file.write_text(json.dumps(tree))
-    home, port = tmp_path / "ws", _free_port()
+    home, port = tmp_path / "ws", free_port()
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     cli = Path(sys.executable).with_name("supsup-fin")
     errlog = (tmp_path / "schedule.err").open("wb")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import subprocess
 import time
 import urllib.error
@@ -13,18 +12,13 @@ import urllib.request
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import free_port
 
 from supsup_fin.tracking import forecasts_from_payload, log_retrain, payload
 from supsup_fin.tracking.serve import serve_command, serving_example
 from supsup_fin.workspace import Workspace
 
 STARTUP_S = 120
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _post(url: str, body: dict) -> tuple[int, dict]:
@@ -51,7 +45,7 @@ def server(small_pipeline: dict, tmp_path_factory: pytest.TempPathFactory):
         run = log_retrain(p["cfg"], ws, loaded=p["loaded"], regimes=p["regimes"], evaluation=p["evaluation"],
                           forecaster=p["forecaster"])
     assert "champion" in run.aliases, run.decision.reason
-    port = _free_port()
+    port = free_port()
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         argv, env, version = serve_command(p["cfg"].tracking, ws, port)

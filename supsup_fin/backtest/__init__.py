@@ -1,1 +1,1 @@
-"""Walk-forward backtests: windows, positions and costs, metrics, baselines."""
+"""Walk-forward backtests: windows, strategies, positions and costs, metrics, continual scores."""

@@ -35,12 +35,15 @@ import logging
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from supsup_fin._validate import is_int as _is_int
 from supsup_fin.errors import DataError
+from supsup_fin.masks.early_stop import HeldOutSelector, check_grid, default_grid
 from supsup_fin.masks.net import as_tensor, mlp
 from supsup_fin.masks.train import task_generator
 
@@ -70,6 +73,9 @@ class DenseBank:
     sizes: tuple[int, ...]
     weights: dict[str, list[torch.Tensor]]
     final_loss: dict[str, float] = field(default_factory=dict)
+    calibrators: dict[str, Any] = field(default_factory=dict)
+    """name -> a calibration map (:class:`~supsup_fin.forecaster.calibration.Calibrator`) that
+    :meth:`predict_proba` applies, fitted on held-out rows by the caller."""
 
     def __post_init__(self) -> None:
         self.sizes = _check_sizes(self.sizes)
@@ -111,8 +117,12 @@ class DenseBank:
         return h
 
     def predict_proba(self, name: str, X: np.ndarray | torch.Tensor) -> np.ndarray:
-        """Class probabilities ``[N, classes]`` (float64 softmax of the float32 logits)."""
-        return torch.softmax(self.logits(name, X).double(), dim=1).numpy()
+        """Class probabilities ``[N, classes]`` (float64 softmax of the float32 logits, through the net's
+        calibration map when it has one)."""
+        logits = self.logits(name, X).double()
+        if name in self.calibrators:
+            return self.calibrators[name](torch.log_softmax(logits, dim=1).numpy())
+        return torch.softmax(logits, dim=1).numpy()
 
     def nbytes(self, names: Iterable[str] | None = None) -> int:
         """Float32 storage in bytes of the nets ``names`` (default: all of them)."""
@@ -136,6 +146,9 @@ def train_dense(
     init: Mapping[str, Sequence[torch.Tensor]] | None = None,
     device: str | torch.device = "cpu",
     progress: Callable[[int, int], None] | None = None,
+    holdout: Mapping[str, TaskArrays] | None = None,
+    checkpoints: Sequence[int] | None = None,
+    patience: int = 3,
 ) -> DenseBank:
     """Train one dense bias-free ReLU MLP per task, all tasks in one batched loop.
 
@@ -159,6 +172,10 @@ def train_dense(
         Where to train; the bank's weights come back on CPU.
     progress : callable(step, steps), optional
         Called every ~10% of the steps and at the end.
+    holdout, checkpoints, patience : optional
+        Held-out rows per net: each net keeps its weights from the checkpoint with the best
+        temperature-scaled held-out log-loss, as :func:`~supsup_fin.masks.train_masks` keeps
+        masks (same grid and patience rules); nets without held-out rows train all ``steps``.
 
     Returns
     -------
@@ -180,8 +197,17 @@ def train_dense(
     data = {name: _validate_task(name, *tasks[name], sizes) for name in names}
     start_weights = {name: _validate_init(name, starts[name], sizes) for name in starts}
     dev = torch.device(device)
+    selector = None
+    if holdout:
+        missing = [n for n in names if n not in holdout]
+        if missing:
+            raise DataError(f"holdout has no rows for dense nets {missing}")
+        held = {n: _validate_task(f"{n} (holdout)", *holdout[n], sizes) for n in names}
+        grid = check_grid(checkpoints if checkpoints is not None else default_grid(steps), steps)
+        selector = HeldOutSelector(names, held, sizes[-1], grid, patience, dev)
     logger.info("training %d dense nets %s on %s for %d steps: %s", len(names), sizes, dev, steps, names)
-    final, losses = _train(data, start_weights, names, sizes, dev, steps, batch_size, lr, weight_decay, seed, progress)
+    final, losses = _train(data, start_weights, names, sizes, dev, steps, batch_size, lr, weight_decay, seed, progress,
+                           selector)
     weights = {name: [layer[t].clone() for layer in final] for t, name in enumerate(names)}
     return DenseBank(sizes, weights, dict(zip(names, losses)))
 
@@ -198,8 +224,10 @@ def _train(
     weight_decay: float,
     seed: int,
     progress: Callable[[int, int], None] | None,
+    selector: HeldOutSelector | None = None,
 ) -> tuple[list[torch.Tensor], list[float]]:
-    """The batched loop; returns CPU float32 weights ``[T, out, in]`` per layer and last losses."""
+    """The batched loop; returns CPU float32 weights ``[T, out, in]`` per layer (each net's best
+    checkpoint's with a ``selector``) and last losses."""
     n_tasks = len(names)
     params = [p.to(dev).requires_grad_(True) for p in _initial_weights(names, starts, sizes, seed)]
     counts = [int(data[n][0].shape[0]) for n in names]
@@ -238,7 +266,16 @@ def _train(
         opt.step()
         if progress is not None and ((step + 1) % every == 0 or step + 1 == steps):
             progress(step + 1, steps)
-    final = [p.detach().to("cpu", torch.float32) for p in params]
+        if selector is not None and selector.due(step + 1):
+            current = [p.detach() for p in params]
+            selector.observe(step + 1, current, current)
+            if selector.done:
+                break
+    if selector is None:
+        final = [p.detach().to("cpu", torch.float32) for p in params]
+    else:
+        chosen = [selector.chosen(t)[0] for t in range(n_tasks)]
+        final = [torch.stack([c[layer] for c in chosen]).to(torch.float32) for layer in range(len(params))]
     return final, loss_t.detach().cpu().tolist()
 
 
@@ -357,7 +394,3 @@ def _check_hyperparameters(steps: int, batch_size: int, lr: float, weight_decay:
     for what, value, ok, expected in checks:
         if not ok:
             raise ValueError(f"{what} must be {expected}, got {value!r}")
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int | np.integer) and not isinstance(value, bool)

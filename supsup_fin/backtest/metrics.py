@@ -1,9 +1,9 @@
-"""Backtest scores: risk and return, forecast quality, calibration, Sharpe inference, forgetting.
+"""Backtest scores: risk and return, forecast quality, calibration, Sharpe inference.
 
 Standard risk metrics come from ``empyrical``; the Sharpe interval uses ``arch``'s stationary
-bootstrap. Hand-written here: hit rate, turnover, calibration, the probabilistic and deflated
-Sharpe ratios (Bailey & López de Prado, 2012 and 2014) and the continual-learning scores
-(Lopez-Paz & Ranzato, 2017).
+bootstrap. Hand-written here: hit rate, turnover, calibration, and the probabilistic and deflated
+Sharpe ratios (Bailey & López de Prado, 2012 and 2014). The continual-learning scores are in
+:mod:`supsup_fin.backtest.continual`.
 
 Undefined values are NaN, never ``inf``: a Sharpe or Sortino ratio without dispersion or
 downside, a Calmar ratio without drawdown, any metric of an empty series.
@@ -316,34 +316,3 @@ def metrics_by_group(
     cols = list(_RETURN_KEYS) + (list(_FORECAST_KEYS) if probs is not None else [])
     out = pd.DataFrame.from_dict(rows, orient="index", columns=cols).rename_axis(group)
     return out.astype({k: np.int64 for k in ("days", "n") if k in out})
-
-
-def continual_scores(acc: np.ndarray) -> dict[str, float]:
-    """Average accuracy, backward transfer and forgetting from ``acc [T, T]``.
-
-    ``acc[i, j]`` is the accuracy on window j after training window i; entries above the
-    diagonal may be NaN and are ignored, the others must be finite.
-
-    Returns
-    -------
-    dict
-        ``avg_accuracy`` (mean of the last row), ``bwt`` (mean over j < T-1 of
-        ``acc[T-1, j] - acc[j, j]``) and ``forgetting`` (mean over j < T-1 of
-        ``max_{j <= i < T-1} acc[i, j] - acc[T-1, j]``); both 0.0 when T = 1.
-    """
-    a = np.asarray(acc, dtype=np.float64)
-    if a.ndim != 2 or a.shape[0] != a.shape[1] or a.shape[0] == 0:
-        raise DataError(f"continual_scores: expected a square [T, T] accuracy matrix, got shape {a.shape}")
-    low = np.tril(np.ones_like(a, dtype=bool))
-    if not np.isfinite(a[low]).all():
-        i, j = np.argwhere(low & ~np.isfinite(a))[0]
-        raise DataError(f"continual_scores: expected finite accuracies on and below the diagonal, "
-                        f"got {a[i, j]} at [{i}, {j}]")
-    t = a.shape[0]
-    last = a[-1]
-    if t == 1:
-        return {"avg_accuracy": float(last.mean()), "bwt": 0.0, "forgetting": 0.0}
-    before = range(t - 1)
-    bwt = np.mean([last[j] - a[j, j] for j in before])
-    forgetting = np.mean([a[j:t - 1, j].max() - last[j] for j in before])
-    return {"avg_accuracy": float(last.mean()), "bwt": float(bwt), "forgetting": float(forgetting)}

@@ -1,4 +1,6 @@
-"""From forecasts to positions, fills, costs and returns; and the equal-risk portfolio.
+"""From decided positions to fills, costs and returns; and the equal-risk portfolio.
+
+Positions are decided by :mod:`supsup_fin.decision` (from class probabilities, or a rule's signal).
 
 Timing (one convention everywhere): the decision ``d_t`` is made at the close of day t from
 data up to t, filled at the close of t+1, and held until the next fill. So the position held
@@ -16,26 +18,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from supsup_fin.config import PositionsConfig
 from supsup_fin.errors import DataError
-
-
-def decide(signal: pd.Series, rule: PositionsConfig) -> pd.Series:
-    """The position decided at each close from ``signal = p_up - p_down`` (in [-1, 1]).
-
-    ``sign``: +1 / -1 when ``|signal| > threshold``, else 0; ``proportional``:
-    ``clip(signal / scale, -1, 1)`` beyond the threshold. Shorts become flat unless
-    ``allow_short``. NaN signals (no forecast) give 0.
-    """
-    s = signal.astype(np.float64).fillna(0.0)
-    active = s.abs() > rule.threshold
-    if rule.rule == "sign":
-        pos = np.sign(s).where(active, 0.0)
-    else:
-        pos = (s / rule.scale).clip(-1.0, 1.0).where(active, 0.0)
-    if not rule.allow_short:
-        pos = pos.clip(lower=0.0)
-    return pos.rename("decision") + 0.0  # no negative zeros
 
 
 def simulate(decision: pd.Series, close: pd.Series, cost_bps: float, slippage_bps: float) -> pd.DataFrame:

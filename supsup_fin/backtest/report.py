@@ -15,13 +15,10 @@ import numpy as np
 import pandas as pd
 
 from supsup_fin.backtest import metrics as mx
-from supsup_fin.backtest.engine import (
-    SUPSUP,
-    Forecasts,
-    continual_mode,
-    run_walk_forward,
-)
-from supsup_fin.backtest.positions import decide, equal_risk_portfolio, simulate
+from supsup_fin.backtest.continual import continual_mode, continual_table
+from supsup_fin.backtest.engine import Forecasts, run_walk_forward
+from supsup_fin.backtest.positions import equal_risk_portfolio, simulate
+from supsup_fin.backtest.strategies import SUPSUP
 from supsup_fin.config import Config
 
 log = logging.getLogger(__name__)
@@ -77,9 +74,8 @@ def summarise(fc: Forecasts, cfg: Config, prices: dict[str, pd.DataFrame]) -> Ba
     daily_parts, rets = [], {}
     for (market, strategy), rows in fc.rows.groupby(["market", "strategy"], sort=True):
         rows = rows.sort_values("date").set_index("date")
-        decision = decide(rows["signal"], bt.positions)
-        sim = simulate(decision, fc.closes[market].reindex(rows.index), bt.cost_bps, bt.slippage_bps)
-        part = pd.concat([rows, sim], axis=1)
+        sim = simulate(rows["decision"], fc.closes[market].reindex(rows.index), bt.cost_bps, bt.slippage_bps)
+        part = pd.concat([rows.drop(columns="decision"), sim], axis=1)
         part["held_regime"] = part["regime"].shift(2)
         daily_parts.append(part.reset_index())
         rets.setdefault(strategy, {})[market] = sim["ret"]
@@ -147,21 +143,10 @@ def _calibration(daily: pd.DataFrame, pcols: list[str], classes: list[str]) -> p
 
 
 def _continual(fc: Forecasts, cfg: Config) -> pd.DataFrame:
-    """Average accuracy, BWT and forgetting across windows (see :func:`metrics.continual_scores`).
-
-    Window j's task is its new training rows (those after window j-1's last training row).
-    After every later window, the gated masks of window j are re-run from the bank as it then
-    stands, and the fine-tuned dense net (trained on each window's new rows only) is re-scored.
-    """
-    records = []
-    for market in sorted(fc.closes):
-        if market in fc.mask_acc:
-            records.append({"market": market, "strategy": f"{SUPSUP}_{continual_mode(cfg)}",
-                            **mx.continual_scores(fc.mask_acc[market])})
-        if market in fc.dense_finetune_acc:
-            records.append({"market": market, "strategy": "dense_finetune",
-                            **mx.continual_scores(fc.dense_finetune_acc[market])})
-    return pd.DataFrame(records).set_index(["market", "strategy"]) if records else pd.DataFrame()
+    """Average accuracy, BWT and forgetting across windows of the gated masks and the fine-tuned
+    dense net (see :mod:`supsup_fin.backtest.continual`)."""
+    return continual_table(sorted(fc.closes), {f"{SUPSUP}_{continual_mode(cfg)}": fc.mask_acc,
+                                               "dense_finetune": fc.dense_finetune_acc})
 
 
 def _storage_table(fc: Forecasts) -> pd.DataFrame:

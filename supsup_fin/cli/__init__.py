@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from pipelines import prefect_defaults
 from supsup_fin.cli.common import (
     ConfigOpt,
     HomeOpt,
@@ -30,6 +31,7 @@ from supsup_fin.config import Config, demo_config_path, load_config
 from supsup_fin.workspace import Workspace
 
 def _retrain(cfg: Config, home: Path | None, as_json: bool) -> dict[str, Any]:
+    prefect_defaults()  # first: Prefect reads its settings when it is first imported
     from pipelines.retrain import run_retrain
 
     with progress_bar(not as_json and err.is_terminal):
@@ -41,17 +43,21 @@ def _show_retrain(summary: dict[str, Any]) -> None:
                      summary["tasks"], ["task", "n_train", "n_test", "accuracy", "baseline_accuracy",
                                         "log_loss", "baseline_log_loss", "mask_density"]))
     gated = [r for r in summary["forecaster"] if r["segment"] == "test"]
-    out.print(table("Gated forecaster on test", gated,
-                     ["market", "mode", "n", "accuracy", "baseline_accuracy", "log_loss", "baseline_log_loss"]))
+    priors = sorted({k for r in gated for k in r if k.startswith("prior_")}, key=lambda k: list(gated[0]).index(k))
+    out.print(table("Gated forecaster on test (baseline = the class prior: knowing nothing; auto = the mode "
+                    "each market chose on held-out training rows)", gated,
+                     ["market", "mode", *(["runs"] if any("runs" in r for r in gated) else []), "n", "accuracy",
+                      "baseline_accuracy", "log_loss", "baseline_log_loss", *priors]))
     reg, p = summary["registered_model"], summary["promotion"]
     out.print(f"registered [bold]{reg['name']}[/bold] v{reg['version']} aliases={reg['aliases']}: {p['reason']}")
     out.print(f"tracking: {summary['tracking_uri']}  run {summary['run_id']}  ({summary['elapsed_s']:.1f} s)")
 
 
 def _show_forecasts(rows: list[dict[str, Any]]) -> None:
-    cols = ["market", "as_of", "target_date", *[k for k in rows[0] if k.startswith("p_")], "signal", "regime",
-            "regime_posterior", "masks", "model_version", "source", "stale_days"] if rows else []
-    out.print(table("Forecasts from the champion", rows, cols))
+    cols = ["market", "as_of", "target_date", *[k for k in rows[0] if k.startswith(("p_", "prior_"))],
+            "expected_return", "position", "mode", "regime", "model_version", "source", "stale_days"] if rows else []
+    out.print(table("Forecasts from the champion (prior_*: the class prior; position: the decision layer's, "
+                    "in units of notional; --json adds the regime posterior and masks)", rows, cols))
 
 
 @app.command()

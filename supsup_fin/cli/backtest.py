@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
+from pipelines import prefect_defaults
 from supsup_fin.cli.common import (
     ConfigOpt,
     HomeOpt,
@@ -54,10 +55,11 @@ def backtest(
     as_json: JsonOpt = False, home: HomeOpt = None, verbose: VerboseOpt = False,
 ) -> None:
     """Walk-forward backtest: every gate mode and baseline, after costs, in one table."""
-    from pipelines.backtest import backtest_flow
-
     setup_logging(verbose)
     cfg = load_config(config)
+    prefect_defaults()  # first: Prefect reads its settings when it is first imported
+    from pipelines.backtest import backtest_flow
+
     with progress_bar(not as_json and err.is_terminal):
         summary = backtest_flow(config=cfg.model_dump(mode="json"), workspace=str(home) if home else None,
                                 track=track)

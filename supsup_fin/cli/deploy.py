@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
+from pipelines import prefect_defaults
 from supsup_fin.cli.common import (
     ConfigOpt,
     HomeOpt,
@@ -137,10 +138,10 @@ def schedule(
 
     Starts ``prefect server`` on 127.0.0.1 unless PREFECT_API_URL names one; Ctrl-C stops both.
     """
-    from pipelines.schedule import deployments, prefect_server, serve_deployments
-
     setup_logging(verbose)
     cfg, ws = load_config(config), Workspace.resolve(home)
+    prefect_defaults()  # first: Prefect reads its settings when it is first imported
+    from pipelines.schedule import deployments, prefect_server, serve_deployments
 
     def _stop(signum: int, frame: Any) -> None:  # SIGTERM: the same clean stop as Ctrl-C
         raise KeyboardInterrupt

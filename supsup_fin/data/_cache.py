@@ -1,16 +1,16 @@
-"""Per-ticker parquet cache with a JSON sidecar, written atomically (temp file + ``os.replace``)."""
+"""Per-ticker parquet cache with a JSON sidecar, each written atomically (:mod:`supsup_fin._atomic`)."""
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import pandas as pd
+
+from supsup_fin._atomic import atomic_file, atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -26,22 +26,11 @@ def cache_paths(cache_dir: Path, ticker: str) -> tuple[Path, Path]:
     return folder / f"{stem}.parquet", folder / f"{stem}.json"
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_cache(cache_dir: Path, ticker: str, frame: pd.DataFrame, meta: dict[str, Any]) -> Path:
     """Write a ticker's frame and sidecar (``meta`` plus ticker, rows, first and last date)."""
     parquet, sidecar = cache_paths(cache_dir, ticker)
-    _atomic_write(parquet, lambda p: frame.to_parquet(p))
+    with atomic_file(parquet) as tmp:
+        frame.to_parquet(tmp)
     side = {
         "ticker": ticker,
         "rows": len(frame),
@@ -49,7 +38,7 @@ def write_cache(cache_dir: Path, ticker: str, frame: pd.DataFrame, meta: dict[st
         "last_date": frame.index[-1].strftime("%Y-%m-%d") if len(frame) else None,
         **meta,
     }
-    _atomic_write(sidecar, lambda p: p.write_text(json.dumps(side, indent=2, sort_keys=True)))
+    atomic_write_bytes(sidecar, json.dumps(side, indent=2, sort_keys=True).encode("utf-8"))
     logger.debug("cached %d rows of %r at %s", len(frame), ticker, parquet)
     return parquet
 

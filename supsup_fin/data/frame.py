@@ -1,4 +1,4 @@
-"""The prices frame: its structural contract (:func:`validate_frame`) and content hash.
+"""The prices frame: its structural contract (:func:`validate_frame`, :func:`price_arrays`) and content hash.
 
 A prices frame is a ``DataFrame`` indexed by a tz-naive ``DatetimeIndex`` named ``date``
 (``datetime64[ns]``, normalised to midnight, strictly increasing, unique) with a required
@@ -152,6 +152,66 @@ def validate_frame(df: pd.DataFrame, market: str) -> pd.DataFrame:
                 f"value(s), first {float(vals[i])!r} on {_day(idx[i])}"
             )
     return out
+
+
+def price_arrays(prices: pd.DataFrame, market: str) -> tuple[dict[str, np.ndarray], pd.DatetimeIndex]:
+    """The columns of ``validate_frame(prices, market)`` as contiguous float64 arrays, and its dates.
+
+    A frame already in the canonical form :func:`validate_frame` returns (known columns in
+    canonical order, tz-naive ``datetime64[ns]`` dates at midnight, strictly increasing, numeric
+    values it accepts) is checked by a few numpy reductions instead, and its own values (as
+    float64, the cast ``validate_frame`` makes) and dates come back; any other frame goes through
+    ``validate_frame``, to be canonicalised or refused. The live forecast's fast path.
+
+    Parameters
+    ----------
+    prices : DataFrame, shape (n_rows, n_columns)
+        Any frame :func:`validate_frame` takes.
+    market : str
+        Market name, used in error messages.
+
+    Returns
+    -------
+    columns : dict name -> ndarray ``[n_rows]`` float64, in canonical column order
+    dates : DatetimeIndex ``[n_rows]``
+
+    Raises
+    ------
+    DataError
+        Whatever :func:`validate_frame` refuses.
+    """
+    values = _canonical_values(prices)
+    frame = prices
+    if values is None:
+        frame = validate_frame(prices, market)
+        values = frame.to_numpy(dtype=np.float64)
+    return {c: np.ascontiguousarray(values[:, j]) for j, c in enumerate(frame.columns)}, frame.index
+
+
+_DAY_NS = 86_400 * 10**9
+
+
+def _canonical_values(prices: object) -> np.ndarray | None:
+    """``prices``' values ``[n, k]`` where ``validate_frame`` would return the same values and dates
+    and raise nothing; ``None`` otherwise."""
+    if not (isinstance(prices, pd.DataFrame) and isinstance(prices.index, pd.DatetimeIndex)
+            and prices.index.dtype == np.dtype("datetime64[ns]") and len(prices)):
+        return None
+    cols = list(prices.columns)
+    if "close" not in cols or cols != [c for c in PRICE_COLUMNS if c in cols]:
+        return None
+    ns = prices.index.asi8
+    if ns[0] == np.iinfo(np.int64).min or (ns % _DAY_NS).any() or (ns[1:] <= ns[:-1]).any():
+        return None  # NaT, a time of day, or dates not strictly increasing
+    values = prices.to_numpy()
+    if values.dtype != np.float64:  # a non-numeric or bool column makes it object or bool
+        return None
+    positive = [j for j, c in enumerate(cols) if c in POSITIVE_COLUMNS]
+    if np.isinf(values).any() or (values[:, positive] <= 0).any():
+        return None
+    if "volume" in cols and (values[:, cols.index("volume")] < 0).any():
+        return None
+    return values
 
 
 def frame_hash(df: pd.DataFrame) -> str:

@@ -4,9 +4,12 @@ Two tables:
 
 - per task (``market/regime`` and ``market/ALL``): the task's mask alone on the evaluation rows
   assigned to that regime by the causal posterior P(z_{t+1} | x_1..t) (ALL: every row);
-- per market and gate mode: the regime-gated forecaster on every evaluation row.
+- per market and gate mode: the regime-gated forecaster on every evaluation row, plus ``auto``
+  (each market's mode chosen on held-out rows; ``runs`` names it) when the model has chosen.
 
-The baseline always predicts the market's training class frequencies.
+The baseline always predicts the market's training class frequencies (the class prior, also
+reported per class as ``prior_<class>`` in the market table): a log-loss above the baseline's
+is worse than knowing nothing.
 """
 
 from __future__ import annotations
@@ -17,9 +20,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from supsup_fin.forecaster.gating import GATE_MODES, RegimeGatedForecaster
+from supsup_fin.forecaster.gating import RegimeGatedForecaster
 from supsup_fin.forecaster.prepare import FeatureSet, RegimeFit
 from supsup_fin.forecaster.mask_tasks import ALL
+from supsup_fin.gate_modes import AUTO, GATE_MODES
 
 _EPS = 1e-12
 
@@ -75,7 +79,9 @@ def evaluate(
     task_rows, market_rows = [], []
     for market in sorted(features):
         fs, mm = features[market], forecaster.markets[market]
-        frames = forecaster.predict_frames(market, prices[market], GATE_MODES)
+        modes = (*GATE_MODES, AUTO) if mm.mode is not None else GATE_MODES
+        frames = forecaster.predict_frames(market, prices[market], modes)
+        prior = {f"prior_{c}": float(p) for c, p in zip(forecaster.classes, fs.prior)}
         names = list(mm.regime.names_)
         for seg in segments:
             idx = fs.rows(seg)
@@ -85,8 +91,8 @@ def evaluate(
             y = fs.y[idx]
             for mode, frame in frames.items():
                 probs = frame.loc[fs.dates[idx], [f"p_{c}" for c in forecaster.classes]].to_numpy()
-                market_rows.append({"market": market, "mode": mode, "segment": seg, "n": len(idx),
-                                    **_scores(probs, fs.prior, y)})
+                market_rows.append({"market": market, "mode": mode, "runs": mm.gate_mode(mode), "segment": seg,
+                                    "n": len(idx), **_scores(probs, fs.prior, y), **prior})
             regime_of = np.nan_to_num(regimes[market].next_proba[idx], nan=0.0).argmax(axis=1)
             x = torch.as_tensor(fs.X[idx], dtype=torch.float32)
             for regime in [*names, ALL]:

@@ -15,77 +15,56 @@ market's regime masks on the shared frozen network:
   does by default); the decision at t takes the mean score over the last
   ``infer_window`` rows up to t and runs the mask with the lowest. The regime columns still
   report the HMM posterior;
-- ``market``: the market's ALL mask (no gating).
+- ``market``: the market's ALL mask (no gating);
+- ``auto``: each market's own mode, chosen on its held-out rows
+  (:mod:`supsup_fin.forecaster.choose`) and kept in :attr:`MarketModel.mode`.
+
+Each mask's output goes through its calibration map (:mod:`supsup_fin.forecaster.calibration`,
+fitted on held-out rows; ``soft`` has one map per market for its superposed pass), and the
+decision layer (:mod:`supsup_fin.decision`) turns the probabilities into an expected forward
+return and a position. With ``stochastic_samples > 0`` a mask that stores keep probabilities
+(hard-concrete) answers with the mean over that many sampled masks instead of its bits, in
+every mode; the samples are drawn once per mask from a generator seeded by the mask's name, so
+the same rows get the same forecast in every call.
 
 ``predict`` uses only the last ``min_rows`` rows it is given (enough for the feature window, the
 HMM window and the infer window), and ``predict_frame`` computes exactly that for every date at
 once, so backtests, flows and the served model agree. ``predict_frames`` does it for several
-modes, computing the features and the rolling posterior once.
+modes, computing the features and the rolling posterior once. Saving and loading live in
+:mod:`supsup_fin.forecaster.persist`; the gate modes are named in :mod:`supsup_fin.gate_modes`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
-import shutil
-import tempfile
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
-from supsup_fin.data import validate_frame
-from supsup_fin.data.frame import POSITIVE_COLUMNS, PRICE_COLUMNS
+from supsup_fin.data.frame import price_arrays, validate_frame
+from supsup_fin.decision import DecisionRule
 from supsup_fin.errors import DataError, MaskFileError
 from supsup_fin.features import (
-    Scaler,
     class_names,
     feature_array,
     feature_warmup,
     input_windows,
     make_features,
 )
-from supsup_fin.masks import FrozenNet, Mask, MaskBank
-from supsup_fin.regimes import RegimeModel
+from supsup_fin.gate_modes import GATE_MODES, GateMode, check_gate_mode
+from supsup_fin.forecaster.market_model import INFER, SOFT, MarketModel
+from supsup_fin.masks import FrozenNet, Mask, MaskBank, row_task_scores, sample_masks
 
 log = logging.getLogger(__name__)
 
-GateMode = Literal["hard", "soft", "ensemble", "infer", "market"]
-GATE_MODES: tuple[str, ...] = ("hard", "soft", "ensemble", "infer", "market")
-FORMAT_VERSION = 1
-
-
-@dataclass(frozen=True)
-class MarketModel:
-    """Everything market-specific: scaler, class edges, prior, HMM and the regime -> mask map."""
-
-    name: str
-    scaler: Scaler
-    class_edges: np.ndarray
-    prior: np.ndarray
-    regime: RegimeModel
-    masks: dict[str, str]
-    all_mask: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "scaler": self.scaler.to_dict(), "class_edges": self.class_edges.tolist(),
-            "prior": self.prior.tolist(), "regime": self.regime.to_dict(),
-            "masks": self.masks, "all_mask": self.all_mask,
-        }
-
-    @classmethod
-    def from_dict(cls, name: str, d: dict[str, Any]) -> MarketModel:
-        return cls(
-            name=name, scaler=Scaler.from_dict(d["scaler"]),
-            class_edges=np.asarray(d["class_edges"], np.float64), prior=np.asarray(d["prior"], np.float64),
-            regime=RegimeModel.from_dict(d["regime"]), masks=dict(d["masks"]), all_mask=d["all_mask"],
-        )
+__all__ = ["GATE_MODES", "INFER", "SOFT", "GateMode", "MarketModel", "RegimeGatedForecaster"]
 
 
 class RegimeGatedForecaster:
@@ -97,15 +76,19 @@ class RegimeGatedForecaster:
     net, bank : the frozen base network and the bank holding every mask the markets name.
     feature_names, lookback, horizon : the feature window the masks were trained on.
     regime_window : feature rows the HMM filter runs over before it answers.
-    mode : default gate mode.
+    mode : default gate mode (``auto``: each market's chosen mode).
     infer_window : input rows (up to and including t) whose task-inference scores the ``infer``
         mode averages for its decision at t.
+    stochastic_samples : 0 for the masks' bits; S > 0 for the mean over S sampled masks of each
+        mask that stores keep probabilities.
+    decision : how probabilities become a position (default: half-Kelly, cap 1, 15 % vol target).
     """
 
     def __init__(
         self, markets: dict[str, MarketModel], net: FrozenNet, bank: MaskBank, *,
         feature_names: tuple[str, ...], lookback: int, horizon: int, regime_window: int,
-        mode: GateMode = "soft", infer_window: int = 16,
+        mode: GateMode | str = "soft", infer_window: int = 16, stochastic_samples: int = 0,
+        decision: DecisionRule | None = None,
     ) -> None:
         self.markets = dict(markets)
         self.net = net
@@ -114,7 +97,13 @@ class RegimeGatedForecaster:
         self.lookback = lookback
         self.horizon = horizon
         self.regime_window = regime_window
-        self.mode = _check_mode(mode)
+        self.mode = mode if mode == "auto" else check_gate_mode(mode)
+        if isinstance(stochastic_samples, bool) or not isinstance(stochastic_samples, (int, np.integer)) \
+                or stochastic_samples < 0:
+            raise ValueError(f"stochastic_samples expected an int >= 0, got {stochastic_samples!r}")
+        self.stochastic_samples = int(stochastic_samples)
+        self.decision = decision or DecisionRule()
+        self._samples: dict[str, list[Mask]] = {}
         if isinstance(infer_window, bool) or not isinstance(infer_window, (int, np.integer)) or infer_window < 1:
             raise ValueError(f"infer_window expected an int >= 1, got {infer_window!r}")
         self.infer_window = int(infer_window)
@@ -153,11 +142,49 @@ class RegimeGatedForecaster:
         raw = make_features(prices, self.feature_names, market=mm.name).to_numpy()
         return input_windows(mm.scaler.transform(raw), self.lookback)
 
+    def _sampled(self, task: str) -> list[Mask] | None:
+        """The S sampled masks of ``task`` (``None``: use its bits), drawn once per forecaster."""
+        if not self.stochastic_samples or not self.bank.has_probabilities(task):
+            return None
+        if task not in self._samples:
+            seed = int.from_bytes(hashlib.sha256(task.encode("utf-8")).digest()[:7], "little")
+            gen = torch.Generator().manual_seed(seed)
+            self._samples[task] = list(sample_masks(self.bank.probabilities(task), self.stochastic_samples, gen))
+        return self._samples[task]
+
+    def _task_logits(self, x: torch.Tensor, task: str) -> torch.Tensor:
+        """``[n, C]`` float64 logits of mask ``task`` (stochastic: log of the mean sampled probabilities)."""
+        sampled = self._sampled(task)
+        if sampled is None:
+            return self.net(x, mask=self.bank[task]).double().cpu()
+        mean = sum(torch.softmax(self.net(x, mask=m).double(), dim=1) for m in sampled) / len(sampled)
+        return mean.clamp_min(1e-300).log().cpu()
+
+    def _soft_logits(self, x: torch.Tensor, weights: dict[str, np.ndarray]) -> torch.Tensor:
+        """``[n, C]`` logits of the posterior-weighted superposition (stochastic: averaged over samples)."""
+        alphas = {t: torch.as_tensor(w, dtype=torch.float32) for t, w in weights.items()}
+        sampled = {t: self._sampled(t) for t in weights}
+        if all(v is None for v in sampled.values()):
+            return self.net(x, masks=self.bank, alphas=alphas).double().cpu()
+        total = 0.0
+        for i in range(self.stochastic_samples):
+            masks = {t: self.bank[t] if v is None else v[i] for t, v in sampled.items()}
+            total = total + torch.softmax(self.net(x, masks=masks, alphas=alphas).double(), dim=1)
+        return (total / self.stochastic_samples).clamp_min(1e-300).log().cpu()
+
+    @staticmethod
+    def _calibrated(mm: MarketModel, key: str, logits: torch.Tensor) -> np.ndarray:
+        """Probabilities ``[n, C]`` through ``mm``'s map for ``key`` (none: the plain softmax)."""
+        cal = mm.calibrators.get(key)
+        if cal is None:
+            return torch.softmax(logits, dim=1).numpy()
+        return cal(torch.log_softmax(logits, dim=1).numpy())
+
     @torch.no_grad()
     def _route(
         self, mm: MarketModel, X: np.ndarray, rows: np.ndarray, post: np.ndarray, mode: str,
     ) -> tuple[np.ndarray, list[dict]]:
-        """Class probabilities ``[n, C]`` and the masks used, for output ``rows`` of inputs ``X``.
+        """Calibrated class probabilities ``[n, C]`` and the masks used, for output ``rows`` of ``X``.
 
         ``X`` is ``[T, in]`` (NaN where a row has no input), ``rows`` ``[n]`` indexes its rows with
         finite inputs, ``post`` ``[n, K]`` is the regime posterior at those rows. Only ``infer``
@@ -166,32 +193,33 @@ class RegimeGatedForecaster:
         x = torch.as_tensor(X[rows], dtype=torch.float32)
         tasks = [mm.masks.get(r, mm.all_mask) for r in mm.regime.names_]
         if mode == "market":
-            return self._per_row_masks(x, [mm.all_mask] * len(rows)), [{mm.all_mask: 1.0} for _ in rows]
+            return self._per_row_masks(mm, x, [mm.all_mask] * len(rows)), [{mm.all_mask: 1.0} for _ in rows]
         if mode in ("hard", "infer"):
             if mode == "hard":
                 chosen = [tasks[k] for k in post.argmax(axis=1)]
             else:
                 chosen = self._inferred_tasks(list(dict.fromkeys(tasks)), X, rows)
-            return self._per_row_masks(x, chosen), [{t: 1.0} for t in chosen]
+            return self._per_row_masks(mm, x, chosen, INFER if mode == "infer" else ""), [{t: 1.0} for t in chosen]
         weights: dict[str, np.ndarray] = {}
         for k, task in enumerate(tasks):
             weights[task] = weights.get(task, 0.0) + post[:, k]
         used = [{t: float(w[i]) for t, w in weights.items()} for i in range(len(rows))]
         if mode == "soft":
-            alphas = {t: torch.as_tensor(w, dtype=torch.float32) for t, w in weights.items()}
-            return torch.softmax(self.net(x, masks=self.bank, alphas=alphas).double(), dim=1).cpu().numpy(), used
+            return self._calibrated(mm, SOFT, self._soft_logits(x, weights)), used
         probs = np.zeros((len(rows), self.net.n_classes))
-        for t, w in weights.items():  # ensemble: Σ_k p_k softmax(net(x; M_k)), each mask once
-            probs += w[:, None] * torch.softmax(self.net(x, mask=self.bank[t]).double(), dim=1).cpu().numpy()
+        for t, w in weights.items():  # ensemble: Σ_k p_k calibrated softmax(net(x; M_k)), each mask once
+            probs += w[:, None] * self._calibrated(mm, t, self._task_logits(x, t))
         return probs, used
 
-    def _per_row_masks(self, x: torch.Tensor, chosen: list[str]) -> np.ndarray:
-        """Probabilities ``[n, C]`` with row i through mask ``chosen[i]`` (one pass per mask)."""
-        logits = torch.empty(len(chosen), self.net.n_classes)
+    def _per_row_masks(self, mm: MarketModel, x: torch.Tensor, chosen: list[str], key: str = "") -> np.ndarray:
+        """Calibrated probabilities ``[n, C]`` with row i through mask ``chosen[i]`` (one pass per mask);
+        each mask's map is the one keyed ``key + mask`` when the market has it, else the mask's own."""
+        probs = np.empty((len(chosen), self.net.n_classes))
         for task in sorted(set(chosen)):
             sel = np.flatnonzero([c == task for c in chosen])
-            logits[sel] = self.net(x[sel], mask=self.bank[task]).cpu()
-        return torch.softmax(logits.double(), dim=1).numpy()
+            cal_key = key + task if key + task in mm.calibrators else task
+            probs[sel] = self._calibrated(mm, cal_key, self._task_logits(x[sel], task))
+        return probs
 
     def _inferred_tasks(self, candidates: list[str], X: np.ndarray, rows: np.ndarray) -> list[str]:
         """The ``infer`` decision per output row: the candidate with the lowest mean score over
@@ -203,7 +231,7 @@ class RegimeGatedForecaster:
         span = X[lo : int(rows[-1]) + 1]
         finite = np.isfinite(span).all(axis=1)
         scores = np.zeros((len(span), len(candidates)))
-        scores[finite] = _row_task_scores(self.net, self.bank, candidates, span[finite])
+        scores[finite] = row_task_scores(self.net, self.bank, candidates, span[finite])
         total, count = np.zeros((len(rows), len(candidates))), np.zeros(len(rows))
         at = rows - lo
         for lag in range(w):  # fixed summation order: the same sum whatever rows came before
@@ -218,6 +246,7 @@ class RegimeGatedForecaster:
         names = list(mm.regime.names_)
         out.insert(0, "market", mm.name)
         out["signal"] = out[f"p_{self.classes[-1]}"] - out[f"p_{self.classes[0]}"]
+        out["expected_return"], out["position"] = self._decide(mm, probs)
         out["regime"] = [names[k] for k in post.argmax(axis=1)]
         for k, r in enumerate(names):
             out[f"regime_{r}"] = post[:, k]
@@ -226,22 +255,31 @@ class RegimeGatedForecaster:
         out.index.name = "as_of"
         return out
 
+    def _decide(self, mm: MarketModel, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Expected ``horizon``-day log return and recommended position ``[n]`` each (NaN for a model
+        without class returns under the ``kelly`` rule)."""
+        if mm.class_returns is None and self.decision.rule == "kelly":
+            return np.full(len(probs), np.nan), np.full(len(probs), np.nan)
+        return self.decision.positions(probs, mm.class_returns, self.horizon)
+
     def predict(self, market: str, prices: pd.DataFrame, mode: GateMode | None = None) -> dict[str, Any]:
         """Forecast made at the close of the last row, from the last ``min_rows`` rows only.
 
         Returns a dict: ``market``, ``as_of``, ``target_date`` (``as_of`` + ``horizon`` business
         days: the close the forecast class refers to), ``horizon``, ``probabilities`` (class -> p),
         ``regime`` and ``regime_posterior`` (P(z_{t+1} | x_1..t)), ``masks`` (mask -> weight),
-        ``signal`` (p_up - p_down) and ``mode``.
+        ``signal`` (p_up - p_down), ``expected_return`` (of the ``horizon``-day log return),
+        ``position`` (the decision layer's recommendation), ``prior`` (class -> training frequency:
+        what knowing nothing says) and ``mode`` (the gate mode that ran).
 
         Equals the last row of :meth:`predict_frames` on the same rows within float rounding
         (~1e-15 in the posterior), computed on arrays: the features of the last
         ``feature_warmup + lookback + infer_window - 1`` rows only (they are window-exact) and
-        the HMM filter's last row only (:meth:`RegimeModel.predict_next_proba_last`).
+        the HMM filter's last row only (:meth:`~supsup_fin.regimes.RegimeModel.predict_next_proba_last`).
         """
-        mode = _check_mode(mode or self.mode)
         mm = self._market(market)
-        columns, dates = _price_columns(prices, market)
+        mode = check_gate_mode(mm.gate_mode(mode or self.mode))
+        columns, dates = price_arrays(prices, market)
         need = self.min_rows
         if len(dates) < need:
             raise DataError(
@@ -258,22 +296,25 @@ class RegimeGatedForecaster:
         post = mm.regime.predict_next_proba_last(close)[None, :]
         probs, used = self._route(mm, X, np.array([len(X) - 1]), post, mode)
         p, names, as_of = probs[0], list(mm.regime.names_), dates[-1]
+        mu, pos = self._decide(mm, probs)
         return {
             "market": market, "as_of": str(as_of.date()),
             "target_date": str((as_of + pd.offsets.BDay(self.horizon)).date()), "horizon": self.horizon,
             "probabilities": {c: float(p[i]) for i, c in enumerate(self.classes)},
             "regime": names[int(post[0].argmax())],
             "regime_posterior": {r: float(post[0, k]) for k, r in enumerate(names)},
-            "masks": used[0], "signal": float(p[-1] - p[0]), "mode": mode,
+            "masks": used[0], "signal": float(p[-1] - p[0]), "expected_return": float(mu[0]),
+            "position": float(pos[0]), "prior": {c: float(mm.prior[i]) for i, c in enumerate(self.classes)},
+            "mode": mode,
         }
 
     def predict_frame(self, market: str, prices: pd.DataFrame, mode: GateMode | None = None) -> pd.DataFrame:
         """:meth:`predict` for every date that has ``min_rows`` rows of history, in one pass.
 
-        Returns a frame indexed by ``as_of`` with ``p_<class>``, ``signal``, ``regime``,
-        ``regime_<name>``, ``masks`` (JSON) and ``mode`` columns.
+        Returns a frame indexed by ``as_of`` with ``p_<class>``, ``signal``, ``expected_return``,
+        ``position``, ``regime``, ``regime_<name>``, ``masks`` (JSON) and ``mode`` columns.
         """
-        mode = _check_mode(mode or self.mode)
+        mode = mode or self.mode
         return self.predict_frames(market, prices, [mode])[mode]
 
     def predict_frames(self, market: str, prices: pd.DataFrame, modes: Sequence[str]) -> dict[str, pd.DataFrame]:
@@ -281,171 +322,46 @@ class RegimeGatedForecaster:
 
         Returns
         -------
-        dict mode -> frame, in the order of ``modes`` (repeats collapse).
+        dict mode -> frame, in the order of ``modes`` (repeats collapse); under ``auto`` the frame's
+        ``mode`` column names the market's chosen mode.
         """
-        modes = list(dict.fromkeys(_check_mode(m) for m in modes))
         mm = self._market(market)
+        modes = list(dict.fromkeys(m if m == "auto" else check_gate_mode(m) for m in modes))
+        runs = {m: check_gate_mode(mm.gate_mode(m)) for m in modes}
         prices = validate_frame(prices, market)
         X = self.inputs(market, prices)
         post = mm.regime.rolling_next_proba(prices, self.regime_window).reindex(prices.index).to_numpy()
         ok = np.arange(len(prices)) >= self.min_rows - 1
         ok &= np.isfinite(X).all(axis=1) & np.isfinite(post).all(axis=1)
         rows = np.flatnonzero(ok)
-        out = {}
+        out: dict[str, pd.DataFrame] = {}
         for mode in modes:
-            probs, used = self._route(mm, X, rows, post[rows], mode)
-            out[mode] = self._rows(mm, prices.index[rows], probs, post[rows], used, mode)
+            same = next((m for m in out if runs[m] == runs[mode]), None)
+            if same is not None:  # auto runs a mode already computed
+                out[mode] = out[same]
+                continue
+            probs, used = self._route(mm, X, rows, post[rows], runs[mode])
+            out[mode] = self._rows(mm, prices.index[rows], probs, post[rows], used, runs[mode])
         return out
 
-    # -- persistence ------------------------------------------------------------------------
+    # -- persistence (supsup_fin.forecaster.persist) -----------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "format_version": FORMAT_VERSION,
-            "network": {"sizes": list(self.net.sizes), "seed": self.net.seed, "superfluous": self.net.superfluous,
-                        "base_hash": self.net.weights_hash()},
-            "features": {"names": list(self.feature_names), "lookback": self.lookback, "horizon": self.horizon},
-            "regime_window": self.regime_window, "mode": self.mode, "infer_window": self.infer_window,
-            "min_rows": self.min_rows,
-            "classes": self.classes,
-            "markets": {name: m.to_dict() for name, m in self.markets.items()},
-        }
+        """The content of ``forecaster.json`` (:func:`~supsup_fin.forecaster.persist.forecaster_spec`)."""
+        from supsup_fin.forecaster.persist import forecaster_spec  # persist builds on this module
 
-    def save(self, path: str | Path) -> Path:
-        """Write ``forecaster.json`` and the mask bank to directory ``path``, atomically."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-        try:
-            self.bank.save(tmp / "bank")
-            (tmp / "forecaster.json").write_text(json.dumps(self.to_dict(), indent=1))
-            if path.exists():
-                shutil.rmtree(path)
-            os.replace(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return path
+        return forecaster_spec(self)
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write ``forecaster.json`` and the mask bank to directory ``path``, atomically
+        (:func:`~supsup_fin.forecaster.persist.save_forecaster`)."""
+        from supsup_fin.forecaster.persist import save_forecaster
+
+        return save_forecaster(self, path)
 
     @classmethod
-    def load(cls, path: str | Path) -> RegimeGatedForecaster:
-        """Rebuild the forecaster: the base network from its seed, the masks from the bank."""
-        path = Path(path)
-        spec_file = path / "forecaster.json"
-        try:
-            spec = json.loads(spec_file.read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise MaskFileError(f"{spec_file}: cannot read forecaster spec: {err}") from None
-        if spec.get("format_version") != FORMAT_VERSION:
-            raise MaskFileError(
-                f"{spec_file}: format_version {spec.get('format_version')!r}, expected {FORMAT_VERSION}"
-            )
-        net = FrozenNet(sizes=tuple(spec["network"]["sizes"]), seed=spec["network"]["seed"],
-                        superfluous=spec["network"].get("superfluous", 0))
-        if net.weights_hash() != spec["network"]["base_hash"]:
-            raise MaskFileError(
-                f"{spec_file}: base network hash {spec['network']['base_hash'][:12]}... does not match "
-                f"the network rebuilt from seed {spec['network']['seed']} ({net.weights_hash()[:12]}...)"
-            )
-        bank = MaskBank.load(path / "bank", net)
-        f = spec["features"]
-        markets = {n: MarketModel.from_dict(n, d) for n, d in spec["markets"].items()}
-        return cls(
-            markets, net, bank, feature_names=tuple(f["names"]), lookback=f["lookback"],
-            horizon=f["horizon"], regime_window=spec["regime_window"], mode=spec["mode"],
-            infer_window=spec.get("infer_window", 16),
-        )
+    def load(cls, path: str | os.PathLike[str]) -> RegimeGatedForecaster:
+        """Rebuild the forecaster saved at ``path``: the base network from its seed, the masks from
+        the bank (:func:`~supsup_fin.forecaster.persist.load_forecaster`)."""
+        from supsup_fin.forecaster.persist import load_forecaster
 
-
-_DAY_NS = 86_400 * 10**9
-
-
-def _price_columns(prices: pd.DataFrame, market: str) -> tuple[dict[str, np.ndarray], pd.DatetimeIndex]:
-    """The columns of ``validate_frame(prices, market)`` as contiguous float64 arrays ``[n]``, and its dates.
-
-    A frame already in the canonical form :func:`~supsup_fin.data.validate_frame` returns (known
-    columns in canonical order, tz-naive ``datetime64[ns]`` dates at midnight, strictly increasing,
-    numeric values it accepts) is checked by a few numpy reductions instead, and its own values
-    (as float64, the cast validate_frame makes) and dates come back; any other frame goes through
-    it, to be canonicalised or refused.
-    """
-    values = _canonical_values(prices)
-    frame = prices
-    if values is None:
-        frame = validate_frame(prices, market)
-        values = frame.to_numpy(dtype=np.float64)
-    return {c: np.ascontiguousarray(values[:, j]) for j, c in enumerate(frame.columns)}, frame.index
-
-
-def _canonical_values(prices: object) -> np.ndarray | None:
-    """``prices``' values ``[n, k]`` where ``validate_frame`` would return the same values and dates
-    and raise nothing; ``None`` otherwise."""
-    if not (isinstance(prices, pd.DataFrame) and isinstance(prices.index, pd.DatetimeIndex)
-            and prices.index.dtype == np.dtype("datetime64[ns]") and len(prices)):
-        return None
-    cols = list(prices.columns)
-    if "close" not in cols or cols != [c for c in PRICE_COLUMNS if c in cols]:
-        return None
-    ns = prices.index.asi8
-    if ns[0] == np.iinfo(np.int64).min or (ns % _DAY_NS).any() or (ns[1:] <= ns[:-1]).any():
-        return None  # NaT, a time of day, or dates not strictly increasing
-    values = prices.to_numpy()
-    if values.dtype != np.float64:  # a non-numeric or bool column makes it object or bool
-        return None
-    positive = [j for j, c in enumerate(cols) if c in POSITIVE_COLUMNS]
-    if np.isinf(values).any() or (values[:, positive] <= 0).any():
-        return None
-    if "volume" in cols and (values[:, cols.index("volume")] < 0).any():
-        return None
-    return values
-
-
-def _check_mode(mode: str) -> str:
-    if mode not in GATE_MODES:
-        raise ValueError(f"unknown gate mode {mode!r}; valid: {list(GATE_MODES)}")
-    return mode
-
-
-def _row_task_scores(
-    net: FrozenNet, bank: Mapping[str, Mask], names: Sequence[str], X: np.ndarray | torch.Tensor,
-    objective: Literal["entropy", "superfluous"] = "entropy",
-) -> np.ndarray:
-    """SupSup task-inference scores of every row on its own, in one forward and backward pass.
-
-    Row i's score of mask ``names[k]`` is ``∂objective_i/∂α_k`` at ``α = 1/len(names)``: the
-    first-round score :func:`supsup_fin.masks.infer_task` gives for ``X[i:i+1]`` with the same
-    ``objective`` (``entropy``, its default: ``H`` of the softmax over every output, superfluous
-    units included; ``superfluous``: SupSup's ``G``). Lower is more likely. Each row gets its own
-    coefficient vector ``[N]`` per mask, so the gradient of the summed objective w.r.t. it is the
-    per-row gradient.
-
-    Parameters
-    ----------
-    net, bank : the frozen network and a mapping holding every named mask.
-    names : candidate masks, ``k`` distinct names.
-    X : inputs ``[N, in]``, finite.
-    objective : ``entropy`` or ``superfluous`` (needs ``net.superfluous > 0``).
-
-    Returns
-    -------
-    ``[N, k]`` float64 scores.
-    """
-    names = list(names)
-    if not names or len(set(names)) != len(names):
-        raise ValueError(f"names must be distinct and non-empty, got {names}")
-    if objective not in ("entropy", "superfluous") or (objective == "superfluous" and not net.superfluous):
-        raise ValueError(
-            f"objective must be 'entropy', or 'superfluous' on a net with superfluous units, got {objective!r}"
-        )
-    x = torch.as_tensor(X, dtype=torch.float32)
-    with torch.enable_grad():
-        alphas = {n: torch.full((x.shape[0],), 1.0 / len(names), device=net.device, requires_grad=True)
-                  for n in names}
-        out = net(x, masks={n: bank[n] for n in names}, alphas=alphas, all_outputs=True)
-        if objective == "superfluous":  # G: the gradient flows through the superfluous logits only
-            value = torch.cat([out[:, : net.n_classes].detach(), out[:, net.n_classes :]], dim=1)
-            value = value.logsumexp(dim=1)
-        else:
-            logp = torch.log_softmax(out, dim=1)
-            value = -(logp.exp() * logp).sum(dim=1)
-        grads = torch.autograd.grad(value.sum(), [alphas[n] for n in names])
-    return torch.stack(grads, dim=1).detach().cpu().numpy().astype(np.float64)
+        return load_forecaster(path)

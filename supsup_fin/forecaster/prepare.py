@@ -134,13 +134,14 @@ class RegimeFit:
     """One market's fitted HMM, training labels and causal posteriors.
 
     ``train_labels[t]``: smoothed-argmax regime on the train segment (``-1`` elsewhere) — used
-    only to assign training rows to tasks. ``next_proba[t]``: P(z_{t+1} | the last ``window``
-    rows up to t), NaN where unavailable — what gates forecasts and assigns evaluation rows.
+    only to assign training rows to tasks. ``next_proba[t]``: P(z_{t+1} | the last
+    ``regime_window`` feature rows up to t), NaN where unavailable — what gates forecasts and
+    assigns evaluation rows.
     """
 
     market: str
     model: RegimeModel
-    window: int
+    regime_window: int
     train_labels: np.ndarray
     next_proba: np.ndarray
 
@@ -168,6 +169,7 @@ def fit_regimes(
     smooth = model.smooth_proba(train)
     labels = pd.Series(-1, index=prices.index, dtype=np.int64)
     labels.loc[smooth.index] = smooth.to_numpy().argmax(axis=1)
-    nxt = model.rolling_next_proba(prices, regimes.warmup).reindex(prices.index)
+    regime_window = regimes.regime_window
+    nxt = model.rolling_next_proba(prices, regime_window).reindex(prices.index)
     log.info("%s: %d regimes %s, converged=%s", market, model.n_states_, model.names_, model.converged_)
-    return RegimeFit(market, model, regimes.warmup, labels.to_numpy(), nxt.to_numpy())
+    return RegimeFit(market, model, regime_window, labels.to_numpy(), nxt.to_numpy())

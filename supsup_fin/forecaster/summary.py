@@ -34,8 +34,9 @@ def retrain_summary(
         for r in test.to_dict("records")
     ]
     markets = [
-        {"market": r["market"], "mode": r["mode"], "segment": r["segment"], "n": int(r["n"]),
-         **{k: plain_number(r[k]) for k in ("accuracy", "baseline_accuracy", "log_loss", "baseline_log_loss")}}
+        {"market": r["market"], "mode": r["mode"], "runs": r["runs"], "segment": r["segment"], "n": int(r["n"]),
+         **{k: plain_number(r[k]) for k in ("accuracy", "baseline_accuracy", "log_loss", "baseline_log_loss")},
+         **{k: plain_number(v) for k, v in r.items() if k.startswith("prior_")}}
         for r in ev.markets.to_dict("records")
     ]
     d = run.decision

@@ -12,6 +12,8 @@ import torch
 
 from supsup_fin import progress
 from supsup_fin.config import Config, RuntimeConfig
+from supsup_fin.decision import ClassReturns, DecisionRule
+from supsup_fin.forecaster.choose import fit_selection
 from supsup_fin.forecaster.gating import MarketModel, RegimeGatedForecaster
 from supsup_fin.masks import FrozenNet, Mask, MaskBank, train_masks
 from supsup_fin.forecaster.prepare import FeatureSet, RegimeFit
@@ -112,12 +114,15 @@ def train_group(tasks: list[Task], cfg: Config, bank: MaskBank | None = None) ->
         mean = sum(losses.values()) / max(len(losses), 1)
         progress.report("train masks", step, steps, f"mean loss {mean:.4f}")
 
+    held = [task for task in tasks if task.y_holdout is not None and len(task.y_holdout)]
+    holdout = {task.name: (task.X_holdout, task.y_holdout) for task in held} if held else None
     return train_masks(
         net, {task.name: (task.X, task.y) for task in tasks}, method=cfg.masks.method,
         density=cfg.masks.density, steps=t.steps, batch_size=t.batch_size, lr=t.lr,
         momentum=t.momentum, weight_decay=t.weight_decay, seed=t.seed, bank=bank,
         device=device, progress=on_step, task_meta={task.name: task.meta for task in tasks},
         form_options=cfg.masks.form_options(), store_probabilities=cfg.masks.store_probabilities,
+        holdout=holdout, checkpoints=t.checkpoints, patience=t.patience,
     )
 
 
@@ -146,15 +151,41 @@ def build_forecaster(
     features: dict[str, FeatureSet], regimes: dict[str, RegimeFit], net: FrozenNet, bank: MaskBank,
     cfg: Config,
 ) -> RegimeGatedForecaster:
-    """Assemble the gated forecaster; regimes without a mask of their own use the ALL mask."""
+    """Assemble the gated forecaster; regimes without a mask of their own use the ALL mask.
+
+    Each market gets its classes' forward-return means and variances on its training rows (for
+    the decision layer). With a selection slice (``training.holdout_fraction > 0``) every mask is
+    then calibrated and every market's gate mode chosen on held-out rows
+    (:func:`~supsup_fin.forecaster.choose.fit_selection`).
+    """
     markets = {}
     for name in sorted(features):
         fs, rf = features[name], regimes[name]
         all_mask = task_name(name, ALL)
         masks = {r: task_name(name, r) if task_name(name, r) in bank else all_mask for r in rf.names}
-        markets[name] = MarketModel(name, fs.scaler, fs.class_edges, fs.prior, rf.model, masks, all_mask)
-    return RegimeGatedForecaster(
+        train = fs.rows("train")
+        returns = ClassReturns.fit(fs.fwd[train], fs.y[train], len(fs.prior))
+        markets[name] = MarketModel(name, fs.scaler, fs.class_edges, fs.prior, rf.model, masks, all_mask, returns)
+    fc = RegimeGatedForecaster(
         markets, net, bank, feature_names=cfg.features.names, lookback=cfg.features.lookback,
-        horizon=cfg.features.horizon, regime_window=cfg.regimes.warmup, mode=cfg.gating.mode,
-        infer_window=cfg.gating.infer_window,
+        horizon=cfg.features.horizon, regime_window=cfg.regimes.regime_window, mode=cfg.gating.mode,
+        infer_window=cfg.gating.infer_window, stochastic_samples=stochastic_samples(cfg),
+        decision=decision_rule(cfg),
     )
+    if cfg.training.holdout_fraction > 0:
+        fit_selection(fc, features, regimes, cfg.training.holdout_fraction, cfg.features.horizon + cfg.features.lookback)
+    elif cfg.gating.mode == "auto":
+        raise ValueError("gating.mode 'auto' chooses on held-out rows: set training.holdout_fraction > 0")
+    return fc
+
+
+def stochastic_samples(cfg: Config) -> int:
+    """Masks averaged per forecast: ``masks.stochastic_samples`` under stochastic inference, else 0."""
+    return cfg.masks.stochastic_samples if cfg.masks.inference == "stochastic" else 0
+
+
+def decision_rule(cfg: Config) -> DecisionRule:
+    """The config's position rule (``backtest.positions``) as the forecaster keeps it."""
+    p = cfg.backtest.positions
+    return DecisionRule(rule=p.rule, fraction=p.kelly_fraction, cap=p.cap, target_vol=p.target_vol,
+                        allow_short=p.allow_short, threshold=p.threshold, scale=p.scale)

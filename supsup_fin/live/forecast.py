@@ -26,8 +26,10 @@ def champion(cfg: Config, workspace: Workspace) -> tuple[Any, int]:
 def forecast_one(model: Any, version: int, lp: LoadedPrices) -> dict[str, Any]:
     """One forecast row for ``lp``'s market made at its last date.
 
-    Keys: market, as_of, target_date, horizon, ``p_<class>``, signal, regime, regime_posterior
-    (dict), masks (dict), mode, model_version, source, data_as_of, stale_days.
+    Keys: market, as_of, target_date, horizon, ``p_<class>``, ``prior_<class>`` (the training
+    class frequencies: knowing nothing), signal, expected_return (of the horizon's log return),
+    position (the decision layer's recommendation), regime, regime_posterior (dict), masks (dict),
+    mode (the gate mode that ran), model_version, source, data_as_of, stale_days.
     """
     min_rows = int((model.metadata.metadata or {})["min_rows"])
     out = model.predict(payload(lp.market, lp.frame, min_rows)).iloc[0].to_dict()

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 from filelock import FileLock
 
+from supsup_fin._atomic import atomic_file
 from supsup_fin.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -73,13 +72,7 @@ def _append_locked(workspace: Workspace, path: Path, new: pd.DataFrame, n_rows: 
         log.info("forecasts table: all %d rows already stored", n_rows)
         return new
     table = pd.concat([old, new], ignore_index=True) if len(old) else new.reset_index(drop=True)
-    fd, tmp = tempfile.mkstemp(prefix=".forecasts-", suffix=".parquet", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_file(path) as tmp:
         table.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     log.info("forecasts table: %d new rows (%d in all) in %s", len(new), len(table), path)
     return new.reset_index(drop=True)

@@ -7,6 +7,7 @@ Public API::
     logits = net(X, mask=bank["a"])
     logits = net(X, masks=bank, alphas={"a": 0.3, "b": 0.7})
     found = infer_task(net, bank, X, method="one_shot")      # no task id: found.task, found.scores
+    scores = row_task_scores(net, bank, ["a", "b"], X)     # [N, 2]: each row's first-round scores
     bank.save("bank_dir"); bank = MaskBank.load("bank_dir", net)
 
 Forms (``method=``): ``edge_popup`` (exact top-k density, option ``erdos_renyi``), ``threshold``,
@@ -31,6 +32,7 @@ from supsup_fin.masks.inference import (
     TaskInference,
     infer_task,
     predict_proba,
+    row_task_scores,
     sample_masks,
 )
 from supsup_fin.masks.mask import Mask
@@ -55,6 +57,7 @@ __all__ = [
     "layer_densities",
     "plot_jaccard",
     "predict_proba",
+    "row_task_scores",
     "sample_masks",
     "train_masks",
 ]

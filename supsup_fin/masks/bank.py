@@ -18,6 +18,9 @@ On disk a bank is a directory:
 
 No pickle is involved. Loading checks everything against the given network and refuses any
 mismatch or corruption with :class:`~supsup_fin.errors.MaskFileError`.
+
+Its ~400 lines are one format: the file layout above, its validation on load and the
+bit packing, kept together so the format is defined in one place.
 """
 
 from __future__ import annotations
@@ -27,9 +30,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
-import tempfile
-import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ import safetensors
 import safetensors.numpy
 import torch
 
+from supsup_fin._atomic import atomic_dir, atomic_write_bytes
 from supsup_fin.errors import MaskFileError
 from supsup_fin.masks.mask import Mask
 from supsup_fin.masks.net import FrozenNet
@@ -242,33 +243,23 @@ class MaskBank(Mapping[str, Mask]):
     # -- files ---------------------------------------------------------------------------------
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the bank to directory ``path`` atomically (temp dir beside it, then rename).
+        """Write the bank to directory ``path`` atomically (temp dir beside it, then swapped in).
 
-        An existing bank directory at ``path`` is replaced; anything else there is refused.
-        Returns the path.
+        An existing bank directory at ``path`` is replaced (see :func:`supsup_fin._atomic.atomic_dir`);
+        anything else there is refused. Returns the path.
         """
         path = Path(path)
-        is_bank = path.is_dir() and ((path / META_FILE).is_file() or not any(path.iterdir()))
-        if path.exists() and not is_bank:
-            raise ValueError(f"{path} exists and is not a mask bank directory; refusing to overwrite it")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-        try:
-            os.chmod(tmp, 0o755)
+        with atomic_dir(path, marker=META_FILE, what="mask bank") as tmp:
             tensors = {
                 _key(name, i): pack_layer(layer)
                 for name, mask in self._masks.items()
                 for i, layer in enumerate(mask.layers)
             }
-            _write_durably(tmp / BITS_FILE, safetensors.numpy.save(tensors))
+            atomic_write_bytes(tmp / BITS_FILE, safetensors.numpy.save(tensors), fsync=True)
             if self._probs:
                 probs = {_key(n, i): q for n, layers in self._probs.items() for i, q in enumerate(layers)}
-                _write_durably(tmp / PROBS_FILE, safetensors.numpy.save(probs))
-            _write_durably(tmp / META_FILE, json.dumps(self._header(), indent=2).encode("utf-8"))
-            _replace_dir(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+                atomic_write_bytes(tmp / PROBS_FILE, safetensors.numpy.save(probs), fsync=True)
+            atomic_write_bytes(tmp / META_FILE, json.dumps(self._header(), indent=2).encode("utf-8"), fsync=True)
         logger.info("saved %d masks (%d bytes of bits) to %s", len(self), self.nbytes_bits(), path)
         return path
 
@@ -416,25 +407,3 @@ def _read_header(path: Path) -> dict[str, Any]:
     if not isinstance(doc.get("tasks"), dict):
         raise MaskFileError(f"{meta_file}: expected a 'tasks' object, found {type(doc.get('tasks')).__name__}")
     return doc
-
-
-def _write_durably(path: Path, data: bytes) -> None:
-    with open(path, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Rename ``src`` to ``dst``; an existing ``dst`` is moved aside first and removed after."""
-    if not dst.exists():
-        os.rename(src, dst)
-        return
-    old = dst.with_name(f".{dst.name}.old-{uuid.uuid4().hex}")
-    os.rename(dst, old)
-    try:
-        os.rename(src, dst)
-    except BaseException:
-        os.rename(old, dst)
-        raise
-    shutil.rmtree(old, ignore_errors=True)

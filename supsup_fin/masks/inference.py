@@ -5,7 +5,8 @@ forward pass through the superposition ``W ⊙ Σ αᵢMᵢ`` at ``αᵢ = 1/k``
 low when the right mask is in charge, and one backward pass to ``∂objective/∂α``; the task whose
 coefficient has the most negative gradient wins (``one_shot``). ``binary`` repeats this, each
 round keeping the half of the remaining candidates with the lowest gradients (ties broken by
-order), so it takes ``ceil(log2 k)`` rounds.
+order), so it takes ``ceil(log2 k)`` rounds. :func:`row_task_scores` gives the first-round scores
+of every row on its own, in one pass (what the forecaster's ``infer`` gate averages over a window).
 
 Objectives: ``entropy`` (the default) is the mean entropy ``H`` of the softmax over *every*
 output of the net, the superfluous units included, as in SupSup's code (its PermutedMNIST nets
@@ -35,7 +36,7 @@ import torch
 from supsup_fin.masks.mask import Mask
 from supsup_fin.masks.net import FrozenNet, as_tensor
 
-__all__ = ["TaskInference", "infer_task", "predict_proba", "sample_masks"]
+__all__ = ["TaskInference", "infer_task", "predict_proba", "row_task_scores", "sample_masks"]
 
 Objective = Literal["auto", "entropy", "superfluous"]
 
@@ -100,12 +101,7 @@ def infer_task(
     """
     if method not in ("one_shot", "binary"):
         raise ValueError(f"method must be 'one_shot' or 'binary', got {method!r}")
-    if objective not in ("auto", "entropy", "superfluous"):
-        raise ValueError(f"objective must be 'auto', 'entropy' or 'superfluous', got {objective!r}")
-    if objective == "auto":
-        objective = "entropy"
-    if objective == "superfluous" and not net.superfluous:
-        raise ValueError("objective 'superfluous' needs a net built with superfluous > 0 output units")
+    objective = _check_objective(net, objective)
     _check_bank(net, bank)
     candidates = list(bank) if names is None else list(names)
     if not candidates:
@@ -152,17 +148,72 @@ def _alpha_gradient(
         h = h @ (w * combined).t()
         if i < last:
             h = torch.relu(h)
+    (grad,) = torch.autograd.grad(_objective_rows(h, net.n_classes, objective).mean(), alpha)
+    return grad.detach().cpu().numpy().astype(np.float64)
+
+
+def _objective_rows(out: torch.Tensor, n_classes: int, objective: str) -> torch.Tensor:
+    """The task-inference objective of each row of the outputs ``out`` ``[N, all outputs]``: ``[N]``."""
     if objective == "superfluous":
         # SupSup's G: logsumexp over every output, the gradient flowing only through the
         # superfluous logits (the real ones are detached).
-        value = torch.cat([h[:, : net.n_classes].detach(), h[:, net.n_classes :]], dim=1).logsumexp(dim=1).mean()
-    else:
-        # SupSup's H over every output: the superfluous units, pushed down by training on the
-        # right mask only, carry most of the signal (over the real classes alone it is weak).
-        logp = torch.log_softmax(h, dim=1)
-        value = -(logp.exp() * logp).sum(dim=1).mean()
-    (grad,) = torch.autograd.grad(value, alpha)
-    return grad.detach().cpu().numpy().astype(np.float64)
+        return torch.cat([out[:, :n_classes].detach(), out[:, n_classes:]], dim=1).logsumexp(dim=1)
+    # SupSup's H over every output: the superfluous units, pushed down by training on the
+    # right mask only, carry most of the signal (over the real classes alone it is weak).
+    logp = torch.log_softmax(out, dim=1)
+    return -(logp.exp() * logp).sum(dim=1)
+
+
+def row_task_scores(
+    net: FrozenNet,
+    bank: Mapping[str, Mask],
+    names: Sequence[str],
+    X: torch.Tensor | np.ndarray,
+    objective: Objective = "auto",
+) -> np.ndarray:
+    """Task-inference scores of every row on its own, in one forward and one backward pass.
+
+    Row i's score of mask ``names[k]`` is ``∂objective_i/∂α_k`` at ``α = 1/len(names)``: the
+    first-round score :func:`infer_task` gives for ``X[i:i+1]`` with the same ``objective``
+    (lower is more likely), and the mean over rows is its score of the whole batch. Each row gets
+    its own coefficient per mask, so the gradient of the summed objective is the per-row one.
+    Only the named masks' shapes are checked against ``net`` (not a bank's base-network hash, which
+    :func:`infer_task` recomputes per call): a per-forecast path whose bank was checked when loaded.
+
+    Parameters
+    ----------
+    net : FrozenNet
+        The masks' base network.
+    bank : MaskBank or mapping name -> Mask
+        Holds every named mask.
+    names : sequence of str
+        Candidate masks, ``k`` distinct names.
+    X : tensor or array ``[N, in]``
+        Inputs, finite.
+    objective : {"auto", "entropy", "superfluous"}
+        As in :func:`infer_task` (``auto`` is ``entropy``).
+
+    Returns
+    -------
+    ndarray ``[N, k]`` float64
+    """
+    names = list(names)
+    if not names or len(set(names)) != len(names):
+        raise ValueError(f"names must be distinct and non-empty, got {names}")
+    missing = [n for n in names if n not in bank]
+    if missing:
+        raise ValueError(f"names {missing[:5]} are not in the bank; it holds {list(bank)[:10]}")
+    objective = _check_objective(net, objective)
+    for n in names:
+        net.check_mask(bank[n], f"mask {n!r}")
+    x = _check_x(net, X)
+    with torch.enable_grad():
+        alphas = {n: torch.full((x.shape[0],), 1.0 / len(names), device=net.device, requires_grad=True)
+                  for n in names}
+        out = net(x, masks={n: bank[n] for n in names}, alphas=alphas, all_outputs=True)
+        value = _objective_rows(out, net.n_classes, objective)
+        grads = torch.autograd.grad(value.sum(), [alphas[n] for n in names])
+    return torch.stack(grads, dim=1).detach().cpu().numpy().astype(np.float64)
 
 
 def sample_masks(probs: Sequence[torch.Tensor], samples: int, generator: torch.Generator) -> list[Mask]:
@@ -214,6 +265,15 @@ def predict_proba(
             p = torch.softmax(net(x, mask=m), dim=1)
             total = p if total is None else total + p
         return total / samples
+
+
+def _check_objective(net: FrozenNet, objective: str) -> str:
+    """``objective`` resolved (``auto`` -> ``entropy``), or ``ValueError``."""
+    if objective not in ("auto", "entropy", "superfluous"):
+        raise ValueError(f"objective must be 'auto', 'entropy' or 'superfluous', got {objective!r}")
+    if objective == "superfluous" and not net.superfluous:
+        raise ValueError("objective 'superfluous' needs a net built with superfluous > 0 output units")
+    return "entropy" if objective == "auto" else objective
 
 
 def _check_bank(net: FrozenNet, bank: Mapping[str, Mask]) -> None:

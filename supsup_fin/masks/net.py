@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
+from supsup_fin._validate import is_int as _is_int
 from supsup_fin.masks.mask import Mask
 
 logger = logging.getLogger(__name__)
@@ -257,7 +258,3 @@ def mlp(h: torch.Tensor, weights: Sequence[torch.Tensor]) -> torch.Tensor:
         if i < last:
             h = torch.relu(h)
     return h
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)

@@ -6,14 +6,13 @@ Each task draws its own minibatch from its own generator, the loss is the sum of
 cross-entropies, and SGD with momentum and weight decay is elementwise, so a task's gradients,
 updates and final bits do not depend on which other tasks share its group.
 
-Straight-through forms (edge-popup, threshold) run a fused network (:class:`_SupermaskMLP`):
-one autograd node for the whole MLP that computes the mask without a graph, keeps ``W ⊙ M`` for
-the backward pass, applies ReLU in place and turns the weight gradient into the score gradient
-with in-place products, so the per-weight work is a handful of passes over ``[T, out, in]``.
-Its large intermediates live in :class:`StepBuffers` reused from step to step, and edge-popup
+Straight-through forms (edge-popup, threshold) run the fused network of
+:mod:`supsup_fin.masks.fused` (one autograd node for the whole MLP, its large intermediates in
+:class:`~supsup_fin.masks.fused.StepBuffers` reused from step to step), and edge-popup
 selects each step's top-k from a band around the last step's threshold
-(:func:`~supsup_fin.masks.forms.top_k_rows`); SGD runs as one fused kernel. Other forms
-(hard-concrete) go through plain autograd.
+(:func:`~supsup_fin.masks._topk.top_k_rows`); SGD runs as one fused kernel. Other forms
+(hard-concrete) go through plain autograd. With held-out rows, each task keeps the mask of its
+best checkpoint (:mod:`supsup_fin.masks.early_stop`).
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ import hashlib
 import json
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -30,9 +29,11 @@ import torch
 import torch.nn.functional as F
 
 from supsup_fin.masks.bank import MaskBank
-from supsup_fin.masks.forms import MaskForm, get_form, reusable
+from supsup_fin.masks.early_stop import HeldOutSelector, check_grid, default_grid
+from supsup_fin.masks.forms import MaskForm, get_form
 from supsup_fin.masks.mask import Mask
-from supsup_fin.masks.net import FrozenNet, as_tensor, mlp
+from supsup_fin.masks.fused import StepBuffers, batched_logits, supermask_logits
+from supsup_fin.masks.net import FrozenNet, as_tensor
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +46,8 @@ _PROGRESS_EVERY = 10
 # Metadata keys the engine writes itself (the bank adds "density" and "bits_sha256").
 _RESERVED_META = frozenset(
     {"method", "density_target", "n_train", "data_sha256", "steps", "batch_size", "lr", "momentum",
-     "weight_decay", "seed", "final_loss", "density", "bits_sha256", "form_options", "probs_sha256"}
+     "weight_decay", "seed", "final_loss", "density", "bits_sha256", "form_options", "probs_sha256",
+     "selected_step", "holdout_log_loss", "holdout_temperature", "n_holdout"}
 )
 
 
@@ -76,6 +78,9 @@ def train_masks(
     task_meta: Mapping[str, Mapping[str, Any]] | None = None,
     form_options: Mapping[str, Any] | None = None,
     store_probabilities: bool = False,
+    holdout: Mapping[str, TaskData] | None = None,
+    checkpoints: Sequence[int] | None = None,
+    patience: int = 2,
 ) -> MaskBank:
     """Train one supermask per task on the frozen ``net``, all tasks together.
 
@@ -108,6 +113,17 @@ def train_masks(
     store_probabilities : bool
         Store each mask's keep probabilities as uint8 beside the bits (``hard_concrete`` only),
         for stochastic inference.
+    holdout : mapping name -> (X, y), optional
+        Held-out rows of every task (never trained on). With it, each task keeps the mask of
+        the checkpoint with the best temperature-scaled held-out log-loss
+        (:class:`~supsup_fin.masks.early_stop.HeldOutSelector`) and records ``selected_step``,
+        ``holdout_log_loss``, ``holdout_temperature`` and ``n_holdout`` in its metadata.
+    checkpoints : sequence of int, optional
+        The step grid scored on ``holdout`` (default :func:`~supsup_fin.masks.early_stop.default_grid`);
+        ``steps`` is always one.
+    patience : int
+        Checkpoints without improvement after which a task's choice is final; training ends
+        when every task's is.
 
     Returns
     -------
@@ -143,11 +159,21 @@ def train_masks(
         counts = {n: int(d[0].shape[0]) for n, d in data.items()}
         raise ValueError(f"full-batch training (batch_size=None) needs tasks of equal size, got {counts}")
     dev = net.device if device is None else torch.device(device)
+    selector = None
+    if holdout is not None:
+        missing = [n for n in names if n not in holdout]
+        if missing:
+            raise ValueError(f"holdout has no rows for tasks {missing}")
+        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
+            raise ValueError(f"patience must be an int >= 1, got {patience!r}")
+        held = {n: _validate_task(f"{n} (holdout)", *holdout[n], net) for n in names}
+        grid = check_grid(checkpoints if checkpoints is not None else default_grid(steps), steps)
+        selector = HeldOutSelector(names, held, net.n_classes, grid, patience, dev)
     logger.info("training %d %s masks on %s for %d steps: %s", len(names), form.name, dev, steps, names)
 
     final, probs, losses = _train_scores(
         net, form, data, names, dev, density, steps, batch_size, lr, momentum, weight_decay, seed, progress,
-        store_probabilities,
+        store_probabilities, selector,
     )
     entries = {}
     for t, name in enumerate(names):
@@ -162,6 +188,9 @@ def train_masks(
         }
         if form.options():
             meta["form_options"] = form.options()
+        if selector is not None:
+            meta.update(selected_step=selector.best_step[t], holdout_log_loss=selector.best_loss[t],
+                        holdout_temperature=selector.temperature[t], n_holdout=int(selector._sizes[t]))
         full = {**meta, **extra.get(name, {})}
         entries[name] = (mask, full) if probs is None else (mask, full, [p[t] for p in probs])
     out = base._extended(entries)
@@ -184,9 +213,11 @@ def _train_scores(
     seed: int,
     progress: Progress | None,
     store_probabilities: bool = False,
+    selector: HeldOutSelector | None = None,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None, dict[str, float]]:
     """Run the batched loop; returns CPU bool masks ``[T, out, in]`` per layer, keep
-    probabilities (or ``None``) and the last losses."""
+    probabilities (or ``None``) and the last losses. With a ``selector`` each task's masks
+    are those of its best checkpoint, and the loop ends once every task's choice is final."""
     n_tasks = len(names)
     weights = [w.to(dev) for w in net.weights]
     densities = form.layer_densities(net.shapes, density)
@@ -238,115 +269,26 @@ def _train_scores(
         opt.step()
         if progress is not None and ((step + 1) % _PROGRESS_EVERY == 0 or step + 1 == steps):
             progress(step + 1, steps, dict(zip(names, loss_t.detach().cpu().tolist())))
+        if selector is not None and selector.due(step + 1):
+            with torch.no_grad():
+                masks = [form.final_mask(s, d) for s, d in zip(scores, densities)]
+                selector.observe(step + 1, [w * m.to(w.dtype) for w, m in zip(weights, masks)], masks,
+                                 [form.probabilities(s) for s in scores] if store_probabilities else None)
+            if selector.done:
+                logger.info("every task's held-out choice is final after %d of %d steps", step + 1, steps)
+                if progress is not None:
+                    progress(steps, steps, dict(zip(names, loss_t.detach().cpu().tolist())))
+                break
     with torch.no_grad():
-        final = [form.final_mask(s, d).cpu() for s, d in zip(scores, densities)]
-        probs = [form.probabilities(s).cpu() for s in scores] if store_probabilities else None
+        if selector is None:
+            final = [form.final_mask(s, d).cpu() for s, d in zip(scores, densities)]
+            probs = [form.probabilities(s).cpu() for s in scores] if store_probabilities else None
+        else:
+            chosen = [selector.chosen(t) for t in range(n_tasks)]
+            final = [torch.stack([bits[layer] for bits, _ in chosen]) for layer in range(len(scores))]
+            probs = ([torch.stack([p[layer] for _, p in chosen]) for layer in range(len(scores))]
+                     if store_probabilities else None)
     return final, probs, dict(zip(names, loss_t.detach().cpu().tolist()))
-
-
-class StepBuffers:
-    """What the fused network keeps from one training step to the next.
-
-    On CPU a fresh tensor of tens of MB is paid for in page faults on first touch (measured here:
-    ~15 ms for a ``[32, 1400, 256]`` float tensor, six times a pass of arithmetic over it), so the
-    activations, ``W ⊙ M`` and input gradients are written into buffers kept for the whole run.
-    ``selection`` holds each layer's state for :meth:`MaskForm.masked_weight` (edge-popup's
-    per-task top-k thresholds). One instance serves one training loop: a step's buffers are
-    overwritten by the next step's forward pass. With ``reuse=False`` every :meth:`get` is a fresh
-    tensor and there is no selection state (a one-off forward pass).
-    """
-
-    def __init__(self, n_layers: int, reuse: bool = True) -> None:
-        self.reuse = reuse
-        self._tensors: dict[tuple[str, int], torch.Tensor] = {}
-        self.selection: list[dict[str, torch.Tensor] | None] = [{} if reuse else None for _ in range(n_layers)]
-
-    def get(self, kind: str, layer: int, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
-        """An uninitialised tensor of ``shape`` with ``like``'s dtype and device (kept if reusing)."""
-        if not self.reuse:
-            return torch.empty(shape, dtype=like.dtype, device=like.device)
-        return reusable(self._tensors, (kind, layer), shape, like.dtype, like.device)
-
-
-class _SupermaskMLP(torch.autograd.Function):
-    """The batched MLP of straight-through masks as one autograd node.
-
-    Forward: ``W ⊙ M`` per layer from the scores (no graph; :meth:`MaskForm.masked_weight`),
-    kept, ``h ← relu(h (W ⊙ M)ᵀ)`` with ReLU in place. Backward: ``∂S = (gᵀ h) ⊙ W ⊙ f(S)``
-    with ``f`` the form's straight-through factor (in-place products), ``g ← g (W ⊙ M)``, and the
-    ReLU's gradient as ``g ⊙ sign(h)`` once ``h`` has served its weight gradient (a float
-    product: masked_fill with a bool mask was 10x slower here). Gradients equal autograd's
-    through ``_StraightThrough`` (a test checks).
-    """
-
-    @staticmethod
-    def forward(ctx, x, form, densities, weights, buffers, *scores):  # type: ignore[no-untyped-def]
-        h, last = x, len(weights) - 1
-        hs, wms, factors = [x], [], []
-        if buffers is None:
-            buffers = StepBuffers(len(weights), reuse=False)
-        for i, (w, s) in enumerate(zip(weights, scores)):
-            wm = form.masked_weight(s, densities[i], w, buffers.get("wm", i, s.shape, s), buffers.selection[i])
-            if i < last:
-                out = buffers.get("h", i, (h.shape[0], h.shape[1], wm.shape[1]), h)
-                h = torch.bmm(h, wm.transpose(1, 2), out=out).clamp_(min=0)
-                hs.append(h)
-            else:  # the logits leave the node: a fresh tensor
-                h = torch.bmm(h, wm.transpose(1, 2))
-            wms.append(wm)
-            factors.append(form.ste_factor(s, buffers.get("factor", i, s.shape, s)))
-        ctx.weights, ctx.wms, ctx.hs, ctx.factors, ctx.buffers = weights, wms, hs, factors, buffers
-        return h
-
-    @staticmethod
-    def backward(ctx, grad):  # type: ignore[no-untyped-def]
-        weights, wms, hs, factors, buffers = ctx.weights, ctx.wms, ctx.hs, ctx.factors, ctx.buffers
-        grads: list[torch.Tensor | None] = [None] * len(weights)
-        g = grad.contiguous()
-        for i in range(len(weights) - 1, -1, -1):
-            if i < len(weights) - 1:
-                g = g.mul_(hs[i + 1].sign_())  # h >= 0 after ReLU; h has served its weight gradient
-            gs = torch.bmm(g.transpose(1, 2), hs[i]).mul_(weights[i])  # ∂(W⊙M) ⊙ W = ∂M
-            if factors[i] is not None:
-                gs.mul_(factors[i])
-            grads[i] = gs
-            if i > 0:
-                g = torch.bmm(g, wms[i], out=buffers.get("g", i, (g.shape[0], g.shape[1], wms[i].shape[2]), g))
-        del ctx.wms, ctx.hs, ctx.factors, ctx.buffers
-        return (None, None, None, None, None, *grads)
-
-
-def supermask_logits(
-    weights: list[torch.Tensor],
-    scores: list[torch.Tensor],
-    x: torch.Tensor,
-    form: MaskForm,
-    densities: list[float],
-    buffers: StepBuffers | None = None,
-) -> torch.Tensor:
-    """Logits ``[T, B, outputs]`` of ``x [T, B, in]`` through straight-through masks of ``scores``.
-
-    Gradients reach ``scores`` (list of ``[T, out, in]``) as through ``form.make_mask``. With
-    ``buffers`` (a training loop's :class:`StepBuffers`) large intermediates are reused from the
-    previous call, so a call's graph must be used (or dropped) before the next call.
-    """
-    return _SupermaskMLP.apply(x, form, densities, weights, buffers, *scores)
-
-
-def batched_logits(weights: list[torch.Tensor], masks: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    """Logits of T tasks at once.
-
-    Parameters
-    ----------
-    weights : list of ``[out, in]`` tensors
-    masks : list of ``[T, out, in]`` tensors
-    x : ``[T, B, in]``
-
-    Returns
-    -------
-    torch.Tensor ``[T, B, classes]``
-    """
-    return mlp(x, [w * m for w, m in zip(weights, masks)])
 
 
 def _check_hyperparameters(

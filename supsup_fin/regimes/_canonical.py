@@ -1,14 +1,13 @@
-"""State naming, canonical order and alignment across refits.
+"""State naming and canonical order: ascending volatility.
 
-hmmlearn's state indices are arbitrary (they permute between seeds and fits). A fit is put
-in canonical order, ascending volatility, and a refit of the same market lineage is then
-matched to the previous fit's states so that regime ``k`` keeps its meaning.
+hmmlearn's state indices are arbitrary (they permute between seeds and fits), so a fit is put
+in canonical order, ascending volatility. Matching a refit to the previous fit of its market
+lineage is :mod:`supsup_fin.regimes._lineage`'s job.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 _NAMES: dict[int, list[str]] = {
     2: ["calm", "turbulent"],
@@ -54,22 +53,3 @@ def volatility_order(means: np.ndarray, covars: np.ndarray) -> np.ndarray:
     """
     return np.lexsort((means[:, -1], covars[:, 0, 0]))
 
-
-def match_states(new_means: np.ndarray, old_means: np.ndarray) -> np.ndarray:
-    """Hungarian matching of new states to old ones on squared distance between means.
-
-    Parameters
-    ----------
-    new_means, old_means : numpy.ndarray
-        Shape ``[K, d]``, both in one feature scale.
-
-    Returns
-    -------
-    numpy.ndarray
-        Shape ``[K]``, ``perm[j]`` = index of the new state that takes old state ``j``'s place.
-    """
-    cost = ((old_means[:, None, :] - new_means[None, :, :]) ** 2).sum(axis=-1)
-    rows, cols = linear_sum_assignment(cost)
-    perm = np.empty(len(rows), dtype=int)
-    perm[rows] = cols
-    return perm

@@ -1,10 +1,13 @@
-"""EM fits with hmmlearn: restarts, degeneracy checks, fallbacks and state-count selection.
+"""Fit HMM parameters with hmmlearn's EM: restarts, degeneracy checks, fallbacks, state-count selection.
 
 hmmlearn is used for ``fit`` and for ``score``/``bic`` on the training features only; its
 posteriors look ahead and are never used. Its messages ("Model is not converging", numpy
 runtime warnings in degenerate fits, scikit-learn's k-means warnings) are caught here, per
 thread, and turned into our own log records and diagnostics, so none escapes as a Python
 warning or as an hmmlearn log line.
+
+Over 400 lines because the single fit, the restarts, the fallbacks and the BIC selection share
+that warning capture and one :class:`EMSettings`; split, each would re-import both.
 """
 
 from __future__ import annotations
@@ -13,8 +16,8 @@ import contextlib
 import logging
 import threading
 import warnings
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from hmmlearn.hmm import GaussianHMM
@@ -79,6 +82,18 @@ def captured() -> Iterator[list[str]]:
         _CAPTURE.local.sink = previous
 
 
+@dataclass(frozen=True)
+class EMSettings:
+    """How every EM run of one fit is configured (hmmlearn ``GaussianHMM`` arguments)."""
+
+    covariance_type: str  # one of COVARIANCE_TYPES; a fallback replaces it with "diag"
+    n_iter: int  # EM iteration cap
+    min_covar: float  # floor on covariance diagonals, in standardised units
+    seeds: tuple[int, ...]  # one k-means random_state per restart
+    sticky: float = 0.0  # self-transition pseudo-counts: a Dirichlet prior on transmat rows
+    tol: float = 1e-2  # EM stops when the log-likelihood gains less (hmmlearn's default)
+
+
 @dataclass
 class FitResult:
     """One fitted HMM, parameters in hmmlearn's (arbitrary) state order."""
@@ -108,8 +123,9 @@ def _occupancy(x: np.ndarray, res: FitResult) -> np.ndarray:
     return gamma.sum(axis=0)
 
 
-def _degeneracy(x: np.ndarray, res: FitResult) -> str | None:
-    """Why a fit is unusable, or ``None``."""
+def degeneracy(x: np.ndarray, res: FitResult) -> str | None:
+    """Why a fit is unusable (non-finite, not positive-definite, a state almost never visited),
+    or ``None``."""
     params = (res.startprob, res.transmat, res.means, res.covars)
     if not all(np.isfinite(p).all() for p in params) or not np.isfinite(res.log_likelihood):
         return "non-finite parameters or log-likelihood"
@@ -134,23 +150,23 @@ transition matrix were measured on unchanged data); distinct optima differ by un
 NASDAQ 1999-2015)."""
 
 
-def _fit_once(
-    x: np.ndarray, n_states: int, covariance_type: str, seed: int, n_iter: int, min_covar: float,
-    sticky: float = 0.0, init: FitResult | None = None,
+def fit_once(
+    x: np.ndarray, n_states: int, settings: EMSettings, seed: int, init: FitResult | None = None,
 ) -> FitResult | str:
-    """One EM run; a :class:`FitResult` or the reason it failed.
+    """One EM run on ``x`` ``[n, d]``; a :class:`FitResult` or the reason it failed.
 
-    ``sticky`` adds that many pseudo-counts to each state's self-transition (a Dirichlet prior on
-    the rows of the transition matrix, hmmlearn's ``transmat_prior``). ``init`` starts EM from
-    those parameters (same state count, in ``x``'s units) instead of k-means.
+    ``seed`` seeds the k-means start; ``init`` starts EM from those parameters instead (same
+    state count, in ``x``'s units).
     """
+    covariance_type = settings.covariance_type
     hmm = GaussianHMM(
         n_components=n_states,
         covariance_type=covariance_type,
-        n_iter=n_iter,
-        min_covar=min_covar,
+        n_iter=settings.n_iter,
+        tol=settings.tol,
+        min_covar=settings.min_covar,
         random_state=max(seed, 0),
-        transmat_prior=1.0 + sticky * np.eye(n_states),
+        transmat_prior=1.0 + settings.sticky * np.eye(n_states),
         init_params="" if init is not None else "stmc",
     )
     # EM on [n, 2] data gains nothing from threads, and the OpenMP threads of hmmlearn's
@@ -198,14 +214,7 @@ def _hmmlearn_covars(full: np.ndarray, covariance_type: str) -> np.ndarray:
 
 
 def fit_best(
-    x: np.ndarray,
-    n_states: int,
-    covariance_type: str,
-    seeds: Sequence[int],
-    n_iter: int,
-    min_covar: float,
-    sticky: float = 0.0,
-    init: FitResult | None = None,
+    x: np.ndarray, n_states: int, settings: EMSettings, init: FitResult | None = None,
 ) -> FitResult | str:
     """Best non-degenerate fit over restarts (highest training log-likelihood).
 
@@ -213,12 +222,10 @@ def fit_best(
     ----------
     x : numpy.ndarray
         Shape ``[n, d]``, standardised training features.
-    n_states, covariance_type, n_iter, min_covar
+    n_states : int
         Passed to ``GaussianHMM``.
-    seeds : sequence of int
-        One ``random_state`` per restart.
-    sticky : float
-        Self-transition pseudo-counts (see :func:`_fit_once`).
+    settings : EMSettings
+        One restart per ``settings.seeds``.
     init : FitResult, optional
         One more restart, started from these parameters (a warm start from the previous fit of
         the lineage; used only when its state count is ``n_states``).
@@ -230,17 +237,17 @@ def fit_best(
     """
     candidates: list[FitResult] = []
     reasons: list[str] = []
-    starts: list[tuple[int, FitResult | None]] = [(int(seed), None) for seed in seeds]
+    starts: list[tuple[int, FitResult | None]] = [(int(seed), None) for seed in settings.seeds]
     if init is not None and init.n_states == n_states:
         starts.append((WARM_START_SEED, init))
     for seed, start in starts:
-        res = _fit_once(x, n_states, covariance_type, seed, n_iter, min_covar, sticky, start)
+        res = fit_once(x, n_states, settings, seed, init=start)
         if isinstance(res, str):
             reasons.append(res)
-            log.debug("k=%d %s seed=%d: %s", n_states, covariance_type, seed, res)
+            log.debug("k=%d %s seed=%d: %s", n_states, settings.covariance_type, seed, res)
             continue
         if res.messages:
-            log.debug("k=%d %s seed=%d: hmmlearn said %s", n_states, covariance_type, seed,
+            log.debug("k=%d %s seed=%d: hmmlearn said %s", n_states, settings.covariance_type, seed,
                       "; ".join(sorted(set(res.messages))))
         candidates.append(res)
     # Highest likelihood first; the occupancy check (a forward-backward) runs only as needed.
@@ -251,7 +258,7 @@ def fit_best(
         return r.log_likelihood - (WARM_START_MARGIN if r.seed == WARM_START_SEED else 0.0)
 
     for res in sorted(candidates, key=lambda r: (-score(r), r.seed)):
-        why = _degeneracy(x, res)
+        why = degeneracy(x, res)
         if why is None:
             return res
         reasons.append(why)
@@ -259,14 +266,7 @@ def fit_best(
 
 
 def fit_with_fallback(
-    x: np.ndarray,
-    n_states: int,
-    covariance_type: str,
-    seeds: Sequence[int],
-    n_iter: int,
-    min_covar: float,
-    allow_fewer_states: bool,
-    sticky: float = 0.0,
+    x: np.ndarray, n_states: int, settings: EMSettings, allow_fewer_states: bool,
     init: FitResult | None = None,
 ) -> tuple[FitResult, str | None]:
     """Fit, falling back to diagonal covariance and then to fewer states on degeneracy.
@@ -274,8 +274,8 @@ def fit_with_fallback(
     Returns
     -------
     result : FitResult
-        The first usable fit in the order ``(k, covariance_type)``, ``(k, "diag")``,
-        ``(k - 1, covariance_type)``, ``(k - 1, "diag")``, ... down to one state.
+        The first usable fit in the order ``(k, settings.covariance_type)``, ``(k, "diag")``,
+        ``(k - 1, settings.covariance_type)``, ``(k - 1, "diag")``, ... down to one state.
     fallback : str or None
         Why the requested configuration was not used, or ``None`` if it was.
 
@@ -284,13 +284,14 @@ def fit_with_fallback(
     RegimeFitError
         If nothing usable was found (with ``allow_fewer_states=False``: at ``n_states``).
     """
+    covariance_type = settings.covariance_type
     reasons: list[str] = []
     lowest = 1 if allow_fewer_states else n_states
     for k in range(n_states, lowest - 1, -1):
         types = [covariance_type] if covariance_type in ("diag", "spherical") else [
             covariance_type, "diag"]
         for cov in types:
-            res = fit_best(x, k, cov, seeds, n_iter, min_covar, sticky, init)
+            res = fit_best(x, k, replace(settings, covariance_type=cov), init)
             if isinstance(res, FitResult):
                 fallback = None
                 if reasons:
@@ -303,20 +304,38 @@ def fit_with_fallback(
     raise RegimeFitError("no usable HMM fit: " + " | ".join(reasons))
 
 
+def fit_states(
+    x: np.ndarray, k_range: tuple[int, int], settings: EMSettings, selection: str,
+    init: FitResult | None = None, allow_fewer_states: bool = True,
+) -> tuple[FitResult, str | None, dict[int, float]]:
+    """Fit one state count (``k_range = (k, k)``) with fallbacks, or select one from a range.
+
+    Returns
+    -------
+    result : FitResult
+    fallback : str or None
+    bics : dict of int to float
+        ``selection``'s criterion per count tried; for one count, the fit's own BIC.
+        See :func:`fit_with_fallback` (``init``, ``allow_fewer_states``: one count only) and
+        :func:`select_state_count`.
+    """
+    lo, hi = k_range
+    if lo != hi:
+        return select_state_count(x, k_range, settings, selection)
+    res, fallback = fit_with_fallback(x, lo, settings, allow_fewer_states, init)
+    if res.seed == WARM_START_SEED:
+        log.info("refit: EM started from the previous fit scored best (log-likelihood %.2f)",
+                 res.log_likelihood)
+    return res, fallback, {res.n_states: res.bic}
+
+
 SELECTIONS: tuple[str, ...] = ("bic_returns", "bic_features")
 """State-count criteria: BIC of a Gaussian HMM on the daily returns alone (default), or BIC of
 the full two-feature HMM (kept for comparison; it over-selects, see :func:`select_state_count`)."""
 
 
 def select_state_count(
-    x: np.ndarray,
-    k_range: tuple[int, int],
-    covariance_type: str,
-    seeds: Sequence[int],
-    n_iter: int,
-    min_covar: float,
-    selection: str = "bic_returns",
-    sticky: float = 0.0,
+    x: np.ndarray, k_range: tuple[int, int], settings: EMSettings, selection: str = "bic_returns",
 ) -> tuple[FitResult, str | None, dict[int, float]]:
     """Choose the state count in ``k_range`` (inclusive) by BIC, then fit the full model.
 
@@ -350,12 +369,12 @@ def select_state_count(
     if selection not in SELECTIONS:
         raise SupsupError(f"state-count selection expected one of {list(SELECTIONS)}, got {selection!r}")
     if selection == "bic_features":
-        return select_by_bic(x, k_range, covariance_type, seeds, n_iter, min_covar, sticky)
+        return select_by_bic(x, k_range, settings)
     lo, hi = k_range
     returns = np.ascontiguousarray(x[:, :1])
     bics: dict[int, float] = {}
     for k in range(lo, hi + 1):
-        res = fit_best(returns, k, "full", seeds, n_iter, min_covar, sticky)
+        res = fit_best(returns, k, replace(settings, covariance_type="full"))
         if isinstance(res, str):
             log.info("state-count selection: %d states on returns unusable: %s", k, res)
             bics[k] = float("inf")
@@ -367,7 +386,7 @@ def select_state_count(
     reasons: list[str] = []
     for k in ranked:  # best count first; a count whose two-feature fit fails gives way to the next
         try:
-            res, fallback = fit_with_fallback(x, k, covariance_type, seeds, n_iter, min_covar, False, sticky)
+            res, fallback = fit_with_fallback(x, k, settings, False)
         except RegimeFitError as exc:
             reasons.append(str(exc))
             log.warning("state-count selection: BIC chose %d states but %s", k, exc)
@@ -379,32 +398,22 @@ def select_state_count(
     if lo == 1:
         raise RegimeFitError(f"no usable HMM fit for any state count in {k_range}: "
                              + " | ".join(reasons))
-    res, fallback = fit_with_fallback(x, lo - 1, covariance_type, seeds, n_iter, min_covar, True, sticky)
+    res, fallback = fit_with_fallback(x, lo - 1, settings, True)
     why = f"no usable fit with {lo}..{hi} states; {fallback or ''}"
     log.warning("HMM fit %s", why)
     return res, why, bics
 
 
 def select_by_bic(
-    x: np.ndarray,
-    k_range: tuple[int, int],
-    covariance_type: str,
-    seeds: Sequence[int],
-    n_iter: int,
-    min_covar: float,
-    sticky: float = 0.0,
+    x: np.ndarray, k_range: tuple[int, int], settings: EMSettings,
 ) -> tuple[FitResult, str | None, dict[int, float]]:
     """Fit every state count in ``k_range`` (inclusive) and keep the lowest BIC.
 
     A count whose fits are all degenerate (even with diagonal covariance) scores ``inf``; if
     every count does, the search falls back below ``k_range[0]``.
 
-    This is ``selection="bic_features"`` of :func:`select_state_count`, which over-selects:
-    consecutive realised-volatility features share ``vol_window - 1`` returns, so they are
-    strongly autocorrelated within a regime and the HMM's conditional independence fails. BIC
-    then rewards extra states that follow slow drifts of the volatility within a regime: on
-    sampled 2-state series ``(2, 4)`` picks 4 (3 with stickier chains), and even i.i.d. returns
-    get 3 states from ``(1, 3)``. The default, ``bic_returns``, does not have this problem.
+    This is ``selection="bic_features"`` of :func:`select_state_count`, which over-selects
+    (see there; on sampled 2-state series ``(2, 4)`` picks 4, 3 with stickier chains).
 
     Returns
     -------
@@ -420,7 +429,7 @@ def select_by_bic(
     bics: dict[int, float] = {}
     for k in range(lo, hi + 1):
         try:
-            fits[k] = fit_with_fallback(x, k, covariance_type, seeds, n_iter, min_covar, False, sticky)
+            fits[k] = fit_with_fallback(x, k, settings, False)
             bics[k] = fits[k][0].bic
         except RegimeFitError as exc:
             log.warning("BIC search: %s", exc)
@@ -431,5 +440,5 @@ def select_by_bic(
         return fits[best][0], fits[best][1], bics
     if lo == 1:
         raise RegimeFitError(f"no usable HMM fit for any state count in {k_range}")
-    res, fallback = fit_with_fallback(x, lo - 1, covariance_type, seeds, n_iter, min_covar, True, sticky)
+    res, fallback = fit_with_fallback(x, lo - 1, settings, True)
     return res, f"no usable fit with {lo}..{hi} states; {fallback or ''}", bics

@@ -1,4 +1,4 @@
-"""Causal HMM observations from a prices frame.
+"""Causal HMM observations: validate prices, compute raw features, standardise them.
 
 Two features per trading day t, both built from ``close`` up to and including t only:
 
@@ -87,14 +87,37 @@ def validate_prices(prices: object, min_rows: int, purpose: str) -> pd.DataFrame
     return prices
 
 
-def raw_features(prices: pd.DataFrame, vol_window: int, feature_set: str = "return_vol"
-                 ) -> tuple[np.ndarray, pd.DatetimeIndex]:
-    """Unscaled observations of a validated prices frame.
+def validate_close(close: object, vol_window: int, purpose: str) -> np.ndarray:
+    """Check a close array: 1-D, more than ``vol_window`` prices, all finite and > 0.
+
+    Returns
+    -------
+    numpy.ndarray
+        Shape ``[n]``, ``close`` as float64.
+
+    Raises
+    ------
+    DataError
+        Naming what was expected and what came.
+    """
+    close = np.asarray(close, dtype=np.float64)
+    if close.ndim != 1 or len(close) <= vol_window:
+        raise DataError(f"{purpose}: expected a 1-D close array of more than vol_window={vol_window} "
+                        f"prices, got shape {close.shape}")
+    bad = ~(np.isfinite(close) & (close > 0))
+    if bad.any():
+        raise DataError(f"{purpose}: expected finite prices > 0, got {int(bad.sum())} other values, "
+                        f"first {float(close[np.argmax(bad)])!r} at position {int(np.argmax(bad))}")
+    return close
+
+
+def raw_feature_array(close: np.ndarray, vol_window: int, feature_set: str = "return_vol") -> np.ndarray:
+    """Unscaled observations of a validated close array (the one place they are computed).
 
     Parameters
     ----------
-    prices : pandas.DataFrame
-        Validated prices frame with ``n`` rows, ``n > vol_window``.
+    close : numpy.ndarray
+        Shape ``[n]``, float64, ``n > vol_window``, finite and > 0.
     vol_window : int
         Window (rows of log returns) of the realised volatility. The first ``vol_window``
         rows are dropped for every feature set, so all sets share one index.
@@ -103,20 +126,72 @@ def raw_features(prices: pd.DataFrame, vol_window: int, feature_set: str = "retu
 
     Returns
     -------
-    features : numpy.ndarray
+    numpy.ndarray
         Shape ``[n - vol_window, d]``: log return, log realised volatility (``return_vol``),
         or log return only (``return``).
-    index : pandas.DatetimeIndex
-        Shape ``[n - vol_window]``: ``prices.index[vol_window:]``.
     """
-    close = prices["close"].to_numpy(dtype=np.float64)
     ret = log_returns(close)
     vol = rolling_std(ret, vol_window)
     out = np.empty((len(close) - vol_window, 2))
     out[:, 0] = ret[vol_window:]
     out[:, 1] = np.log(np.maximum(vol[vol_window:], VOL_FLOOR))
-    index = prices.index[vol_window:]
-    return out[:, : len(FEATURE_SETS[feature_set])].copy(), index
+    return out[:, : len(FEATURE_SETS[feature_set])].copy()
+
+
+def raw_features(prices: pd.DataFrame, vol_window: int, feature_set: str = "return_vol"
+                 ) -> tuple[np.ndarray, pd.DatetimeIndex]:
+    """Unscaled observations of a validated prices frame, and their dates.
+
+    Parameters
+    ----------
+    prices : pandas.DataFrame
+        Validated prices frame with ``n`` rows, ``n > vol_window``.
+    vol_window, feature_set
+        As in :func:`raw_feature_array`.
+
+    Returns
+    -------
+    features : numpy.ndarray
+        Shape ``[n - vol_window, d]``: :func:`raw_feature_array` of the ``close`` column.
+    index : pandas.DatetimeIndex
+        Shape ``[n - vol_window]``: ``prices.index[vol_window:]``.
+    """
+    close = prices["close"].to_numpy(dtype=np.float64)
+    return raw_feature_array(close, vol_window, feature_set), prices.index[vol_window:]
+
+
+def fit_scaler(raw: np.ndarray, index: pd.DatetimeIndex, feature_set: str, purpose: str
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Column mean and standard deviation (ddof=0) of training observations, for :func:`standardise`.
+
+    Parameters
+    ----------
+    raw : numpy.ndarray
+        Shape ``[n, d]``, from :func:`raw_features` with ``feature_set``.
+    index : pandas.DatetimeIndex
+        Shape ``[n]``, their dates (named in the error).
+    feature_set : str
+        A key of :data:`FEATURE_SETS`.
+    purpose : str
+        What the scaler is for, used in the error message.
+
+    Returns
+    -------
+    mean, std : numpy.ndarray
+        Shape ``[d]`` each.
+
+    Raises
+    ------
+    DataError
+        If a feature is constant (a constant price series has zero volatility).
+    """
+    mean, std = raw.mean(axis=0), raw.std(axis=0)
+    if not (std > 0).all():
+        names = FEATURE_SETS[feature_set]
+        raise DataError(f"{purpose}: expected varying features, got constant "
+                        f"{[names[i] for i in np.flatnonzero(std <= 0)]} (a constant price "
+                        f"series has zero volatility) over {index[0].date()}..{index[-1].date()}")
+    return mean, std
 
 
 def standardise(raw: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:

@@ -11,7 +11,7 @@ import mlflow
 import pandas as pd
 
 from supsup_fin._figures import save_png
-from supsup_fin.backtest.plots import equity_figure
+from supsup_fin.backtest.plots import equity_figure, reliability_figure
 from supsup_fin.backtest.report import PORTFOLIO, BacktestResult
 from supsup_fin.config import Config
 from supsup_fin.data import LoadedPrices
@@ -59,6 +59,8 @@ def log_backtest(cfg: Config, workspace: Workspace, result: BacktestResult, load
             if market == PORTFOLIO and result.portfolio.empty:
                 continue
             save_png(equity_figure(result, market), tmp_path / f"equity_{market}.png")
+        if not result.calibration.empty:  # empty when no strategy gives probabilities
+            save_png(reliability_figure(result.calibration), tmp_path / "reliability.png")
         mlflow.log_artifacts(tmp, artifact_path="backtest")
         result.daily.to_parquet(tmp_path / "daily.parquet")
         mlflow.log_artifact(str(tmp_path / "daily.parquet"), artifact_path="backtest")

@@ -49,7 +49,9 @@ def forecasts_from_payload(forecaster: RegimeGatedForecaster, frame: pd.DataFram
         out.append({
             "market": f["market"], "as_of": f["as_of"], "target_date": f["target_date"], "horizon": f["horizon"],
             **{f"p_{c}": p for c, p in f["probabilities"].items()},
-            "signal": f["signal"], "regime": f["regime"],
+            **{f"prior_{c}": p for c, p in f["prior"].items()},
+            "signal": f["signal"], "expected_return": f["expected_return"], "position": f["position"],
+            "regime": f["regime"],
             "regime_posterior": json.dumps(f["regime_posterior"]), "masks": json.dumps(f["masks"]),
             "mode": f["mode"],
         })
@@ -66,7 +68,9 @@ def signature(classes: list[str]) -> ModelSignature:
         ColSpec("string", "market"), ColSpec("string", "as_of"), ColSpec("string", "target_date"),
         ColSpec("long", "horizon"),
         *[ColSpec("double", f"p_{c}") for c in classes],
-        ColSpec("double", "signal"), ColSpec("string", "regime"), ColSpec("string", "regime_posterior"),
+        *[ColSpec("double", f"prior_{c}") for c in classes],
+        ColSpec("double", "signal"), ColSpec("double", "expected_return"), ColSpec("double", "position"),
+        ColSpec("string", "regime"), ColSpec("string", "regime_posterior"),
         ColSpec("string", "masks"), ColSpec("string", "mode"),
     ])
     return ModelSignature(inputs=inputs, outputs=outputs)

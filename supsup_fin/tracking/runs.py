@@ -56,6 +56,27 @@ def _metrics(evaluation: Evaluation, regimes: dict[str, RegimeFit]) -> dict[str,
     return {k: float(v) for k, v in out.items() if pd.notna(v)}
 
 
+def _selection_metrics(forecaster: RegimeGatedForecaster) -> dict[str, float]:
+    """What the selection slice decided: per market the held-out log-loss of every gate mode and of
+    the prior, and per calibration map its temperature, prior weight and held-out log-loss."""
+    out: dict[str, float] = {}
+    for market, mm in forecaster.markets.items():
+        sel = mm.selection
+        if sel:
+            out[f"selection.{market}.prior_log_loss"] = sel["prior_log_loss"]
+            out[f"selection.{market}.n_holdout"] = sel["n_holdout"]
+            out |= {f"selection.{market}.{mode}.log_loss": v for mode, v in sel["log_loss"].items()}
+        for key, cal in mm.calibrators.items():
+            name = key.replace(":", "_").replace("/", ".")
+            out |= {f"calibration.{market}.{name}.temperature": cal.temperature,
+                    f"calibration.{market}.{name}.prior_weight": cal.weight}
+    for task in forecaster.bank.names:
+        meta = forecaster.bank.meta(task)
+        if "selected_step" in meta:
+            out[f"steps.{task}"] = meta["selected_step"]
+    return {k: float(v) for k, v in out.items() if pd.notna(v)}
+
+
 def log_retrain(
     cfg: Config, workspace: Workspace, *, loaded: dict[str, LoadedPrices], regimes: dict[str, RegimeFit],
     evaluation: Evaluation, forecaster: RegimeGatedForecaster, timings: dict[str, float] | None = None,
@@ -76,7 +97,9 @@ def log_retrain(
             tags |= {f"data.{m}.hash": lp.data_hash, f"data.{m}.source": lp.source,
                      f"data.{m}.as_of": str(lp.as_of.date()), f"data.{m}.rows": str(len(lp.frame))}
         mlflow.set_tags(tags)
-        mlflow.log_metrics(_metrics(evaluation, regimes) | {f"valid.{metric}": score, f"valid.baseline_{metric}": baseline})
+        mlflow.log_metrics(_metrics(evaluation, regimes) | _selection_metrics(forecaster)
+                           | {f"valid.{metric}": score, f"valid.baseline_{metric}": baseline})
+        mlflow.set_tags({f"gate_mode.{m}": mm.mode for m, mm in forecaster.markets.items() if mm.mode is not None})
         if timings:
             mlflow.log_metrics({f"time.{k}_s": v for k, v in timings.items()})
         for market, rf in regimes.items():
