@@ -72,6 +72,9 @@ def one(n: int, runner: str, workers: int, steps: int | None, threads: int = 1, 
 
 
 def main() -> None:
+    from pipelines import prefect_defaults
+
+    prefect_defaults()  # before anything imports Prefect (it reads its settings then)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--markets", type=int, nargs="+", default=[25, 50, 100])
     ap.add_argument("--runners", nargs="+", default=["threads", "dask"], choices=["threads", "dask"])

@@ -217,7 +217,7 @@ class TrainingConfig(_Section):
     min_task_rows: int = Field(60, ge=1, description="fewer training rows: no regime mask (ALL is used)")
     seed: int = 0
     holdout_fraction: float = Field(
-        0.0, ge=0, lt=0.5, description="the last part of each market's training rows held out (after a purge of "
+        0.2, ge=0, lt=0.5, description="the last part of each market's training rows held out (after a purge of "
         "horizon + lookback rows) to choose each mask's step budget, its calibration map and the gate mode; "
         "0: no selection slice (fixed steps, uncalibrated, the configured gate mode)")
     checkpoints: tuple[int, ...] | None = Field(
@@ -227,7 +227,7 @@ class TrainingConfig(_Section):
 
 
 class GatingConfig(_Section):
-    mode: GateChoice = Field("soft", description="hard | soft | ensemble | infer | market, or auto: each market's "
+    mode: GateChoice = Field("auto", description="hard | soft | ensemble | infer | market, or auto: each market's "
                              "mode chosen by held-out log-loss (market unless another beats it by > 2 s.e.)")
     infer_window: int = Field(16, ge=1, description="rows up to t whose SupSup task-inference scores the `infer` mode averages")
 
@@ -236,7 +236,7 @@ class PositionsConfig(_Section):
     """How a forecast becomes a position at the close of t (see :mod:`supsup_fin.decision`)."""
 
     rule: Literal["kelly", "sign", "proportional"] = Field(
-        "sign", description="kelly: kelly_fraction x expected return / predicted variance of the forward return "
+        "kelly", description="kelly: kelly_fraction x expected return / predicted variance of the forward return "
         "(from the class probabilities and each class's mean return on training rows), capped by cap and "
         "target_vol; sign: full long/short when |p_up - p_down| > threshold, else flat; "
         "proportional: clip((p_up - p_down) / scale, -1, 1) beyond the threshold")
@@ -267,8 +267,9 @@ class BacktestConfig(_Section):
     positions: PositionsConfig = PositionsConfig()
     vol_window: int = Field(60, ge=5, description="equal-risk portfolio: trailing days of each market's volatility")
     modes: tuple[GateChoice, ...] = Field(
-        ("hard", "soft", "ensemble", "infer", "market"), min_length=1,
-        description="gate modes of the supermask forecaster run side by side (market: the ALL mask)")
+        ("auto", "hard", "soft", "ensemble", "infer", "market"), min_length=1,
+        description="gate modes of the supermask forecaster run side by side (market: the ALL mask; auto: "
+        "each market's mode chosen on the window's held-out rows)")
     baselines: tuple[Literal[BASELINES], ...] = Field(  # type: ignore[valid-type]
         BASELINES, description="baselines in the same run (oracle: synthetic markets only)")
     dense_lr: float = Field(1e-3, gt=0, description="Adam learning rate of the dense baselines")

@@ -22,6 +22,14 @@ def rng() -> np.random.Generator:
     return np.random.default_rng(SEED)
 
 
+def blobs(seed: int, n: int = 240, classes: int = 3, dim: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """``classes`` well-separated Gaussian classes in ``dim`` dimensions: ``X [n, dim]`` float32, ``y [n]``."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(classes, dim)) * 2.0
+    y = rng.integers(0, classes, n)
+    return (centers[y] + rng.normal(size=(n, dim))).astype(np.float32), y
+
+
 def random_walk(n: int, seed: int = SEED, start: str = "2000-01-03", vol: float = 0.01) -> pd.DataFrame:
     """A close-only prices frame of ``n`` business days."""
     r = np.random.default_rng(seed).normal(0.0002, vol, n)

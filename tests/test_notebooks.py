@@ -171,17 +171,17 @@ def test_backtest_notebook(tmp_path: Path, kernel: str) -> None:
     # every gate mode and every baseline a real market can have (no oracle without true parameters)
     assert set(summary["strategies"]) == {
         "buy_and_hold", "hmm_rule", "class_prior", "logistic", "dense", "dense_finetune", "dense_regime",
-        "supsup_hard", "supsup_soft", "supsup_ensemble", "supsup_infer", "supsup_market"}
+        "supsup_auto", "supsup_hard", "supsup_soft", "supsup_ensemble", "supsup_infer", "supsup_market"}
     rows = {(r["market"], r["strategy"]): r for r in summary["table"]}
     assert {m for m, _ in rows} == {market, "portfolio"}
     for (m, s), r in rows.items():
         assert r["days"] > 400 and r["max_drawdown"] <= 0, (m, s)
-        # the class prior's constant forecast may never clear the threshold: no trade, no Sharpe (NaN)
+        # the class prior's constant forecast may size no position: no trade, no Sharpe (NaN)
         never_trades = s == "class_prior" and r["max_drawdown"] == 0
         assert never_trades or (r["sharpe"] is not None and np.isfinite(r["sharpe"])), (m, s)
     assert np.isfinite(rows[(market, "supsup_soft")]["log_loss"])
     continual = {r["strategy"]: r for r in summary["continual"]}
-    assert continual["supsup_soft"]["bwt"] == 0.0
+    assert continual["supsup_auto"]["bwt"] == 0.0
     assert summary["storage_bytes"]["supermasks (1 bit per weight)"] < summary["storage_bytes"]["dense per market and regime (fp32)"]
     assert all(v > 0 for v in summary["equity_final"].values())
     # one reliability panel per strategy that gives probabilities (the rules give none)

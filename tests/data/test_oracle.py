@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import pandas as pd
@@ -11,8 +10,8 @@ import pytest
 from supsup_fin.data import SYNTHETIC_PRESETS, generate_synthetic
 from supsup_fin.data.oracle import oracle_filter, oracle_proba, oracle_smooth
 from supsup_fin.errors import DataError
+from conftest import SEED
 
-SEED = int(os.environ.get("SUPSUP_TEST_SEED", "0"))
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import ast
 import json
 import logging
-import os
 import re
 import time
 from pathlib import Path
@@ -29,11 +28,10 @@ from supsup_fin.regimes import (
 )
 from supsup_fin.regimes._forward import gaussian_log_densities
 from supsup_fin.regimes.observations import raw_features
+from conftest import SEED
 
-SEED = int(os.environ.get("SUPSUP_TEST_SEED", "0"))
-print(f"test_regimes: SUPSUP_TEST_SEED={SEED}")
-DATA = Path(__file__).resolve().parent / "data"
-PACKAGE = Path(__file__).resolve().parents[1] / "supsup_fin" / "regimes"
+DATA = Path(__file__).resolve().parent
+PACKAGE = Path(__file__).resolve().parents[2] / "supsup_fin" / "regimes"
 
 TWO_STATE = {"sigmas": [0.005, 0.03], "transmat": [[0.99, 0.01], [0.03, 0.97]]}
 THREE_STATE = {
@@ -322,7 +320,7 @@ def test_to_dict_roundtrip_is_bitwise(two_state, fitted2):
 
 @pytest.mark.parametrize("name", ["return_vol_range", "return_refit"])
 def test_dict_written_by_format_version_1_still_loads(name):
-    """tests/data/regime_model_v1.json holds to_dict() output written before from_dict moved into
+    """tests/regimes/regime_model_v1.json holds to_dict() output written before from_dict moved into
     the class, with the prices and filter probabilities it gave: they must stay bitwise equal."""
     stored = json.loads((DATA / "regime_model_v1.json").read_text())
     prices = pd.DataFrame({"close": stored["close"]},

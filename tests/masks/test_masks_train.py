@@ -8,17 +8,15 @@ import torch
 
 from supsup_fin.masks import FrozenNet, MaskBank, train_masks
 from conftest import SEED
+from conftest import blobs as conftest_blobs
 
 SIZES = (16, 64, 64, 3)
 FAST = {"steps": 60, "batch_size": 32}
 
 
 def blobs(seed: int, n: int = 300) -> tuple[np.ndarray, np.ndarray]:
-    """Three well-separated Gaussian classes in 16 dimensions."""
-    rng = np.random.default_rng(seed)
-    centers = rng.normal(size=(3, SIZES[0])) * 2.0
-    y = rng.integers(0, 3, n)
-    return (centers[y] + rng.normal(size=(n, SIZES[0]))).astype(np.float32), y
+    """Three well-separated Gaussian classes in 16 dimensions (300 rows by default)."""
+    return conftest_blobs(seed, n)
 
 
 def same_bits(a, b) -> bool:

@@ -83,7 +83,7 @@ def test_http_answers_equal_the_in_process_forecaster(server: dict) -> None:
     local = forecasts_from_payload(fc, frame)
     assert list(served["market"]) == ["syn_a", "syn_b"]
     for c in local.columns:
-        if c.startswith("p_") or c == "signal":
+        if c.startswith(("p_", "prior_")) or c in ("signal", "expected_return", "position"):
             np.testing.assert_allclose(served[c], local[c], atol=1e-6)
         elif c in ("regime_posterior", "masks"):
             for a, b in zip(served[c], local[c]):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import pandas as pd
@@ -12,9 +11,8 @@ import pytest
 from supsup_fin.errors import DataError, SupsupError
 from supsup_fin.features import Scaler, make_features
 from supsup_fin.regimes import RegimeModel
+from conftest import SEED
 
-SEED = int(os.environ.get("SUPSUP_TEST_SEED", "0"))
-print(f"test_regimes_causal: SUPSUP_TEST_SEED={SEED}")
 
 
 def regime_prices(n: int, seed: int) -> pd.DataFrame:

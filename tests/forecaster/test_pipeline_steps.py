@@ -168,7 +168,7 @@ def test_forecaster_save_load_roundtrip(small_pipeline: dict, tmp_path) -> None:
 
 def test_evaluation_tables(small_pipeline: dict) -> None:
     ev = small_pipeline["evaluation"]
-    assert set(ev.markets["mode"]) == {"hard", "soft", "ensemble", "infer", "market"}
+    assert set(ev.markets["mode"]) == {"hard", "soft", "ensemble", "infer", "market", "auto"}
     assert set(ev.tasks.segment) == {"valid", "test"}
     assert ev.tasks.mask_density.between(0.49, 0.51).all()
     # ALL is scored on every row of the segment with a known target: its business days (the synthetic

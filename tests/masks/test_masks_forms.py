@@ -23,20 +23,13 @@ from supsup_fin.masks.bank import dequantize_probs, quantize_probs
 from supsup_fin.masks import _topk
 from supsup_fin.masks.forms import kept_count
 from supsup_fin.masks.fused import StepBuffers, batched_logits, supermask_logits
-from conftest import SEED
+from conftest import SEED, blobs
 
 SIZES = (16, 48, 40, 3)
 FAST = {"steps": 40, "batch_size": 32}
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def blobs(seed: int, n: int = 240, classes: int = 3) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    centers = rng.normal(size=(classes, SIZES[0])) * 2.0
-    y = rng.integers(0, classes, n)
-    return (centers[y] + rng.normal(size=(n, SIZES[0]))).astype(np.float32), y
 
 
 def test_registry_lists_every_form_and_rejects_unknown_names_and_options():

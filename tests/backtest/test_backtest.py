@@ -76,6 +76,23 @@ def test_no_look_ahead_decisions_up_to_t_ignore_prices_after_t(small_backtest) -
     np.testing.assert_array_equal(d1, d2)
 
 
+def test_each_windows_selection_slice_ends_before_its_test_days(small_backtest) -> None:
+    """A window's held-out rows are the tail of its own training rows: their targets end by as_of,
+    before the first test day, and the gated model's choices were made on exactly those rows.
+    (The look-ahead test above perturbs prices after t with the slice, calibration and auto on.)"""
+    cfg, prices, fc, _ = small_backtest
+    h = cfg.features.horizon
+    for (w, market), fit in fc.fits.items():
+        window, rows = fit.window, fit.holdout_rows
+        dates = fit.features.dates
+        assert len(rows) >= 50 and (fit.features.y[rows] >= 0).all()
+        assert dates[rows[-1] + h] <= window.as_of < window.test_start  # targets known at as_of
+        assert fit.train_rows().max() < rows[0] - h - cfg.features.lookback  # purged from the fit rows
+        sel = fit.model.selection
+        assert sel["holdout_end"] == str(dates[rows[-1]].date()) and sel["n_holdout"] <= len(rows)
+        assert fit.model.mode == sel["chosen"]
+
+
 def test_continual_path_grows_one_bank_and_forgets_nothing(small_backtest) -> None:
     _, _, fc, res = small_backtest
     tags = [w.tag for w in fc.windows]
@@ -161,14 +178,6 @@ def test_comparison_table_holds_every_strategy_and_the_portfolio(small_backtest)
         res.storage.loc["dense per market and regime (fp32)", "bytes"] * 3
 
 
-@pytest.fixture(scope="module")
-def harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
 def test_backtest_command_runs_the_flow_and_records_it(harness, tmp_path: Path) -> None:
     from supsup_fin.cli import app
 
@@ -186,11 +195,11 @@ def test_backtest_command_runs_the_flow_and_records_it(harness, tmp_path: Path) 
     client = MlflowClient(summary["tracking_uri"])
     run = client.get_run(summary["run_id"])
     assert run.data.tags["supsup_fin.flow"] == "backtest"
-    assert run.data.metrics["bt.syn.supsup_soft.sharpe"] == pytest.approx(
-        next(r["sharpe"] for r in summary["table"] if r["market"] == "syn" and r["strategy"] == "supsup_soft"))
+    assert run.data.metrics["bt.syn.supsup_soft.sharpe"] == pytest.approx(  # the summary rounds to 6 decimals
+        next(r["sharpe"] for r in summary["table"] if r["market"] == "syn" and r["strategy"] == "supsup_soft"), abs=6e-7)
     files = {f.path for f in client.list_artifacts(summary["run_id"], "backtest")}
     assert {"backtest/comparison.csv", "backtest/equity_syn.png", "backtest/equity_portfolio.png",
-            "backtest/daily.parquet"} <= files
+            "backtest/daily.parquet", "backtest/reliability.png", "backtest/calibration.csv"} <= files
     assert not client.search_registered_models()  # a backtest registers nothing
 
 

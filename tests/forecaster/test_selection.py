@@ -86,7 +86,8 @@ def test_auto_forecasts_and_decisions_round_trip(selected, tmp_path) -> None:
         np.testing.assert_array_equal(a.drop(columns="masks").to_numpy(), b.drop(columns="masks").to_numpy())
         last = again.predict(market, prices.iloc[-400:])
         assert last["mode"] == fc.markets[market].mode and last["prior"]["down"] == fs[market].prior[0]
-        assert last["position"] == pytest.approx(a["position"].iloc[-1], abs=1e-12)
+        # predict runs the last row alone: the float32 net rounds it apart from a batch (~1e-8)
+        assert last["position"] == pytest.approx(a["position"].iloc[-1], abs=1e-6)
         assert abs(last["position"]) <= cfg.backtest.positions.cap
 
 
@@ -121,7 +122,7 @@ def test_stochastic_masks_converge_like_one_over_root_s(tmp_path) -> None:
         markets=[{"name": "syn_a", "source": "synthetic", "dataset": "easy", "seed": 1}],
         masks={"method": "hard_concrete", "store_probabilities": True, "inference": "stochastic",
                "stochastic_samples": 4, "init_p": 0.6},
-        training={"steps": 30}))
+        training={"steps": 30, "holdout_fraction": 0.0}, gating={"mode": "soft"}))
     frames = {m.name: load_prices(m, cfg.data, tmp_path).frame for m in cfg.markets}
     fs, rf, tasks, fc = _pipeline(cfg, frames)
     prices = frames["syn_a"].iloc[-600:]
