@@ -39,7 +39,7 @@ def _retrain(cfg: Config, home: Path | None, as_json: bool) -> dict[str, Any]:
 
 
 def _show_retrain(summary: dict[str, Any]) -> None:
-    out.print(table("Masks on test (each task's mask alone on its regime's rows; baseline = class prior)",
+    out.print(table("Masks on test (each task's calibrated mask alone on its regime's rows; baseline = class prior)",
                      summary["tasks"], ["task", "n_train", "n_test", "accuracy", "baseline_accuracy",
                                         "log_loss", "baseline_log_loss", "mask_density"]))
     gated = [r for r in summary["forecaster"] if r["segment"] == "test"]
@@ -54,10 +54,10 @@ def _show_retrain(summary: dict[str, Any]) -> None:
 
 
 def _show_forecasts(rows: list[dict[str, Any]]) -> None:
-    cols = ["market", "as_of", "target_date", *[k for k in rows[0] if k.startswith(("p_", "prior_"))],
-            "expected_return", "position", "mode", "regime", "model_version", "source", "stale_days"] if rows else []
-    out.print(table("Forecasts from the champion (prior_*: the class prior; position: the decision layer's, "
-                    "in units of notional; --json adds the regime posterior and masks)", rows, cols))
+    cols = ["market", "as_of", "target_date", *[k for k in rows[0] if k.startswith("p_")],
+            "expected_return", "position", "mode", "regime", "stale_days"] if rows else []
+    out.print(table("Forecasts from the champion (position: the decision layer's, in units of notional; "
+                    "--json adds the class prior, regime posterior, masks and version)", rows, cols))
 
 
 @app.command()

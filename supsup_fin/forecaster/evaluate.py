@@ -2,8 +2,9 @@
 
 Two tables:
 
-- per task (``market/regime`` and ``market/ALL``): the task's mask alone on the evaluation rows
-  assigned to that regime by the causal posterior P(z_{t+1} | x_1..t) (ALL: every row);
+- per task (``market/regime`` and ``market/ALL``): the task's mask alone, through its calibration
+  map when the model has one, on the evaluation rows assigned to that regime by the causal
+  posterior P(z_{t+1} | x_1..t) (ALL: every row);
 - per market and gate mode: the regime-gated forecaster on every evaluation row, plus ``auto``
   (each market's mode chosen on held-out rows; ``runs`` names it) when the model has chosen.
 
@@ -101,7 +102,11 @@ def evaluate(
                     continue
                 sel = np.ones(len(idx), bool) if regime == ALL else regime_of == names.index(regime)
                 logits = forecaster.net(x[sel], mask=forecaster.bank[task]) if sel.any() else torch.zeros(0, len(fs.prior))
-                probs = torch.softmax(logits.double(), dim=1).numpy()
+                cal = mm.calibrators.get(task)  # the mask's calibration map, as the forecaster applies it
+                if cal is None:
+                    probs = torch.softmax(logits.double(), dim=1).numpy()
+                else:
+                    probs = cal(torch.log_softmax(logits.double(), dim=1).numpy())
                 meta = forecaster.bank.meta(task)
                 task_rows.append({
                     "task": task, "market": market, "regime": regime, "segment": seg,
