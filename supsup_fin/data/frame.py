@@ -180,7 +180,7 @@ def price_arrays(prices: pd.DataFrame, market: str) -> tuple[dict[str, np.ndarra
     DataError
         Whatever :func:`validate_frame` refuses.
     """
-    values = _canonical_values(prices)
+    values = canonical_values(prices)
     frame = prices
     if values is None:
         frame = validate_frame(prices, market)
@@ -191,7 +191,7 @@ def price_arrays(prices: pd.DataFrame, market: str) -> tuple[dict[str, np.ndarra
 _DAY_NS = 86_400 * 10**9
 
 
-def _canonical_values(prices: object) -> np.ndarray | None:
+def canonical_values(prices: object) -> np.ndarray | None:
     """``prices``' values ``[n, k]`` where ``validate_frame`` would return the same values and dates
     and raise nothing; ``None`` otherwise."""
     if not (isinstance(prices, pd.DataFrame) and isinstance(prices.index, pd.DatetimeIndex)

@@ -70,7 +70,7 @@ def fit_market(
         own = [k for k, r in enumerate(names) if mm.masks.get(r) == task and task != mm.all_mask]
         rows = regime_rows(hold, rf.next_proba, own[0] if len(own) == 1 else None)
         x = torch.as_tensor(fs.X[rows], dtype=torch.float32)
-        z = torch.log_softmax(fc._task_logits(x, task), dim=1).numpy()
+        z = torch.log_softmax(fc.task_logits(x, task), dim=1).numpy()
         cals[task] = Calibrator.fit(z, fs.y[rows], mm.prior)
     post = rf.next_proba[hold]
     weights: dict[str, np.ndarray] = {}
@@ -78,18 +78,18 @@ def fit_market(
         t = mm.masks.get(r, mm.all_mask)
         weights[t] = weights.get(t, 0.0) + post[:, k]
     x = torch.as_tensor(fs.X[hold], dtype=torch.float32)
-    z = torch.log_softmax(fc._soft_logits(x, weights), dim=1).numpy()
+    z = torch.log_softmax(fc.soft_logits(x, weights), dim=1).numpy()
     cals[SOFT] = Calibrator.fit(z, fs.y[hold], mm.prior)
     candidates = list(dict.fromkeys(mm.masks.get(r, mm.all_mask) for r in names))
-    inferred = np.array(fc._inferred_tasks(candidates, fs.X, hold))
+    inferred = np.array(fc.inferred_tasks(candidates, fs.X, hold))
     for task in candidates:  # infer: each mask calibrated on the rows task inference sends it
         rows = hold[inferred == task]
         rows = rows if len(rows) >= MIN_REGIME_ROWS else hold
-        z = torch.log_softmax(fc._task_logits(torch.as_tensor(fs.X[rows], dtype=torch.float32), task), dim=1).numpy()
+        z = torch.log_softmax(fc.task_logits(torch.as_tensor(fs.X[rows], dtype=torch.float32), task), dim=1).numpy()
         cals[INFER + task] = Calibrator.fit(z, fs.y[rows], mm.prior)
     mm = replace(mm, calibrators=cals)
     y = fs.y[hold]
-    nll = {m: _row_nll(fc._route(mm, fs.X, hold, post, m)[0], y) for m in modes}
+    nll = {m: _row_nll(fc.route(mm, fs.X, hold, post, m)[0], y) for m in modes}
     chosen = pick_mode(nll)
     selection = {
         "n_holdout": int(len(hold)), "holdout_start": str(fs.dates[hold[0]].date()),

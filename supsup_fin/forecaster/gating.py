@@ -152,7 +152,7 @@ class RegimeGatedForecaster:
             self._samples[task] = list(sample_masks(self.bank.probabilities(task), self.stochastic_samples, gen))
         return self._samples[task]
 
-    def _task_logits(self, x: torch.Tensor, task: str) -> torch.Tensor:
+    def task_logits(self, x: torch.Tensor, task: str) -> torch.Tensor:
         """``[n, C]`` float64 logits of mask ``task`` (stochastic: log of the mean sampled probabilities)."""
         sampled = self._sampled(task)
         if sampled is None:
@@ -160,7 +160,7 @@ class RegimeGatedForecaster:
         mean = sum(torch.softmax(self.net(x, mask=m).double(), dim=1) for m in sampled) / len(sampled)
         return mean.clamp_min(1e-300).log().cpu()
 
-    def _soft_logits(self, x: torch.Tensor, weights: dict[str, np.ndarray]) -> torch.Tensor:
+    def soft_logits(self, x: torch.Tensor, weights: dict[str, np.ndarray]) -> torch.Tensor:
         """``[n, C]`` logits of the posterior-weighted superposition (stochastic: averaged over samples)."""
         alphas = {t: torch.as_tensor(w, dtype=torch.float32) for t, w in weights.items()}
         sampled = {t: self._sampled(t) for t in weights}
@@ -181,7 +181,7 @@ class RegimeGatedForecaster:
         return cal(torch.log_softmax(logits, dim=1).numpy())
 
     @torch.no_grad()
-    def _route(
+    def route(
         self, mm: MarketModel, X: np.ndarray, rows: np.ndarray, post: np.ndarray, mode: str,
     ) -> tuple[np.ndarray, list[dict]]:
         """Calibrated class probabilities ``[n, C]`` and the masks used, for output ``rows`` of ``X``.
@@ -198,17 +198,17 @@ class RegimeGatedForecaster:
             if mode == "hard":
                 chosen = [tasks[k] for k in post.argmax(axis=1)]
             else:
-                chosen = self._inferred_tasks(list(dict.fromkeys(tasks)), X, rows)
+                chosen = self.inferred_tasks(list(dict.fromkeys(tasks)), X, rows)
             return self._per_row_masks(mm, x, chosen, INFER if mode == "infer" else ""), [{t: 1.0} for t in chosen]
         weights: dict[str, np.ndarray] = {}
         for k, task in enumerate(tasks):
             weights[task] = weights.get(task, 0.0) + post[:, k]
         used = [{t: float(w[i]) for t, w in weights.items()} for i in range(len(rows))]
         if mode == "soft":
-            return self._calibrated(mm, SOFT, self._soft_logits(x, weights)), used
+            return self._calibrated(mm, SOFT, self.soft_logits(x, weights)), used
         probs = np.zeros((len(rows), self.net.n_classes))
         for t, w in weights.items():  # ensemble: Σ_k p_k calibrated softmax(net(x; M_k)), each mask once
-            probs += w[:, None] * self._calibrated(mm, t, self._task_logits(x, t))
+            probs += w[:, None] * self._calibrated(mm, t, self.task_logits(x, t))
         return probs, used
 
     def _per_row_masks(self, mm: MarketModel, x: torch.Tensor, chosen: list[str], key: str = "") -> np.ndarray:
@@ -218,10 +218,10 @@ class RegimeGatedForecaster:
         for task in sorted(set(chosen)):
             sel = np.flatnonzero([c == task for c in chosen])
             cal_key = key + task if key + task in mm.calibrators else task
-            probs[sel] = self._calibrated(mm, cal_key, self._task_logits(x[sel], task))
+            probs[sel] = self._calibrated(mm, cal_key, self.task_logits(x[sel], task))
         return probs
 
-    def _inferred_tasks(self, candidates: list[str], X: np.ndarray, rows: np.ndarray) -> list[str]:
+    def inferred_tasks(self, candidates: list[str], X: np.ndarray, rows: np.ndarray) -> list[str]:
         """The ``infer`` decision per output row: the candidate with the lowest mean score over
         the finite input rows among the last ``infer_window`` rows up to it."""
         if len(candidates) == 1 or not len(rows):
@@ -294,7 +294,7 @@ class RegimeGatedForecaster:
         if not np.isfinite(close).all():  # missing closes: the frame method raises, naming the first date
             mm.regime.predict_next_proba(pd.DataFrame({"close": close}, index=dates[-regime_rows:]))
         post = mm.regime.predict_next_proba_last(close)[None, :]
-        probs, used = self._route(mm, X, np.array([len(X) - 1]), post, mode)
+        probs, used = self.route(mm, X, np.array([len(X) - 1]), post, mode)
         p, names, as_of = probs[0], list(mm.regime.names_), dates[-1]
         mu, pos = self._decide(mm, probs)
         return {
@@ -340,7 +340,7 @@ class RegimeGatedForecaster:
             if same is not None:  # auto runs a mode already computed
                 out[mode] = out[same]
                 continue
-            probs, used = self._route(mm, X, rows, post[rows], runs[mode])
+            probs, used = self.route(mm, X, rows, post[rows], runs[mode])
             out[mode] = self._rows(mm, prices.index[rows], probs, post[rows], used, runs[mode])
         return out
 

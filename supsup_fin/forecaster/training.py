@@ -82,7 +82,7 @@ def merge_banks(net: FrozenNet, parts: list[MaskBank | MaskBits] | MaskBits) -> 
     out = MaskBank(net)
     for part in parts if isinstance(parts, list) else [parts]:
         if not isinstance(part, MaskBank):
-            part = MaskBank(net)._extended({
+            part = MaskBank(net).extended({
                 n: (m if isinstance(m, Mask) else Mask(m), *rest) for n, (m, *rest) in part.items()})
         out = out.merged(part)
     return out

@@ -210,7 +210,7 @@ class MaskBank(Mapping[str, Mask]):
         out._masks, out._meta, out._probs = {}, {}, {}
         return out
 
-    def _extended(self, entries: Mapping[str, tuple[Any, ...]]) -> MaskBank:
+    def extended(self, entries: Mapping[str, tuple[Any, ...]]) -> MaskBank:
         """A new bank with this bank's masks (the same objects) followed by ``entries``.
 
         Each entry is ``(mask, meta)`` or ``(mask, meta, probs)`` with ``probs`` a list of

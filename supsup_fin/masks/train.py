@@ -193,7 +193,7 @@ def train_masks(
                         holdout_temperature=selector.temperature[t], n_holdout=int(selector._sizes[t]))
         full = {**meta, **extra.get(name, {})}
         entries[name] = (mask, full) if probs is None else (mask, full, [p[t] for p in probs])
-    out = base._extended(entries)
+    out = base.extended(entries)
     logger.info("trained %d masks; bank now holds %d", len(names), len(out))
     return out
 

@@ -20,7 +20,7 @@ from conftest import SEED, random_walk
 from supsup_fin.data import validate_frame
 from supsup_fin.errors import DataError
 from supsup_fin.features import FEATURES, feature_array, make_features
-from supsup_fin.data.frame import _canonical_values, price_arrays
+from supsup_fin.data.frame import canonical_values, price_arrays
 from supsup_fin.gate_modes import GATE_MODES
 from supsup_fin.regimes import RegimeModel, _forward
 
@@ -109,7 +109,7 @@ def test_price_arrays_are_validate_frames_columns() -> None:
         "a date column": (p.reset_index(), False),
     }
     for what, (frame, fast) in frames.items():
-        assert (_canonical_values(frame) is not None) == fast, what
+        assert (canonical_values(frame) is not None) == fast, what
         columns, dates = price_arrays(frame, "m")
         ref = validate_frame(frame, "m")
         assert list(columns) == list(ref.columns), what
@@ -118,7 +118,7 @@ def test_price_arrays_are_validate_frames_columns() -> None:
             np.testing.assert_array_equal(values, ref[c].to_numpy(), err_msg=what)
         pd.testing.assert_index_equal(dates, ref.index, check_names=False)
     flags = p.assign(volume=p["volume"] > 0)
-    assert _canonical_values(flags) is None
+    assert canonical_values(flags) is None
     with pytest.raises(DataError, match="column 'volume' must be numeric"):
         price_arrays(flags, "m")
 
@@ -132,7 +132,7 @@ def _reference(fc, market: str, prices: pd.DataFrame, mode: str) -> pd.Series:
 def test_predict_equals_the_frame_computation_for_every_mode(small_pipeline: dict, mode: str) -> None:
     fc = small_pipeline["forecaster"]
     for market, prices in small_pipeline["prices"].items():
-        assert _canonical_values(prices) is not None  # the fast path of the frame checks is taken
+        assert canonical_values(prices) is not None  # the fast path of the frame checks is taken
         for end in (fc.min_rows - 1, len(prices) // 2, len(prices) - 1):
             upto = prices.iloc[: end + 1]
             one = fc.predict(market, upto, mode)

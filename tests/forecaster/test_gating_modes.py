@@ -31,11 +31,11 @@ def with_window(fc: RegimeGatedForecaster, infer_window: int) -> RegimeGatedFore
 
 
 def routed(fc: RegimeGatedForecaster, market: str, prices: pd.DataFrame, post: np.ndarray, mode: str):
-    """``_route`` on every row with an input, under a posterior of our choosing."""
+    """``route`` on every row with an input, under a posterior of our choosing."""
     mm = fc.markets[market]
     X = fc.inputs(market, prices)
     rows = np.flatnonzero(np.isfinite(X).all(axis=1))
-    return fc._route(mm, X, rows, post[: len(rows)], mode)
+    return fc.route(mm, X, rows, post[: len(rows)], mode)
 
 
 def task_data(k: int, n: int = 300, classes: int = 4) -> tuple[np.ndarray, np.ndarray]:
@@ -135,7 +135,7 @@ def test_the_infer_gate_scores_rows_with_the_public_row_task_scores(two_tasks, m
     X = np.concatenate([tasks["A"][0][:20], tasks["B"][0][:20]])
     X[3] = np.nan
     rows = np.flatnonzero(np.isfinite(X).all(axis=1))[5:]
-    fc._inferred_tasks(["A", "B"], X, rows)
+    fc.inferred_tasks(["A", "B"], X, rows)
     span = X[int(rows[0]) - 3 : int(rows[-1]) + 1]  # the infer_window rows up to each output row
     assert seen == [(int(np.isfinite(span).all(axis=1).sum()), IN)]
 
@@ -148,7 +148,7 @@ def test_infer_picks_the_mask_of_the_task_the_inputs_come_from(two_tasks) -> Non
     X = np.concatenate([tasks["A"][0][:60], tasks["B"][0][:60]])
     X[10] = np.nan  # a row without input: skipped by the windows that hold it
     rows = np.flatnonzero(np.isfinite(X).all(axis=1))
-    chosen = np.array(fc._inferred_tasks(["A", "B"], X, rows))
+    chosen = np.array(fc.inferred_tasks(["A", "B"], X, rows))
     truth = np.where(rows < 60, "A", "B")
     pure = (rows < 60) | (rows >= 60 + w - 1)  # windows entirely from one task
     assert (chosen[pure] == truth[pure]).mean() >= 0.9, chosen
@@ -162,7 +162,7 @@ def test_infer_picks_the_mask_of_the_task_the_inputs_come_from(two_tasks) -> Non
     assert agree == len(rows)
     # the output is the chosen mask's softmax, and `masks` names it alone
     fc_rows = rows[:5]
-    probs, used = fc._route(_NoRegimes(), X, fc_rows, np.zeros((5, 1)), "infer")
+    probs, used = fc.route(_NoRegimes(), X, fc_rows, np.zeros((5, 1)), "infer")
     expect = torch.softmax(net(X[fc_rows], mask=bank[chosen[0]]).double(), dim=1).numpy()
     np.testing.assert_allclose(probs, expect, atol=1e-6)
     assert used == [{c: 1.0} for c in chosen[:5]]

@@ -155,4 +155,4 @@ def test_wrong_base_network_is_refused(saved: Path) -> None:
 def test_banks_hold_only_binary_masks_of_the_net(bank: MaskBank) -> None:
     floats = Mask([torch.ones(o, i) for o, i in bank.shapes])
     with pytest.raises(ValueError, match="must be bool"):
-        bank._extended({"f": (floats, {})})
+        bank.extended({"f": (floats, {})})
