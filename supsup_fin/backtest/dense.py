@@ -43,7 +43,7 @@ import torch.nn.functional as F
 
 from supsup_fin._validate import is_int as _is_int
 from supsup_fin.errors import DataError
-from supsup_fin.masks.early_stop import HeldOutSelector, check_grid, default_grid
+from supsup_fin.masks.early_stop import HeldOutSelector
 from supsup_fin.masks.net import as_tensor, mlp
 from supsup_fin.masks.train import task_generator
 
@@ -199,12 +199,8 @@ def train_dense(
     dev = torch.device(device)
     selector = None
     if holdout:
-        missing = [n for n in names if n not in holdout]
-        if missing:
-            raise DataError(f"holdout has no rows for dense nets {missing}")
-        held = {n: _validate_task(f"{n} (holdout)", *holdout[n], sizes) for n in names}
-        grid = check_grid(checkpoints if checkpoints is not None else default_grid(steps), steps)
-        selector = HeldOutSelector(names, held, sizes[-1], grid, patience, dev)
+        selector = HeldOutSelector.for_tasks(names, holdout, lambda n, x, y: _validate_task(n, x, y, sizes),
+                                             sizes[-1], steps, checkpoints, patience, dev, what="dense nets")
     logger.info("training %d dense nets %s on %s for %d steps: %s", len(names), sizes, dev, steps, names)
     final, losses = _train(data, start_weights, names, sizes, dev, steps, batch_size, lr, weight_decay, seed, progress,
                            selector)

@@ -21,7 +21,6 @@ import pandas as pd
 
 from supsup_fin.backtest.windows import Window, fit_view
 from supsup_fin.config import Config
-from supsup_fin.decision import ClassReturns
 from supsup_fin.forecaster.choose import fit_market as choose_on_holdout
 from supsup_fin.forecaster.gating import MarketModel, RegimeGatedForecaster
 from supsup_fin.forecaster.selection import SelectionSplit, selection_split
@@ -81,13 +80,11 @@ class WindowFit:
         masks = {r: windowed(f"{market}/{r}", tag) for r in rf.names}
         masks = {r: (t if t in bank else all_mask) for r, t in masks.items()}
         fs = self.features
-        rows = fs.rows("train")
-        returns = ClassReturns.fit(fs.fwd[rows], fs.y[rows], len(fs.prior))
-        model = MarketModel(market, fs.scaler, fs.class_edges, fs.prior, rf.model, masks, all_mask, returns)
+        model = MarketModel(market, fs.scaler, fs.class_edges, fs.prior, rf.model, masks, all_mask,
+                            fs.class_returns())
         if len(self.holdout_rows):
             fc = forecaster_for([dataclasses.replace(self, model=model)], cfg, net, bank, mode="market")
-            model = choose_on_holdout(fc, model, fs, rf, cfg.training.holdout_fraction,
-                                      cfg.features.horizon + cfg.features.lookback)
+            model = choose_on_holdout(fc, model, fs, rf, self.holdout_rows)
         return dataclasses.replace(self, model=model)
 
 

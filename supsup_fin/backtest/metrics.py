@@ -21,7 +21,8 @@ from arch.bootstrap import StationaryBootstrap
 from scipy.stats import norm
 
 from supsup_fin.errors import DataError
-from supsup_fin.forecaster.evaluate import accuracy, brier, log_loss
+from supsup_fin.forecaster.calibration import log_loss
+from supsup_fin.forecaster.evaluate import accuracy, brier
 
 log = logging.getLogger(__name__)
 

@@ -248,20 +248,19 @@ class Logistic(Strategy):
         from sklearn.linear_model import LogisticRegression
 
         fs, rows, hold = ctx.fit.features, ctx.fit.train_rows(), ctx.fit.holdout_rows
-        best = None
-        for c in LOGISTIC_C if len(hold) else (1.0,):
-            model = LogisticRegression(C=c, max_iter=5000).fit(fs.X[rows], fs.y[rows])
-            if not len(hold):
-                best = (0.0, model)
-                break
-            z = model.predict_log_proba(fs.X[hold])
-            nll = float(-z[np.arange(len(hold)), fs.y[hold]].mean())
-            if best is None or nll < best[0]:
-                best = (nll, model)
-        model = best[1]
         X, ok = ctx.inputs
-        z = model.predict_log_proba(X)
-        probs = Calibrator.fit(model.predict_log_proba(fs.X[hold]), fs.y[hold], fs.prior)(z) if len(hold) else np.exp(z)
+        if not len(hold):
+            probs = np.exp(LogisticRegression(C=1.0, max_iter=5000).fit(fs.X[rows], fs.y[rows]).predict_log_proba(X))
+        else:
+            best = None  # (held-out NLL, model, held-out log-probabilities) of the best C
+            for c in LOGISTIC_C:
+                model = LogisticRegression(C=c, max_iter=5000).fit(fs.X[rows], fs.y[rows])
+                z = model.predict_log_proba(fs.X[hold])
+                nll = float(-z[np.arange(len(hold)), fs.y[hold]].mean())
+                if best is None or nll < best[0]:
+                    best = (nll, model, z)
+            _, model, z_hold = best
+            probs = Calibrator.fit(z_hold, fs.y[hold], fs.prior)(model.predict_log_proba(X))
         probs[~ok] = np.nan
         return Forecast.from_probs(probs)
 

@@ -32,11 +32,17 @@ MIN_ROWS = 20
 SKILL_SE = 2.0
 
 
+def row_nll(probs: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Negative log-likelihood of each row's label ``[n]`` (natural log, probabilities floored at 1e-12).
+    ``probs`` ``[n, C]``, ``y`` ``[n]``."""
+    return -np.log(np.clip(probs[np.arange(len(y)), y], _EPS, 1.0))
+
+
 def log_loss(probs: np.ndarray, y: np.ndarray) -> float:
-    """Mean negative log-likelihood of ``y`` (natural log). ``probs`` ``[n, C]``, ``y`` ``[n]``."""
+    """Mean negative log-likelihood of ``y`` (natural log; NaN without rows). ``probs`` ``[n, C]``, ``y`` ``[n]``."""
     if not len(y):
         return float("nan")
-    return float(-np.log(np.clip(probs[np.arange(len(y)), y], _EPS, 1.0)).mean())
+    return float(row_nll(probs, y).mean())
 
 
 def prior_log_loss(prior: np.ndarray, y: np.ndarray) -> float:
@@ -61,11 +67,6 @@ class Calibrator:
     prior_log_loss: float = float("nan")
 
     @classmethod
-    def identity(cls, prior: np.ndarray) -> Calibrator:
-        """The map that changes nothing (``T = 1``, ``w = 0``)."""
-        return cls(1.0, 0.0, tuple(float(p) for p in prior))
-
-    @classmethod
     def fit(cls, z: np.ndarray, y: np.ndarray, prior: np.ndarray) -> Calibrator:
         """Fit ``T`` then ``w`` on held-out log-probabilities ``z`` ``[n, C]`` and labels ``y`` ``[n]``."""
         z, y = np.asarray(z, np.float64), np.asarray(y, np.int64)
@@ -88,8 +89,7 @@ class Calibrator:
         w = float(minimize_scalar(nll, bounds=(0.0, 1.0), method="bounded", options={"xatol": 1e-4}).x)
         w = 0.0 if nll(0.0) <= nll(w) else w
         ll = nll(w)
-        rows = np.arange(len(y))
-        gain = np.log(np.clip(((1.0 - w) * scaled + w * prior)[rows, y], _EPS, 1.0)) - np.log(prior[y])
+        gain = -row_nll((1.0 - w) * scaled + w * prior, y) - np.log(prior[y])
         se = float(gain.std(ddof=1) / np.sqrt(len(y)))
         halves = np.array_split(gain, 2)  # rows come in time order: skill must hold in both halves
         if ll_prior - ll <= max(2.0 / len(y), SKILL_SE * se) or min(h.mean() for h in halves) <= 0:

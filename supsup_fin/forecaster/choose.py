@@ -23,7 +23,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from supsup_fin.forecaster.calibration import Calibrator, prior_log_loss
+from supsup_fin.forecaster.calibration import Calibrator, prior_log_loss, row_nll
 from supsup_fin.forecaster.gating import INFER, SOFT, MarketModel, RegimeGatedForecaster
 from supsup_fin.forecaster.prepare import FeatureSet, RegimeFit
 from supsup_fin.forecaster.selection import MIN_REGIME_ROWS, regime_rows, selection_split
@@ -31,14 +31,9 @@ from supsup_fin.gate_modes import GATE_MODES
 
 log = logging.getLogger(__name__)
 
-_EPS = 1e-12
 SE_MARGIN = 2.0
 MIN_GAIN = 1e-4
 """Nats per row below which two modes tie (e.g. both outputting the prior, up to rounding)."""
-
-
-def _row_nll(probs: np.ndarray, y: np.ndarray) -> np.ndarray:
-    return -np.log(np.clip(probs[np.arange(len(y)), y], _EPS, 1.0))
 
 
 def pick_mode(nll: dict[str, np.ndarray], default: str = "market") -> str:
@@ -55,23 +50,26 @@ def pick_mode(nll: dict[str, np.ndarray], default: str = "market") -> str:
     return best
 
 
+def _task_map(fc: RegimeGatedForecaster, task: str, fs: FeatureSet, rows: np.ndarray, prior: np.ndarray) -> Calibrator:
+    """Mask ``task``'s calibration map fitted on input rows ``rows`` of ``fs``."""
+    z = torch.log_softmax(fc.task_logits(torch.as_tensor(fs.X[rows], dtype=torch.float32), task), dim=1).numpy()
+    return Calibrator.fit(z, fs.y[rows], prior)
+
+
 @torch.no_grad()
 def fit_market(
-    fc: RegimeGatedForecaster, mm: MarketModel, fs: FeatureSet, rf: RegimeFit, fraction: float, purge: int,
+    fc: RegimeGatedForecaster, mm: MarketModel, fs: FeatureSet, rf: RegimeFit, holdout: np.ndarray,
     modes: tuple[str, ...] = GATE_MODES,
 ) -> MarketModel:
-    """``mm`` with calibration maps, the chosen gate mode and the held-out scores behind them."""
-    split = selection_split(fs.rows("train"), fraction, purge, mm.name)
-    hold = split.holdout
-    hold = hold[np.isfinite(rf.next_proba[hold]).all(axis=1)]
+    """``mm`` with calibration maps, the chosen gate mode and the held-out scores behind them, all
+    fitted on ``holdout``: the market's selection-slice rows of ``fs`` (:func:`selection_split`)."""
+    hold = holdout[np.isfinite(rf.next_proba[holdout]).all(axis=1)]
     names = list(rf.names)
     cals: dict[str, Calibrator] = {}
     for task in dict.fromkeys([mm.masks.get(r, mm.all_mask) for r in names] + [mm.all_mask]):
         own = [k for k, r in enumerate(names) if mm.masks.get(r) == task and task != mm.all_mask]
-        rows = regime_rows(hold, rf.next_proba, own[0] if len(own) == 1 else None)
-        x = torch.as_tensor(fs.X[rows], dtype=torch.float32)
-        z = torch.log_softmax(fc.task_logits(x, task), dim=1).numpy()
-        cals[task] = Calibrator.fit(z, fs.y[rows], mm.prior)
+        cals[task] = _task_map(fc, task, fs, regime_rows(hold, rf.next_proba, own[0] if len(own) == 1 else None),
+                               mm.prior)
     post = rf.next_proba[hold]
     weights: dict[str, np.ndarray] = {}
     for k, r in enumerate(names):
@@ -84,12 +82,10 @@ def fit_market(
     inferred = np.array(fc.inferred_tasks(candidates, fs.X, hold))
     for task in candidates:  # infer: each mask calibrated on the rows task inference sends it
         rows = hold[inferred == task]
-        rows = rows if len(rows) >= MIN_REGIME_ROWS else hold
-        z = torch.log_softmax(fc.task_logits(torch.as_tensor(fs.X[rows], dtype=torch.float32), task), dim=1).numpy()
-        cals[INFER + task] = Calibrator.fit(z, fs.y[rows], mm.prior)
+        cals[INFER + task] = _task_map(fc, task, fs, rows if len(rows) >= MIN_REGIME_ROWS else hold, mm.prior)
     mm = replace(mm, calibrators=cals)
     y = fs.y[hold]
-    nll = {m: _row_nll(fc.route(mm, fs.X, hold, post, m)[0], y) for m in modes}
+    nll = {m: row_nll(fc.route(mm, fs.X, hold, post, m)[0], y) for m in modes}
     chosen = pick_mode(nll)
     selection = {
         "n_holdout": int(len(hold)), "holdout_start": str(fs.dates[hold[0]].date()),
@@ -107,5 +103,6 @@ def fit_selection(
 ) -> RegimeGatedForecaster:
     """Calibrate every market of ``fc`` and choose its gate mode on its selection slice (in place)."""
     for name, mm in list(fc.markets.items()):
-        fc.markets[name] = fit_market(fc, mm, features[name], regimes[name], fraction, purge)
+        holdout = selection_split(features[name].rows("train"), fraction, purge, name).holdout
+        fc.markets[name] = fit_market(fc, mm, features[name], regimes[name], holdout)
     return fc

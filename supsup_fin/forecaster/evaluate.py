@@ -21,24 +21,15 @@ import numpy as np
 import pandas as pd
 import torch
 
+from supsup_fin.forecaster.calibration import log_loss
 from supsup_fin.forecaster.gating import RegimeGatedForecaster
 from supsup_fin.forecaster.prepare import FeatureSet, RegimeFit
 from supsup_fin.forecaster.mask_tasks import ALL
 from supsup_fin.gate_modes import AUTO, GATE_MODES
 
-_EPS = 1e-12
-
-
 def accuracy(probs: np.ndarray, y: np.ndarray) -> float:
     """Fraction of rows whose most probable class is ``y``. ``probs`` ``[n, C]``."""
     return float((probs.argmax(axis=1) == y).mean()) if len(y) else float("nan")
-
-
-def log_loss(probs: np.ndarray, y: np.ndarray) -> float:
-    """Mean negative log-likelihood of ``y`` (natural log)."""
-    if not len(y):
-        return float("nan")
-    return float(-np.log(np.clip(probs[np.arange(len(y)), y], _EPS, 1.0)).mean())
 
 
 def brier(probs: np.ndarray, y: np.ndarray) -> float:

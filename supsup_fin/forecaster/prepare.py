@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from supsup_fin.config import Config, RegimesConfig, SegmentsConfig
+from supsup_fin.decision import ClassReturns
 from supsup_fin.errors import DataError
 from supsup_fin.features import (
     Scaler,
@@ -78,6 +79,11 @@ class FeatureSet:
         """Indices of the usable rows (complete inputs, known target) of a segment."""
         ok = (self.segment == segment) & (self.y >= 0) & np.isfinite(self.X).all(axis=1)
         return np.flatnonzero(ok)
+
+    def class_returns(self) -> ClassReturns:
+        """Each class's forward-return mean and variance on the ``train`` rows (for the decision layer)."""
+        rows = self.rows("train")
+        return ClassReturns.fit(self.fwd[rows], self.y[rows], len(self.prior))
 
 
 def build_features(market: str, prices: pd.DataFrame, cfg: Config) -> FeatureSet:

@@ -12,7 +12,7 @@ import torch
 
 from supsup_fin import progress
 from supsup_fin.config import Config, RuntimeConfig
-from supsup_fin.decision import ClassReturns, DecisionRule
+from supsup_fin.decision import DecisionRule
 from supsup_fin.forecaster.choose import fit_selection
 from supsup_fin.forecaster.gating import MarketModel, RegimeGatedForecaster
 from supsup_fin.masks import FrozenNet, Mask, MaskBank, train_masks
@@ -163,9 +163,8 @@ def build_forecaster(
         fs, rf = features[name], regimes[name]
         all_mask = task_name(name, ALL)
         masks = {r: task_name(name, r) if task_name(name, r) in bank else all_mask for r in rf.names}
-        train = fs.rows("train")
-        returns = ClassReturns.fit(fs.fwd[train], fs.y[train], len(fs.prior))
-        markets[name] = MarketModel(name, fs.scaler, fs.class_edges, fs.prior, rf.model, masks, all_mask, returns)
+        markets[name] = MarketModel(name, fs.scaler, fs.class_edges, fs.prior, rf.model, masks, all_mask,
+                                    fs.class_returns())
     fc = RegimeGatedForecaster(
         markets, net, bank, feature_names=cfg.features.names, lookback=cfg.features.lookback,
         horizon=cfg.features.horizon, regime_window=cfg.regimes.regime_window, mode=cfg.gating.mode,

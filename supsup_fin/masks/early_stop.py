@@ -10,13 +10,14 @@ when every task has stopped, training can end early.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax, logsumexp
 
+from supsup_fin.errors import DataError
 from supsup_fin.masks.net import mlp
 
 _LOG_T_BOUNDS = (np.log(0.05), np.log(200.0))
@@ -79,13 +80,31 @@ class HeldOutSelector:
         for t, n in enumerate(names):
             self._x[t, : sizes[t]] = holdout[n][0].to(device)
         self._y = [holdout[n][1].numpy() for n in names]
-        self._sizes = sizes
+        self.sizes = sizes
+        """Held-out rows per task."""
         self.best_loss = [float("inf")] * len(names)
         self.best_step = [0] * len(names)
         self.temperature = [1.0] * len(names)
         self._since = [0] * len(names)
         self._bits: list[list[torch.Tensor] | None] = [None] * len(names)
         self._probs: list[list[torch.Tensor] | None] = [None] * len(names)
+
+    @classmethod
+    def for_tasks(
+        cls, names: list[str], holdout: Mapping[str, tuple], validate: Callable[..., tuple[torch.Tensor, torch.Tensor]],
+        n_classes: int, steps: int, checkpoints: Sequence[int] | None, patience: int, device: torch.device,
+        what: str = "tasks",
+    ) -> HeldOutSelector:
+        """A selector for a trainer's ``names``: every one needs held-out rows, each checked by the
+        trainer's own ``validate(name, X, y)``; ``checkpoints`` default to :func:`default_grid`."""
+        missing = [n for n in names if n not in holdout]
+        if missing:
+            raise DataError(f"holdout has no rows for {what} {missing}")
+        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
+            raise ValueError(f"patience must be an int >= 1, got {patience!r}")
+        held = {n: validate(f"{n} (holdout)", *holdout[n]) for n in names}
+        grid = check_grid(checkpoints if checkpoints is not None else default_grid(steps), steps)
+        return cls(names, held, n_classes, grid, patience, device)
 
     def due(self, step: int) -> bool:
         """Whether ``step`` (steps done so far) is a checkpoint."""
@@ -109,7 +128,7 @@ class HeldOutSelector:
         for t in range(len(self.names)):
             if self._since[t] >= self.patience:
                 continue
-            temp, loss = temperature_nll(logp[t, : self._sizes[t]], self._y[t])
+            temp, loss = temperature_nll(logp[t, : self.sizes[t]], self._y[t])
             if loss < self.best_loss[t]:
                 self.best_loss[t], self.best_step[t], self.temperature[t], self._since[t] = loss, step, temp, 0
                 self._bits[t] = [m[t].detach().cpu().clone() for m in keep]

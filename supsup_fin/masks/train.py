@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from supsup_fin.masks.bank import MaskBank
-from supsup_fin.masks.early_stop import HeldOutSelector, check_grid, default_grid
+from supsup_fin.masks.early_stop import HeldOutSelector
 from supsup_fin.masks.forms import MaskForm, get_form
 from supsup_fin.masks.mask import Mask
 from supsup_fin.masks.fused import StepBuffers, batched_logits, supermask_logits
@@ -161,14 +161,8 @@ def train_masks(
     dev = net.device if device is None else torch.device(device)
     selector = None
     if holdout is not None:
-        missing = [n for n in names if n not in holdout]
-        if missing:
-            raise ValueError(f"holdout has no rows for tasks {missing}")
-        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
-            raise ValueError(f"patience must be an int >= 1, got {patience!r}")
-        held = {n: _validate_task(f"{n} (holdout)", *holdout[n], net) for n in names}
-        grid = check_grid(checkpoints if checkpoints is not None else default_grid(steps), steps)
-        selector = HeldOutSelector(names, held, net.n_classes, grid, patience, dev)
+        selector = HeldOutSelector.for_tasks(names, holdout, lambda n, x, y: _validate_task(n, x, y, net),
+                                             net.n_classes, steps, checkpoints, patience, dev)
     logger.info("training %d %s masks on %s for %d steps: %s", len(names), form.name, dev, steps, names)
 
     final, probs, losses = _train_scores(
@@ -190,7 +184,7 @@ def train_masks(
             meta["form_options"] = form.options()
         if selector is not None:
             meta.update(selected_step=selector.best_step[t], holdout_log_loss=selector.best_loss[t],
-                        holdout_temperature=selector.temperature[t], n_holdout=int(selector._sizes[t]))
+                        holdout_temperature=selector.temperature[t], n_holdout=int(selector.sizes[t]))
         full = {**meta, **extra.get(name, {})}
         entries[name] = (mask, full) if probs is None else (mask, full, [p[t] for p in probs])
     out = base.extended(entries)
