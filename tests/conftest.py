@@ -9,8 +9,19 @@ from collections.abc import Iterator
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import HealthCheck, settings
 
 SEED = int(os.environ.get("SUPSUP_TEST_SEED", "0"))
+
+# Fuzzing is reproducible: the same examples on every run and machine (no example database).
+# Default-suite probes use a few hundred examples; the slow suite's (`-m slow`) at least 10,000.
+settings.register_profile(
+    "supsup", derandomize=True, database=None, deadline=None, print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+settings.load_profile("supsup")
+FUZZ_EXAMPLES = 300
+FUZZ_EXAMPLES_SLOW = 10_000
 
 
 def pytest_report_header(config: pytest.Config) -> str:
