@@ -12,6 +12,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from pipelines._recovery import crash_abandoned_flow_runs, process_tagged
 from pipelines.retrain import ingest
 from supsup_fin.config import Config, config_from_dict
 from supsup_fin.data import LoadedPrices
@@ -39,14 +40,17 @@ def forecast_flow(config: dict[str, Any], workspace: str | None = None) -> dict[
     """Forecast every configured market's latest date with the champion and store the rows."""
     cfg = config_from_dict(config)
     ws = Workspace.resolve(workspace)
+    crash_abandoned_flow_runs("forecast")
     model, version = load_model(cfg, ws)
     names = known_markets(model, version, [m.name for m in cfg.markets])
     loaded = {n: ingest.submit(cfg.market(n), cfg, ws.cache_dir) for n in names}
-    rows = [predict.submit(model, version, f).result() for f in loaded.values()]
+    predicted = [predict.submit(model, version, f) for f in loaded.values()]  # all markets at once
+    rows = [f.result() for f in predicted]
     return {"model_version": version, "forecasts": rows, **store(cfg, ws, rows)}
 
 
 def run_forecast(cfg: Config, workspace: str | Path | None = None) -> dict[str, Any]:
     """Run the flow on threads."""
     flow_ = forecast_flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=cfg.runtime.max_workers))
-    return flow_(config=cfg.model_dump(mode="json"), workspace=str(workspace) if workspace else None)
+    with process_tagged():
+        return flow_(config=cfg.model_dump(mode="json"), workspace=str(workspace) if workspace else None)

@@ -1,5 +1,11 @@
 """The ``retrain`` flow: ingest -> features -> regimes -> tasks -> train masks -> evaluate ->
-log -> register -> promote. Each task is one library call; markets fan out as tasks."""
+log -> register -> promote. Each task is one library call; markets fan out as tasks.
+
+One retrain at a time per workspace: the flow holds the workspace's ``retrain`` lock (a second
+one waits up to ``RETRAIN_LOCK_TIMEOUT_S``, then fails naming the holder). Holding it, it first
+closes what a killed retrain left (runs marked FAILED / Crashed, undecided versions marked
+incomplete) and reports it in the summary under ``recovered``.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +20,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
+from pipelines._recovery import crash_abandoned_flow_runs, process_tagged
 from pipelines._server import prefect_server
 from supsup_fin.config import Config, MarketConfig, RuntimeConfig, config_from_dict
 from supsup_fin.data import LoadedPrices, load_prices
@@ -24,7 +31,8 @@ from supsup_fin.forecaster.prepare import FeatureSet, RegimeFit, build_features,
 from supsup_fin.regimes import RegimeModel
 from supsup_fin.forecaster.summary import retrain_summary
 from supsup_fin.forecaster.mask_tasks import Task, make_tasks
-from supsup_fin.tracking import RunRecord, log_retrain
+from supsup_fin.tracking import RunRecord, connect, log_retrain
+from supsup_fin.tracking.recovery import recover_store
 from supsup_fin.tracking.registry import champion_bank, champion_regimes
 from supsup_fin.forecaster.training import (
     MaskBits,
@@ -91,13 +99,39 @@ def score(forecaster: RegimeGatedForecaster, fs: dict[str, FeatureSet], rf: dict
 
 @task(name="log-register-promote", cache_policy=NO_CACHE)
 def record(cfg: Config, ws: Workspace, loaded: dict[str, LoadedPrices], rf: dict[str, RegimeFit],
-           ev: Evaluation, forecaster: RegimeGatedForecaster, timings: dict[str, float]) -> RunRecord:
-    return log_retrain(cfg, ws, loaded=loaded, regimes=rf, evaluation=ev, forecaster=forecaster, timings=timings)
+           ev: Evaluation, forecaster: RegimeGatedForecaster, timings: dict[str, float], force: bool) -> RunRecord:
+    return log_retrain(cfg, ws, loaded=loaded, regimes=rf, evaluation=ev, forecaster=forecaster, timings=timings,
+                       force=force)
+
+
+@task(name="recover", cache_policy=NO_CACHE)
+def recover(cfg: Config, ws: Workspace) -> str:
+    """Close what killed retrains left (runs, flow runs, undecided versions); '' when nothing."""
+    rec = recover_store(connect(cfg.tracking, ws), cfg.tracking.experiment, cfg.tracking.model_name)
+    crashed = crash_abandoned_flow_runs("retrain")
+    parts = [rec.describe()] if rec else []
+    if crashed:
+        parts.append(f"{len(crashed)} Prefect flow run(s) left running by a killed process marked Crashed")
+    return "; ".join(parts)
+
+
+RETRAIN_LOCK_TIMEOUT_S = 3600.0
+"""Seconds a retrain waits for another retrain of the same workspace before it fails."""
 
 
 @flow(name="retrain")
-def retrain_flow(config: dict[str, Any], workspace: str | None = None) -> dict[str, Any]:
-    """Retrain every configured market's masks and register the forecaster."""
+def retrain_flow(config: dict[str, Any], workspace: str | None = None, force: bool = False) -> dict[str, Any]:
+    """Retrain every configured market's masks and register the forecaster (``force``: promote even
+    when an HMM fell back to fewer regimes than asked, if the scores allow)."""
+    cfg = config_from_dict(config)
+    ws = Workspace.resolve(workspace)
+    with ws.lock("retrain", timeout=RETRAIN_LOCK_TIMEOUT_S, what=f"retrain {cfg.name}"):
+        recovered = recover(cfg, ws)
+        summary = _retrain(cfg, ws, force)
+    return {**summary, "recovered": recovered}
+
+
+def _retrain(cfg: Config, ws: Workspace, force: bool) -> dict[str, Any]:
     start = time.perf_counter()
     clock: dict[str, float] = {}
 
@@ -106,8 +140,6 @@ def retrain_flow(config: dict[str, Any], workspace: str | None = None) -> dict[s
         clock[stage] = round(now - t0, 3)
         return now
 
-    cfg = config_from_dict(config)
-    ws = Workspace.resolve(workspace)
     t = start
     futures = {m.name: ingest.submit(m, cfg, ws.cache_dir) for m in cfg.markets}
     loaded = {n: f.result() for n, f in futures.items()}
@@ -128,7 +160,7 @@ def retrain_flow(config: dict[str, Any], workspace: str | None = None) -> dict[s
     forecaster = assemble(fs, rf, net, bank, cfg)
     ev = score(forecaster, fs, rf, {n: lp.frame for n, lp in loaded.items()})
     t = lap("evaluate", t)
-    run = record(cfg, ws, loaded, rf, ev, forecaster, dict(clock))
+    run = record(cfg, ws, loaded, rf, ev, forecaster, dict(clock), force)
     lap("log_register", t)
     return retrain_summary(cfg, ev, run, elapsed_s=time.perf_counter() - start, timings=clock)
 
@@ -147,20 +179,22 @@ def task_runner(runtime: RuntimeConfig) -> TaskRunner:
     })
 
 
-def run_retrain(cfg: Config, workspace: str | Path | None = None) -> dict[str, Any]:
+def run_retrain(cfg: Config, workspace: str | Path | None = None, force: bool = False) -> dict[str, Any]:
     """Run the flow with the configured task runner (``runtime.task_runner``).
 
     Dask process workers need a real Prefect server: without ``PREFECT_API_URL`` one is started
     on 127.0.0.1 (``schedule.prefect_port``) for the run and stopped after it.
     """
     flow_ = retrain_flow.with_options(task_runner=task_runner(cfg.runtime))
-    params = {"config": cfg.model_dump(mode="json"), "workspace": str(workspace) if workspace else None}
+    params = {"config": cfg.model_dump(mode="json"), "workspace": str(workspace) if workspace else None,
+              "force": force}
     if cfg.runtime.task_runner != "dask" or os.environ.get("PREFECT_API_URL"):
-        return flow_(**params)
+        with process_tagged():
+            return flow_(**params)
     with prefect_server(Workspace.resolve(workspace), cfg.schedule.prefect_port) as api_url:
         os.environ["PREFECT_API_URL"] = api_url  # local cluster workers inherit it
         try:
-            with temporary_settings(updates={PREFECT_API_URL: api_url}):
+            with temporary_settings(updates={PREFECT_API_URL: api_url}), process_tagged():
                 return flow_(**params)
         finally:
             del os.environ["PREFECT_API_URL"]

@@ -30,12 +30,12 @@ from supsup_fin.cli.common import (
 from supsup_fin.config import Config, demo_config_path, load_config
 from supsup_fin.workspace import Workspace
 
-def _retrain(cfg: Config, home: Path | None, as_json: bool) -> dict[str, Any]:
+def _retrain(cfg: Config, home: Path | None, as_json: bool, force: bool = False) -> dict[str, Any]:
     prefect_defaults()  # first: Prefect reads its settings when it is first imported
     from pipelines.retrain import run_retrain
 
     with progress_bar(not as_json and err.is_terminal):
-        return run_retrain(cfg, home)
+        return run_retrain(cfg, home, force)
 
 
 def _show_retrain(summary: dict[str, Any]) -> None:
@@ -48,6 +48,8 @@ def _show_retrain(summary: dict[str, Any]) -> None:
                     "each market chose on held-out training rows)", gated,
                      ["market", "mode", *(["runs"] if any("runs" in r for r in gated) else []), "n", "accuracy",
                       "baseline_accuracy", "log_loss", "baseline_log_loss", *priors]))
+    if summary.get("recovered"):
+        err.print(f"[yellow]recovered from a killed run:[/yellow] {summary['recovered']}")
     reg, p = summary["registered_model"], summary["promotion"]
     out.print(f"registered [bold]{reg['name']}[/bold] v{reg['version']} aliases={reg['aliases']}: {p['reason']}")
     out.print(f"tracking: {summary['tracking_uri']}  run {summary['run_id']}  ({summary['elapsed_s']:.1f} s)")
@@ -87,10 +89,19 @@ def demo(as_json: JsonOpt = False, home: HomeOpt = None, verbose: VerboseOpt = F
 
 @app.command()
 @fails_cleanly
-def retrain(config: ConfigOpt, as_json: JsonOpt = False, home: HomeOpt = None, verbose: VerboseOpt = False) -> None:
-    """Retrain every market's masks, evaluate, log to MLflow, register and maybe promote."""
+def retrain(
+    config: ConfigOpt,
+    force: Annotated[bool, typer.Option("--force", help="Promote even when a market's HMM fell back to fewer "
+                                        "regimes than asked (degenerate), if the scores allow.")] = False,
+    as_json: JsonOpt = False, home: HomeOpt = None, verbose: VerboseOpt = False,
+) -> None:
+    """Retrain every market's masks, evaluate, log to MLflow, register and maybe promote.
+
+    One retrain per workspace at a time: a second one waits for the first. A retrain killed
+    mid-way leaves nothing promotable; the next one reports and closes what it left.
+    """
     setup_logging(verbose)
-    summary = _retrain(load_config(config), home, as_json)
+    summary = _retrain(load_config(config), home, as_json, force)
     print_json(summary) if as_json else _show_retrain(summary)
 
 

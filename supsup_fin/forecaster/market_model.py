@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from supsup_fin.decision import ClassReturns
+from supsup_fin.errors import DataError
 from supsup_fin.features import Scaler
 from supsup_fin.forecaster.calibration import Calibrator
 from supsup_fin.regimes import RegimeModel
@@ -63,7 +64,10 @@ class MarketModel:
 
     @classmethod
     def from_dict(cls, name: str, d: dict[str, Any]) -> MarketModel:
+        """Rebuild from :meth:`to_dict`; parameters out of range raise :class:`DataError` naming
+        the market and the field (a changed digit must not silently change forecasts)."""
         cr = d.get("class_returns")
+        _check_parameters(name, d)
         return cls(
             name=name, scaler=Scaler.from_dict(d["scaler"]),
             class_edges=np.asarray(d["class_edges"], np.float64), prior=np.asarray(d["prior"], np.float64),
@@ -81,3 +85,27 @@ class MarketModel:
             raise ValueError(f"market {self.name!r}: gate mode 'auto' needs a mode chosen on held-out rows; "
                              "this model has none (trained without a selection slice)")
         return self.mode
+
+
+def _check_parameters(name: str, d: dict[str, Any]) -> None:
+    """Sanity of the stored scaler, class edges and prior (the HMM checks its own)."""
+
+    def bad(field: str, why: str) -> DataError:
+        return DataError(f"market {name!r}: {field} {why}")
+
+    mean = np.asarray(d["scaler"]["mean"], np.float64)
+    std = np.asarray(d["scaler"]["std"], np.float64)
+    if mean.shape != std.shape or mean.ndim != 1:
+        raise bad("scaler", f"mean and std must be vectors of one length, got {mean.shape} and {std.shape}")
+    if not np.isfinite(mean).all():
+        raise bad("scaler.mean", f"must be finite, got {mean[~np.isfinite(mean)][0]} at position {int(np.flatnonzero(~np.isfinite(mean))[0])}")
+    if not (np.isfinite(std) & (std > 0)).all():
+        i = int(np.flatnonzero(~(np.isfinite(std) & (std > 0)))[0])
+        raise bad("scaler.std", f"must be positive and finite, got {std[i]} at position {i}")
+    edges = np.asarray(d["class_edges"], np.float64)
+    if not np.isfinite(edges).all() or (np.diff(edges) <= 0).any():
+        raise bad("class_edges", f"must be finite and strictly increasing, got {edges.tolist()}")
+    prior = np.asarray(d["prior"], np.float64)
+    if prior.shape != (len(edges) + 1,) or not np.isfinite(prior).all() or (prior < 0).any() \
+            or abs(prior.sum() - 1.0) > 1e-6:
+        raise bad("prior", f"must be {len(edges) + 1} non-negative probabilities summing to 1, got {prior.tolist()}")

@@ -15,7 +15,7 @@ from supsup_fin.backtest.plots import equity_figure, reliability_figure
 from supsup_fin.backtest.report import PORTFOLIO, BacktestResult
 from supsup_fin.config import Config
 from supsup_fin.data import LoadedPrices
-from supsup_fin.tracking.store import connect, git_commit, tracking_uri
+from supsup_fin.tracking.store import connect, run_tags, tracking_uri
 from supsup_fin.workspace import Workspace
 
 _LOGGED = ("sharpe", "sortino", "ann_return", "ann_vol", "max_drawdown", "calmar", "hit_rate", "turnover",
@@ -34,7 +34,7 @@ def log_backtest(cfg: Config, workspace: Workspace, result: BacktestResult, load
     with mlflow.start_run(run_name=f"backtest-{cfg.name}") as run, tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         mlflow.log_params({k: str(v)[:500] for k, v in cfg.flat().items()})
-        tags = {"supsup_fin.flow": "backtest", **git_commit()}
+        tags = {"supsup_fin.flow": "backtest", **run_tags()}
         for m, lp in loaded.items():
             tags |= {f"data.{m}.hash": lp.data_hash, f"data.{m}.source": lp.source, f"data.{m}.as_of": str(lp.as_of.date())}
         mlflow.set_tags(tags)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from mlflow.tracking import MlflowClient
 
 from supsup_fin.config import TrackingConfig
 from supsup_fin.errors import RegistryError, SupsupError
+from supsup_fin.forecaster.persist import check_manifest, load_forecaster
 from supsup_fin.masks import FrozenNet, MaskBank
 from supsup_fin.regimes import RegimeModel
 from supsup_fin.tracking.store import connect
@@ -24,6 +27,7 @@ log = logging.getLogger(__name__)
 CHAMPION, CHALLENGER = "champion", "challenger"
 HIGHER_IS_BETTER = {"accuracy": True, "log_loss": False}
 HISTORY_TAG = "champion.history"  # registered-model tag: versions that held champion, oldest first
+MANIFEST_TAG = "forecaster.manifest_sha256"  # version tag: sha256 of the forecaster's manifest.json
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,8 @@ class Decision:
     champion_version: int | None
     champion_score: float | None
     reason: str
+    champion_unloadable: str | None = None
+    blocked_by: str | None = None
 
     def as_tags(self) -> dict[str, str]:
         return {f"promotion.{k}": str(v) for k, v in asdict(self).items()}
@@ -76,25 +82,42 @@ def set_champion(client: MlflowClient, name: str, version: int) -> None:
 
 def decide(
     client: MlflowClient, name: str, version: int, metric: str, score: float, baseline: float,
-    margin: float,
+    margin: float, *, blockers: list[str] | None = None, force: bool = False,
 ) -> Decision:
     """Tag the new version ``challenger``; make it ``champion`` if it beats the baseline and the
-    current champion's recorded validation score by ``margin``. Records the decision as tags."""
+    current champion's recorded validation score by ``margin``. Records the decision as tags.
+
+    The champion is loaded first (files checked against their registered hashes): one that
+    cannot be loaded counts as no champion, said in a warning and recorded in the tag
+    ``promotion.champion_unloadable``. ``blockers`` (e.g. an HMM that fell back to one regime)
+    keep the version from being promoted unless ``force``.
+    """
     client.set_registered_model_alias(name, CHALLENGER, str(version))
     champ = champion_version(client, name)
-    champ_score = None
+    champ_score, unloadable = None, None
     if champ is not None:
-        tags = client.get_model_version(name, str(champ)).tags
-        champ_score = float(tags["valid_score"]) if "valid_score" in tags else None
+        unloadable = version_problem(client, name, champ)
+        if unloadable:
+            log.warning("model %s: champion v%d cannot be loaded (%s); it counts as no champion", name, champ, unloadable)
+        else:
+            tags = client.get_model_version(name, str(champ)).tags
+            champ_score = float(tags["valid_score"]) if "valid_score" in tags else None
+    vs = (f"champion v{champ} ({champ_score:.4f})" if champ_score is not None
+          else f"champion v{champ}, which cannot be loaded" if unloadable else "no champion")
+    blocked = "; ".join(blockers or []) or None
     if not _beats(score, baseline, metric, margin):
         promoted, reason = False, f"valid {metric} {score:.4f} does not beat the class prior {baseline:.4f}"
     elif champ_score is not None and not _beats(score, champ_score, metric, margin):
         promoted, reason = False, f"valid {metric} {score:.4f} does not beat champion v{champ} ({champ_score:.4f})"
+    elif blocked and not force:
+        promoted, reason = False, f"not promoted without --force: {blocked}"
     else:
         promoted = True
-        vs = f"champion v{champ} ({champ_score:.4f})" if champ_score is not None else "no champion"
         reason = f"valid {metric} {score:.4f} beats the class prior {baseline:.4f} and {vs}"
-    decision = Decision(version, promoted, metric, score, baseline, champ, champ_score, reason)
+        if blocked:
+            reason += f" (forced despite: {blocked})"
+    decision = Decision(version, promoted, metric, score, baseline, champ, champ_score, reason,
+                        champion_unloadable=unloadable, blocked_by=blocked)
     for k, v in {"valid_metric": metric, "valid_score": str(score), "valid_baseline": str(baseline),
                  **decision.as_tags()}.items():
         client.set_model_version_tag(name, str(version), k, v)
@@ -135,44 +158,65 @@ def download_forecaster(name: str, version: str, dest: str) -> str:
     uri = f"models:/{name}/{version}" if version.isdigit() else f"models:/{name}@{version}"
     try:
         root = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=dest)
-    except MlflowException as err:
-        raise RegistryError(f"cannot load {uri}: {err.message.splitlines()[0]}") from None
+    except (MlflowException, OSError) as err:
+        msg = err.message.splitlines()[0] if isinstance(err, MlflowException) else str(err)
+        raise RegistryError(f"cannot load {uri}: {msg}") from None
     return f"{root.rstrip('/')}/artifacts/forecaster"
+
+
+@contextmanager
+def checked_version(client: MlflowClient, name: str, version: int) -> Iterator[Path]:
+    """A registered version's forecaster directory, downloaded and checked against the manifest
+    hash recorded at registration (:class:`~supsup_fin.errors.SupsupError` naming the file if not)."""
+    expected = client.get_model_version(name, str(version)).tags.get(MANIFEST_TAG)
+    with tempfile.TemporaryDirectory() as tmp:
+        fdir = Path(download_forecaster(name, str(version), tmp))
+        check_manifest(fdir, expected)
+        yield fdir
+
+
+def version_problem(client: MlflowClient, name: str, version: int) -> str | None:
+    """Why registered ``version`` cannot serve forecasts (files, hashes, parameters), or None."""
+    try:
+        with checked_version(client, name, version) as fdir:
+            load_forecaster(fdir)
+    except (SupsupError, MlflowException) as err:
+        return str(err).splitlines()[0] if str(err) else type(err).__name__
+    return None
 
 
 def champion_bank(tracking: TrackingConfig, workspace: Workspace, net: FrozenNet) -> tuple[MaskBank | None, str]:
     """The champion's mask bank on ``net`` and its label (``"v3"``); ``(None, "")`` when there is no
-    champion or its bank was built on another base network."""
-    connect(tracking, workspace)
-    version = champion_version(MlflowClient(), tracking.model_name)
+    champion, its files fail their checks, or its bank was built on another base network."""
+    client = connect(tracking, workspace)
+    version = champion_version(client, tracking.model_name)
     if version is None:
         return None, ""
-    with tempfile.TemporaryDirectory() as tmp:
-        fdir = download_forecaster(tracking.model_name, str(version), tmp)
-        try:
-            bank = MaskBank.load(Path(fdir) / "bank", net)
-        except SupsupError as err:
-            log.info("champion v%d's masks cannot be reused: %s", version, err)
-            return None, ""
+    try:
+        with checked_version(client, tracking.model_name, version) as fdir:
+            bank = MaskBank.load(fdir / "bank", net)
+    except SupsupError as err:
+        log.info("champion v%d's masks cannot be reused: %s", version, err)
+        return None, ""
     return bank, f"v{version}"
 
 
 def champion_regimes(tracking: TrackingConfig, workspace: Workspace) -> tuple[dict[str, RegimeModel], str]:
-    """The champion's fitted HMM of each market and its label (``"v3"``); ``({}, "")`` without one.
+    """The champion's fitted HMM of each market and its label (``"v3"``); ``({}, "")`` without one
+    (or when its files fail their checks).
 
     A retrain aligns each market's refit to these (``RegimeModel.fit(previous=...)``), so regime
     names keep their meaning from one registered version to the next.
     """
-    connect(tracking, workspace)
-    version = champion_version(MlflowClient(), tracking.model_name)
+    client = connect(tracking, workspace)
+    version = champion_version(client, tracking.model_name)
     if version is None:
         return {}, ""
-    with tempfile.TemporaryDirectory() as tmp:
-        spec_file = Path(download_forecaster(tracking.model_name, str(version), tmp)) / "forecaster.json"
-        try:
-            spec = json.loads(spec_file.read_text())
+    try:
+        with checked_version(client, tracking.model_name, version) as fdir:
+            spec = json.loads((fdir / "forecaster.json").read_text())
             models = {m: RegimeModel.from_dict(d["regime"]) for m, d in spec["markets"].items()}
-        except (OSError, KeyError, ValueError) as err:
-            log.info("champion v%d's regime models cannot be read: %s", version, err)
-            return {}, ""
+    except (SupsupError, OSError, KeyError, ValueError, TypeError) as err:
+        log.info("champion v%d's regime models cannot be read: %s", version, err)
+        return {}, ""
     return models, f"v{version}"

@@ -11,7 +11,10 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from supsup_fin.config import TrackingConfig
-from supsup_fin.workspace import Workspace
+from supsup_fin.workspace import Workspace, process_tags
+
+STORE_LOCK_TIMEOUT_S = 300.0
+"""Seconds a command waits while another one creates the workspace's store (migrations take seconds)."""
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +36,29 @@ def connect(tracking: TrackingConfig, workspace: Workspace) -> MlflowClient:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     else:
         os.environ["MLFLOW_TRACKING_URI"] = user_uri
+    if uri == f"sqlite:///{workspace.mlflow_db}":  # two first commands at once: one creates, one waits
+        with workspace.lock("store", timeout=STORE_LOCK_TIMEOUT_S, what="creating the MLflow store"):
+            client = _open(tracking, workspace, uri)
+    else:
+        client = _open(tracking, workspace, uri)
+    mlflow.set_experiment(tracking.experiment)
+    return client
+
+
+def _open(tracking: TrackingConfig, workspace: Workspace, uri: str) -> MlflowClient:
+    """The client on ``uri`` (creating the store's tables on first use) with the experiment made."""
     client = MlflowClient(uri, registry_uri=uri)
+    client.search_registered_models(max_results=1)  # the registry store too: made on first use
     if client.get_experiment_by_name(tracking.experiment) is None:
         location = None if tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") else workspace.artifacts_dir.as_uri()
         client.create_experiment(tracking.experiment, artifact_location=location)
         log.info("created experiment %r in %s", tracking.experiment, uri)
-    mlflow.set_experiment(tracking.experiment)
     return client
+
+
+def run_tags() -> dict[str, str]:
+    """Tags every run gets: the checkout's commit and the process that runs it (pid, host)."""
+    return {**git_commit(), **process_tags()}
 
 
 def git_commit(path: str | Path = ".") -> dict[str, str]:

@@ -18,13 +18,16 @@ from mlflow.store.artifact.artifact_repository_registry import get_artifact_repo
 from mlflow.tracking import MlflowClient
 
 from supsup_fin.errors import RegistryError
+from supsup_fin.tracking.recovery import INCOMPLETE_TAG, decided
 from supsup_fin.tracking.registry import (
     CHAMPION,
     HISTORY_TAG,
     champion_history,
     champion_version,
     set_champion,
+    version_problem,
 )
+from supsup_fin.tracking.store import run_tags
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +60,8 @@ def list_versions(client: MlflowClient, name: str) -> list[dict[str, Any]]:
             "carried_masks": t.get("carried_masks"),
             "was_champion": int(v.version) in history,
             "pruned": t.get("pruned") == "true",
+            "incomplete": t.get(INCOMPLETE_TAG) == "true",
+            "prune_error": t.get("prune_error"),
             "run_id": v.run_id,
         })
     return rows
@@ -69,21 +74,32 @@ def _record(client: MlflowClient, name: str, version: int, action: str, previous
         client.set_model_version_tag(name, str(version), k, v)
     with mlflow.start_run(run_name=f"{action}-v{version}") as run:
         mlflow.set_tags({"supsup_fin.flow": action, "model_name": name, "champion_version": str(version),
-                         "previous_champion": str(previous), "reason": reason})
+                         "previous_champion": str(previous), "reason": reason, **run_tags()})
     log.info("%s %s: champion v%s -> v%d (%s)", action, name, previous, version, reason)
     return run.info.run_id
 
 
 def promote(client: MlflowClient, name: str, version: int, reason: str = "promoted by hand") -> dict[str, Any]:
-    """Make ``version`` the champion by hand (it must exist and still have its artifacts)."""
+    """Make ``version`` the champion by hand.
+
+    It must exist, have a recorded promotion decision (a version whose retrain was killed
+    before deciding never qualifies), still have its artifacts, and load (files checked against
+    their registered hashes).
+    """
     known = {int(v.version): v for v in _versions(client, name)}
     if version not in known:
         raise RegistryError(f"model {name!r} has no version {version}; versions: {sorted(known)}")
     if known[version].tags.get("pruned") == "true":
         raise RegistryError(f"model {name!r} v{version} was pruned by retention; its artifacts are gone")
+    if not decided(known[version].tags):
+        raise RegistryError(f"model {name!r} v{version} is incomplete: the retrain that registered it stopped "
+                            "before the champion gate decided, so it cannot be promoted")
     previous = champion_version(client, name)
     if previous == version:
         raise RegistryError(f"model {name!r} v{version} is already the champion")
+    problem = version_problem(client, name, version)
+    if problem:
+        raise RegistryError(f"model {name!r} v{version} cannot be loaded, so it cannot be promoted: {problem}")
     set_champion(client, name, version)
     run_id = _record(client, name, version, "promote", previous, reason)
     return {"model": name, "champion": version, "previous_champion": previous, "run_id": run_id, "reason": reason}
@@ -108,11 +124,18 @@ def rollback(client: MlflowClient, name: str, reason: str = "rolled back by hand
     return {"model": name, "champion": target, "previous_champion": current, "run_id": run_id, "reason": reason}
 
 
-def prune(client: MlflowClient, name: str, keep_last: int) -> list[int]:
-    """Delete the artifacts of versions outside the last ``keep_last`` that never were champion.
+MODEL_ARTIFACTS = "mask_bank"
+"""The run's artifact folder holding a copy of the model files (pruned with the logged model)."""
 
-    The version entries stay (tagged ``pruned=true``) so scores and decisions remain listed.
-    Returns the versions pruned now.
+
+def prune(client: MlflowClient, name: str, keep_last: int) -> list[int]:
+    """Delete the model artifacts of versions outside the last ``keep_last`` that never were champion.
+
+    Only the model files go (the logged model and the run's ``mask_bank`` copy); the run's
+    reports, plots and metrics stay. The version entries stay too (tagged ``pruned=true``) so
+    scores and decisions remain listed. A version whose delete failed is not marked pruned: it
+    is tagged ``prune_error`` with the reason and tried again next time. Returns the versions
+    pruned now.
     """
     keep = set(champion_history(client, name))
     versions = _versions(client, name)
@@ -122,28 +145,49 @@ def prune(client: MlflowClient, name: str, keep_last: int) -> list[int]:
     for v in versions:
         if int(v.version) in keep or v.tags.get("pruned") == "true":
             continue
-        for uri in _artifact_uris(client, v):
+        errors = []
+        for uri, path in _model_artifacts(client, v):
             try:
-                get_artifact_repository(uri).delete_artifacts()
+                get_artifact_repository(uri).delete_artifacts(path)
             except (OSError, MlflowException, NotImplementedError) as err:
-                log.warning("retention: could not delete %s of %s v%s: %s", uri, name, v.version, err)
+                errors.append(f"{uri}{'/' + path if path else ''}: {type(err).__name__}: {err}")
+        if errors:
+            client.set_model_version_tag(name, v.version, "prune_error", "; ".join(errors)[:1000])
+            log.warning("retention: could not delete the model files of %s v%s (kept, not marked pruned): %s",
+                        name, v.version, "; ".join(errors))
+            continue
         client.set_model_version_tag(name, v.version, "pruned", "true")
+        if "prune_error" in v.tags:
+            client.delete_model_version_tag(name, v.version, "prune_error")
         pruned.append(int(v.version))
     if pruned:
         log.info("retention: pruned %s v%s (keeping last %d and every champion)", name, pruned, keep_last)
     return pruned
 
 
-def _artifact_uris(client: MlflowClient, version: Any) -> list[str]:
-    uris = []
+def logged_model_id(version: Any) -> str | None:
+    """The id of the logged model behind a registered version (its ``models:/m-...`` source)."""
     if getattr(version, "model_id", None):
+        return version.model_id
+    source = getattr(version, "source", "") or ""
+    return source.removeprefix("models:/").split("/")[0] if source.startswith("models:/m-") else None
+
+
+def _model_artifacts(client: MlflowClient, version: Any) -> list[tuple[str, str | None]]:
+    """``(artifact repository uri, path inside it)`` of a version's model files."""
+    found: list[tuple[str, str | None]] = []
+    model_id = logged_model_id(version)
+    if model_id:
         try:
-            uris.append(client.get_logged_model(version.model_id).artifact_location)
+            found.append((client.get_logged_model(model_id).artifact_location, None))
         except MlflowException:
             pass
     if version.run_id:
-        uris.append(client.get_run(version.run_id).info.artifact_uri)
-    return uris
+        try:
+            found.append((client.get_run(version.run_id).info.artifact_uri, MODEL_ARTIFACTS))
+        except MlflowException:
+            pass
+    return found
 
 
 __all__ = ["list_versions", "promote", "prune", "rollback"]

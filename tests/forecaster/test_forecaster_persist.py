@@ -55,7 +55,7 @@ def test_save_replaces_the_forecaster_and_leaves_nothing_beside_it(old_and_new) 
     assert new.save(path) == path
     assert RegimeGatedForecaster.load(path).infer_window == 9
     assert sorted(p.name for p in path.parent.iterdir()) == ["f"]
-    assert sorted(p.name for p in path.iterdir()) == ["bank", "forecaster.json"]
+    assert sorted(p.name for p in path.iterdir()) == ["bank", "forecaster.json", "manifest.json"]
 
 
 def test_save_is_the_persist_module(old_and_new) -> None:
