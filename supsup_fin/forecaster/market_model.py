@@ -71,7 +71,7 @@ class MarketModel:
         return cls(
             name=name, scaler=Scaler.from_dict(d["scaler"]),
             class_edges=np.asarray(d["class_edges"], np.float64), prior=np.asarray(d["prior"], np.float64),
-            regime=RegimeModel.from_dict(d["regime"]), masks=dict(d["masks"]), all_mask=d["all_mask"],
+            regime=RegimeModel.from_dict(d["regime"], market=name), masks=dict(d["masks"]), all_mask=d["all_mask"],
             class_returns=None if cr is None else ClassReturns.from_dict(cr),
             calibrators={k: Calibrator.from_dict(c) for k, c in d.get("calibrators", {}).items()},
             mode=d.get("mode"), selection=dict(d.get("selection", {})),

@@ -166,12 +166,12 @@ def fit_regimes(
         n_states=regimes.n_states, n_restarts=regimes.n_restarts, n_iter=regimes.n_iter,
         covariance_type=regimes.covariance_type, vol_window=regimes.vol_window,
         random_state=regimes.random_state, selection=regimes.selection,
-        observations=regimes.observations, sticky=regimes.sticky,
+        observations=regimes.observations, sticky=regimes.sticky, market=market,
     )
     try:
         model.fit(train, previous=previous)
-    except DataError as err:
-        raise DataError(f"market {market!r}: regime fit on train segment failed: {err}") from None
+    except DataError as err:  # the model's message names the market already
+        raise DataError(f"regime fit on the train segment failed: {err}") from None
     smooth = model.smooth_proba(train)
     labels = pd.Series(-1, index=prices.index, dtype=np.int64)
     labels.loc[smooth.index] = smooth.to_numpy().argmax(axis=1)

@@ -1,30 +1,26 @@
 """Fit HMM parameters with hmmlearn's EM: restarts, degeneracy checks, fallbacks, state-count selection.
 
 hmmlearn is used for ``fit`` and for ``score``/``bic`` on the training features only; its
-posteriors look ahead and are never used. Its messages ("Model is not converging", numpy
-runtime warnings in degenerate fits, scikit-learn's k-means warnings) are caught here, per
-thread, and turned into our own log records and diagnostics, so none escapes as a Python
-warning or as an hmmlearn log line.
+posteriors look ahead and are never used. Each EM run goes through
+:mod:`supsup_fin.regimes._threads`, so fits may run on several threads at once: hmmlearn's
+messages are collected per thread, and BLAS and OpenMP run on one thread. Convergence is read
+from the fitted model's ``monitor_``.
 
 Over 400 lines because the single fit, the restarts, the fallbacks and the BIC selection share
-that warning capture and one :class:`EMSettings`; split, each would re-import both.
+one :class:`EMSettings` and the reasons a fit is unusable; split, each would re-import both.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import threading
-import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 from hmmlearn.hmm import GaussianHMM
-from threadpoolctl import threadpool_limits
 
 from supsup_fin.errors import SupsupError
 from supsup_fin.regimes import _forward
+from supsup_fin.regimes._threads import captured, single_threaded
 
 log = logging.getLogger(__name__)
 
@@ -38,48 +34,6 @@ rows) counts as never visited and makes the fit degenerate."""
 
 class RegimeFitError(SupsupError):
     """No non-degenerate HMM could be fitted under the given constraints."""
-
-
-class _HmmlearnCapture(logging.Filter):
-    """Diverts hmmlearn log records of threads currently inside :func:`captured` to a list."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.local = threading.local()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        sink: list[str] | None = getattr(self.local, "sink", None)
-        if sink is None:
-            return True
-        sink.append(record.getMessage())
-        return False
-
-
-_CAPTURE = _HmmlearnCapture()
-_HMMLEARN_LOGGERS = ("hmmlearn.base", "hmmlearn.hmm", "hmmlearn._emissions", "hmmlearn._utils")
-_install_lock = threading.Lock()
-_installed = False
-
-
-@contextlib.contextmanager
-def captured() -> Iterator[list[str]]:
-    """Collect hmmlearn's log messages and any Python warnings raised inside the block."""
-    global _installed
-    with _install_lock:
-        if not _installed:
-            for name in _HMMLEARN_LOGGERS:
-                logging.getLogger(name).addFilter(_CAPTURE)
-            _installed = True
-    sink: list[str] = []
-    previous = getattr(_CAPTURE.local, "sink", None)
-    _CAPTURE.local.sink = sink
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            yield sink
-        sink.extend(f"{w.category.__name__}: {w.message}" for w in caught)
-    finally:
-        _CAPTURE.local.sink = previous
 
 
 @dataclass(frozen=True)
@@ -136,7 +90,8 @@ def degeneracy(x: np.ndarray, res: FitResult) -> str | None:
     floor = max(x.shape[1] + 1.0, MIN_OCCUPANCY_FRACTION * len(x))
     if (occupancy < floor).any():
         k = int(np.argmin(occupancy))
-        return f"state {k} is almost never visited ({occupancy[k]:.1f} of {len(x)} rows)"
+        return (f"state {k} is almost never visited ({occupancy[k]:.1f} of {len(x)} rows; its mean "
+                f"{np.round(res.means[k], 1).tolist()} standard deviations from the training mean)")
     return None
 
 
@@ -159,6 +114,10 @@ def fit_once(
     state count, in ``x``'s units).
     """
     covariance_type = settings.covariance_type
+    if init is None:
+        distinct = len(np.unique(x, axis=0))
+        if distinct < n_states:  # k-means would warn and return fewer clusters
+            return f"only {distinct} distinct feature rows for {n_states} states"
     hmm = GaussianHMM(
         n_components=n_states,
         covariance_type=covariance_type,
@@ -169,11 +128,7 @@ def fit_once(
         transmat_prior=1.0 + settings.sticky * np.eye(n_states),
         init_params="" if init is not None else "stmc",
     )
-    # EM on [n, 2] data gains nothing from threads, and the OpenMP threads of hmmlearn's
-    # k-means initialisation contending with BLAS threads made fits 10-30x slower on a
-    # 2-core machine (measured: 11 s instead of 0.4 s). Cap BLAS and OpenMP at one thread
-    # for the fit's duration (threadpoolctl's limits are process-wide while they last).
-    with captured() as messages, threadpool_limits(limits=1):
+    with captured() as messages, single_threaded():
         try:
             if init is not None:
                 hmm.startprob_, hmm.transmat_, hmm.means_ = init.startprob, init.transmat, init.means
@@ -265,6 +220,31 @@ def fit_best(
     return "; ".join(dict.fromkeys(reasons)) or "no restarts"
 
 
+def _first_usable(
+    x: np.ndarray, counts: range, settings: EMSettings, init: FitResult | None = None,
+) -> tuple[FitResult | None, list[str]]:
+    """The first usable fit in the order ``(k, settings.covariance_type)``, ``(k, "diag")`` for
+    ``k`` in ``counts``, or ``None``; and why each configuration tried before it was unusable."""
+    reasons: list[str] = []
+    for k in counts:
+        types = [settings.covariance_type]
+        if settings.covariance_type not in ("diag", "spherical"):
+            types.append("diag")
+        for cov in types:
+            res = fit_best(x, k, replace(settings, covariance_type=cov), init)
+            if isinstance(res, FitResult):
+                return res, reasons
+            reasons.append(f"{k} states {cov}: {res}")
+    return None, reasons
+
+
+def _fell_back(n_states: int, covariance_type: str, res: FitResult, reasons: list[str]) -> str | None:
+    if not reasons:
+        return None
+    return (f"fell back from {n_states} states, {covariance_type} covariance to {res.n_states} "
+            f"states, {res.covariance_type} covariance: " + " | ".join(reasons))
+
+
 def fit_with_fallback(
     x: np.ndarray, n_states: int, settings: EMSettings, allow_fewer_states: bool,
     init: FitResult | None = None,
@@ -277,31 +257,22 @@ def fit_with_fallback(
         The first usable fit in the order ``(k, settings.covariance_type)``, ``(k, "diag")``,
         ``(k - 1, settings.covariance_type)``, ``(k - 1, "diag")``, ... down to one state.
     fallback : str or None
-        Why the requested configuration was not used, or ``None`` if it was.
+        Why the requested configuration was not used (each configuration tried and why it was
+        unusable), or ``None`` if it was.
 
     Raises
     ------
     RegimeFitError
         If nothing usable was found (with ``allow_fewer_states=False``: at ``n_states``).
     """
-    covariance_type = settings.covariance_type
-    reasons: list[str] = []
     lowest = 1 if allow_fewer_states else n_states
-    for k in range(n_states, lowest - 1, -1):
-        types = [covariance_type] if covariance_type in ("diag", "spherical") else [
-            covariance_type, "diag"]
-        for cov in types:
-            res = fit_best(x, k, replace(settings, covariance_type=cov), init)
-            if isinstance(res, FitResult):
-                fallback = None
-                if reasons:
-                    fallback = (f"fell back from {n_states} states, {covariance_type} "
-                                f"covariance to {k} states, {cov} covariance: "
-                                + " | ".join(reasons))
-                    log.warning("HMM fit %s", fallback)
-                return res, fallback
-            reasons.append(f"{k} states {cov}: {res}")
-    raise RegimeFitError("no usable HMM fit: " + " | ".join(reasons))
+    res, reasons = _first_usable(x, range(n_states, lowest - 1, -1), settings, init)
+    if res is None:
+        raise RegimeFitError("no usable HMM fit: " + " | ".join(reasons))
+    fallback = _fell_back(n_states, settings.covariance_type, res, reasons)
+    if fallback:
+        log.info("HMM fit %s", fallback)
+    return res, fallback
 
 
 def fit_states(
@@ -327,6 +298,23 @@ def fit_states(
         log.info("refit: EM started from the previous fit scored best (log-likelihood %.2f)",
                  res.log_likelihood)
     return res, fallback, {res.n_states: res.bic}
+
+
+def _below_range(
+    x: np.ndarray, k_range: tuple[int, int], settings: EMSettings, reasons: list[str],
+) -> tuple[FitResult, str]:
+    """The fit below ``k_range`` when no count in it was usable, and why (every count tried, and
+    what made it unusable)."""
+    lo, hi = k_range
+    res, below = _first_usable(x, range(lo - 1, 0, -1), settings) if lo > 1 else (None, [])
+    reasons = reasons + below
+    if res is None:
+        raise RegimeFitError(f"no usable HMM fit for any state count in {k_range} or below: "
+                             + " | ".join(reasons))
+    why = (f"no usable fit with {lo}..{hi} states: " + " | ".join(reasons)
+           + f"; fitted {res.n_states} states, {res.covariance_type} covariance")
+    log.info("HMM fit %s", why)
+    return res, why
 
 
 SELECTIONS: tuple[str, ...] = ("bic_returns", "bic_features")
@@ -357,7 +345,8 @@ def select_state_count(
     result : FitResult
         The chosen two-feature fit.
     fallback : str or None
-        As in :func:`fit_with_fallback`.
+        As in :func:`fit_with_fallback`; when no count in the range is usable, the fit has fewer
+        states and this names every count tried and why it was unusable.
     bics : dict of int to float
         The criterion per state count (``inf``: no usable fit at that count).
 
@@ -373,34 +362,30 @@ def select_state_count(
     lo, hi = k_range
     returns = np.ascontiguousarray(x[:, :1])
     bics: dict[int, float] = {}
+    reasons: list[str] = []
     for k in range(lo, hi + 1):
         res = fit_best(returns, k, replace(settings, covariance_type="full"))
         if isinstance(res, str):
             log.info("state-count selection: %d states on returns unusable: %s", k, res)
+            reasons.append(f"{k} states on returns: {res}")
             bics[k] = float("inf")
         else:
             bics[k] = res.bic
     log.info("BIC of the returns-only HMM by state count: %s",
              {k: round(b, 1) for k, b in bics.items()})
     ranked = sorted((k for k in bics if np.isfinite(bics[k])), key=lambda k: (bics[k], k))
-    reasons: list[str] = []
     for k in ranked:  # best count first; a count whose two-feature fit fails gives way to the next
-        try:
-            res, fallback = fit_with_fallback(x, k, settings, False)
-        except RegimeFitError as exc:
-            reasons.append(str(exc))
-            log.warning("state-count selection: BIC chose %d states but %s", k, exc)
+        res, why = _first_usable(x, range(k, k - 1, -1), settings)
+        if res is None:
+            log.info("state-count selection: BIC chose %d states but no usable fit: %s", k, why)
+            reasons.extend(why)
             continue
-        if reasons:
+        fallback = _fell_back(k, settings.covariance_type, res, why)
+        if k != ranked[0]:
             fallback = " | ".join([f"BIC's choice {ranked[0]} states unusable"] + reasons
                                   + ([fallback] if fallback else []))
         return res, fallback, bics
-    if lo == 1:
-        raise RegimeFitError(f"no usable HMM fit for any state count in {k_range}: "
-                             + " | ".join(reasons))
-    res, fallback = fit_with_fallback(x, lo - 1, settings, True)
-    why = f"no usable fit with {lo}..{hi} states; {fallback or ''}"
-    log.warning("HMM fit %s", why)
+    res, why = _below_range(x, k_range, settings, reasons)
     return res, why, bics
 
 
@@ -420,25 +405,26 @@ def select_by_bic(
     result : FitResult
         The chosen fit.
     fallback : str or None
-        As in :func:`fit_with_fallback`.
+        As in :func:`select_state_count`.
     bics : dict of int to float
         hmmlearn's ``bic`` on the training features per state count.
     """
     lo, hi = k_range
     fits: dict[int, tuple[FitResult, str | None]] = {}
     bics: dict[int, float] = {}
+    reasons: list[str] = []
     for k in range(lo, hi + 1):
-        try:
-            fits[k] = fit_with_fallback(x, k, settings, False)
-            bics[k] = fits[k][0].bic
-        except RegimeFitError as exc:
-            log.warning("BIC search: %s", exc)
+        res, why = _first_usable(x, range(k, k - 1, -1), settings)
+        if res is None:
+            log.info("BIC search: no usable fit with %d states: %s", k, why)
+            reasons.extend(why)
             bics[k] = float("inf")
+        else:
+            fits[k] = res, _fell_back(k, settings.covariance_type, res, why)
+            bics[k] = res.bic
     log.info("BIC by state count: %s", {k: round(b, 1) for k, b in bics.items()})
     if fits:
         best = min(fits, key=lambda k: (bics[k], k))
         return fits[best][0], fits[best][1], bics
-    if lo == 1:
-        raise RegimeFitError(f"no usable HMM fit for any state count in {k_range}")
-    res, fallback = fit_with_fallback(x, lo - 1, settings, True)
-    return res, f"no usable fit with {lo}..{hi} states; {fallback or ''}", bics
+    res, why = _below_range(x, k_range, settings, reasons)
+    return res, why, bics

@@ -14,7 +14,7 @@ from supsup_fin.regimes.observations import FEATURE_SETS
 
 PARAM_NAMES: tuple[str, ...] = (
     "n_states", "n_restarts", "n_iter", "covariance_type", "vol_window", "min_covar", "random_state",
-    "selection", "observations", "sticky",
+    "selection", "observations", "sticky", "market",
 )
 """``RegimeModel.__init__``'s arguments, in order (the order ``get_params`` and ``to_dict`` use)."""
 
@@ -50,6 +50,8 @@ def state_range(params: Mapping[str, Any]) -> tuple[int, int]:
                           f"pseudo-counts), got {sticky!r}")
     if not (isinstance(min_covar, (int, float)) and min_covar > 0):
         raise SupsupError(f"RegimeModel: min_covar expected a number > 0, got {min_covar!r}")
+    if not (params["market"] is None or isinstance(params["market"], str)):
+        raise SupsupError(f"RegimeModel: market expected a name (str) or None, got {params['market']!r}")
     return lo, hi
 
 

@@ -18,10 +18,10 @@ import numpy as np
 import pandas as pd
 
 from supsup_fin._validate import is_int
-from supsup_fin.errors import SupsupError
+from supsup_fin.errors import DataError, SupsupError
 from supsup_fin.regimes import _forward, _lineage, _persist
 from supsup_fin.regimes._canonical import regime_names, volatility_order
-from supsup_fin.regimes._fit import EMSettings, fit_states
+from supsup_fin.regimes._fit import EMSettings, RegimeFitError, fit_states
 from supsup_fin.regimes._hyperparams import PARAM_NAMES, restart_seeds, state_range
 from supsup_fin.regimes._stats import regime_table
 from supsup_fin.regimes.observations import (
@@ -73,6 +73,11 @@ class RegimeModel:
         State-count criterion for a range: BIC of a Gaussian HMM on the daily returns alone
         (default), or BIC of the two-feature model (over-selects); see
         :func:`supsup_fin.regimes._fit.select_state_count`.
+    sticky : float
+        Self-transition pseudo-counts added in EM (a Dirichlet prior on ``transmat_`` rows).
+    market : str or None
+        The market's name, used only in messages: every error, warning and fallback reason
+        starts with ``market '<name>': `` when it is given. Stored by :meth:`to_dict`.
 
     Attributes
     ----------
@@ -103,7 +108,13 @@ class RegimeModel:
     n_iter_ : int
         EM iterations of the kept restart.
     fallback_ : str or None
-        Why the requested configuration was replaced (diagonal covariance, fewer states).
+        Why the requested configuration was replaced (diagonal covariance, fewer states, another
+        count of the range than BIC's choice): each configuration tried and why it was unusable.
+    fallback_reason_ : str or None
+        Why the fit has fewer states than requested (see :attr:`degenerate`), naming the market
+        and, per state count tried, what made it unusable (a state almost never visited, a
+        covariance not positive-definite, EM failing, ...); ``None`` when a requested count
+        was usable.
     n_train_rows_ : int
         Feature rows the model was fitted on.
     """
@@ -121,6 +132,7 @@ class RegimeModel:
         selection: str = "bic_returns",
         observations: str = "return_vol",
         sticky: float = 0.0,
+        market: str | None = None,
     ) -> None:
         self.n_states = n_states
         self.n_restarts = n_restarts
@@ -132,6 +144,7 @@ class RegimeModel:
         self.selection = selection
         self.observations = observations
         self.sticky = sticky
+        self.market = market
 
     def get_params(self) -> dict[str, Any]:
         """Hyperparameters as given to ``__init__``."""
@@ -143,7 +156,27 @@ class RegimeModel:
 
     def _check_fitted(self, what: str) -> None:
         if not hasattr(self, "transmat_"):
-            raise NotFittedError(f"This RegimeModel is not fitted yet: call fit(prices) before {what}")
+            raise NotFittedError(f"{self._market()}This RegimeModel is not fitted yet: call fit(prices) "
+                                 f"before {what}")
+
+    def _market(self) -> str:
+        """``"market '<name>': "``, the start of the model's messages, or ``""`` without a name."""
+        return "" if self.market is None else f"market {self.market!r}: "
+
+    def _lowest_requested(self) -> int:
+        n = self.n_states
+        return int(n) if is_int(n) else int(n[0])
+
+    @property
+    def degenerate(self) -> bool:
+        """Whether the fit has fewer states than requested (``n_states``, or its range's lower end).
+
+        True after every requested count proved unusable and the fit fell back below them (to
+        one state, say), or for a refit that kept such a previous fit's count;
+        :attr:`fallback_reason_` then says why. Such a model gates nothing it was asked to.
+        """
+        self._check_fitted("degenerate")
+        return self.n_states_ < self._lowest_requested()
 
     def fit(self, prices: pd.DataFrame, previous: RegimeModel | None = None) -> Self:
         """Fit the HMM on a training prices frame.
@@ -167,24 +200,31 @@ class RegimeModel:
             ``self``.
         """
         lo, hi = state_range(self.get_params())
+        where = f"{self._market()}RegimeModel.fit"
         if previous is not None:
             if not isinstance(previous, RegimeModel):
-                raise SupsupError(f"RegimeModel.fit: previous expected a fitted RegimeModel, "
+                raise SupsupError(f"{where}: previous expected a fitted RegimeModel, "
                                   f"got {type(previous).__name__}")
             previous._check_fitted("using it as previous=")
             lo = hi = previous.n_states_
             _lineage.check_same_observations(previous, self.observations, self.vol_window)
         min_rows = _ROWS_PER_PARAMETER * hi * len(FEATURE_SETS[self.observations]) + self.vol_window
         states = f"{hi} states" if lo == hi else f"n_states range ({lo}, {hi}): {hi} states"
-        validate_prices(prices, min_rows, f"RegimeModel.fit with {states}")
+        validate_prices(prices, min_rows, f"{where} with {states}")
         raw, index = raw_features(prices, self.vol_window, self.observations)
-        mean, std = fit_scaler(raw, index, self.observations, "RegimeModel.fit")
+        mean, std = fit_scaler(raw, index, self.observations, where)
         x = standardise(raw, mean, std)
         settings = EMSettings(self.covariance_type, self.n_iter, self.min_covar,
                               restart_seeds(self.random_state, self.n_restarts), float(self.sticky))
         init = None if previous is None else _lineage.warm_start(previous, (mean, std))
-        res, fallback, bics = fit_states(x, (lo, hi), settings, self.selection, init,
-                                         allow_fewer_states=previous is None)
+        try:
+            res, fallback, bics = fit_states(x, (lo, hi), settings, self.selection, init,
+                                             allow_fewer_states=previous is None)
+        except RegimeFitError as exc:
+            raise RegimeFitError(f"{where}: {exc}") from None
+        if fallback is not None:
+            log.warning("%sHMM fit %s", self._market(), fallback)
+            fallback = self._market() + fallback
 
         order = volatility_order(res.means, res.covars)
         names, permutation = regime_names(res.n_states), None
@@ -199,14 +239,28 @@ class RegimeModel:
             covariance_type_=res.covariance_type, converged_=bool(res.converged),
             log_likelihood_=float(res.log_likelihood), bic_={int(k): float(v) for k, v in bics.items()},
             permutation_=permutation, n_iter_=int(res.n_iter), fallback_=fallback, n_train_rows_=len(x),
+            fallback_reason_=self._fallback_reason(res.n_states, fallback, previous),
         )
         if not self.converged_:
-            log.warning("HMM EM did not converge within n_iter=%d (k=%d, log-likelihood %.3f)",
-                        self.n_iter, self.n_states_, self.log_likelihood_)
-        log.info("fitted %d-state HMM on %d rows %s..%s: log-likelihood %.2f, %d EM iterations, "
-                 "converged=%s", self.n_states_, len(x), index[0].date(), index[-1].date(),
-                 self.log_likelihood_, self.n_iter_, self.converged_)
+            log.warning("%sHMM EM did not converge within n_iter=%d (k=%d, log-likelihood %.3f)",
+                        self._market(), self.n_iter, self.n_states_, self.log_likelihood_)
+        log.info("%sfitted %d-state HMM on %d rows %s..%s: log-likelihood %.2f, %d EM iterations, "
+                 "converged=%s", self._market(), self.n_states_, len(x), index[0].date(),
+                 index[-1].date(), self.log_likelihood_, self.n_iter_, self.converged_)
         return self
+
+    def _fallback_reason(self, n_states: int, fallback: str | None, previous: RegimeModel | None
+                         ) -> str | None:
+        """``fallback_reason_`` of a fit with ``n_states`` states (see :attr:`degenerate`)."""
+        lowest = self._lowest_requested()
+        if n_states >= lowest:
+            return None
+        if previous is None:
+            return fallback
+        kept = (f"{self._market()}refit keeps the previous fit's {n_states} "
+                f"state{'' if n_states == 1 else 's'}, fewer than the requested {lowest}")
+        reason = previous.fallback_reason_ or previous.fallback_
+        return kept if reason is None else f"{kept}: {reason}"
 
     def _set_fitted(self, **fitted: Any) -> None:
         """Set the fitted attributes (those of ``_persist.FITTED``; ``stationary_`` is computed
@@ -224,19 +278,37 @@ class RegimeModel:
             raise SupsupError(f"regime_window expected an int >= 1, got {regime_window!r}")
         return int(regime_window) + int(self.vol_window)
 
-    def _observations(self, prices: pd.DataFrame, what: str, min_rows: int | None = None
-                      ) -> tuple[np.ndarray, pd.DatetimeIndex]:
-        """Standardised features ``[n', 2]`` and their dates."""
+    def _raw(self, prices: pd.DataFrame, what: str, min_rows: int | None = None
+             ) -> tuple[np.ndarray, pd.DatetimeIndex]:
+        """Validated ``prices``' raw features ``[n', d]`` and their dates."""
         self._check_fitted(what)
         validate_prices(prices, self.vol_window + 1 if min_rows is None else min_rows,
-                        f"RegimeModel.{what}")
-        raw, index = raw_features(prices, self.vol_window, self.observations)
-        return standardise(raw, self.feature_mean_, self.feature_std_), index
+                        f"{self._market()}RegimeModel.{what}")
+        return raw_features(prices, self.vol_window, self.observations)
 
     def _log_densities(self, prices: pd.DataFrame, what: str, min_rows: int | None = None
                        ) -> tuple[np.ndarray, pd.DatetimeIndex]:
-        x, index = self._observations(prices, what, min_rows)
-        return _forward.gaussian_log_densities(x, self.means_, self.covars_), index
+        raw, index = self._raw(prices, what, min_rows)
+        return self._finite_log_densities(raw, what, index), index
+
+    def _finite_log_densities(self, raw: np.ndarray, what: str, index: pd.DatetimeIndex | None = None
+                              ) -> np.ndarray:
+        """Emission log-densities ``[n, K]`` of raw features ``[n, d]``, all finite, or ``DataError``.
+
+        Fitted parameters keep them finite for any valid prices; a stored model with an extreme
+        scale, mean or covariance (say a ``feature_std`` of 1e-200) overflows float64, and its
+        posteriors would be NaN: refused here, naming the first such row's date.
+        """
+        with np.errstate(over="ignore", invalid="ignore"):
+            x = standardise(raw, self.feature_mean_, self.feature_std_)
+            log_b = _forward.gaussian_log_densities(x, self.means_, self.covars_)
+        if not np.isfinite(log_b).all():
+            i = int(np.argmax(~np.isfinite(log_b).all(axis=1)))
+            on = f"on {index[i].date()}" if index is not None else f"at row {i}"
+            raise DataError(f"{self._market()}RegimeModel.{what}: expected finite state densities, got "
+                            f"{log_b[i].tolist()} {on} (raw features {raw[i].tolist()}): the model's "
+                            f"feature_std, means or covars overflow float64")
+        return log_b
 
     def _log_start(self) -> np.ndarray:
         with np.errstate(divide="ignore"):
@@ -254,7 +326,8 @@ class RegimeModel:
             Shape ``[n - vol_window, 2]``, columns ``log_return, log_vol``, index
             ``prices.index[vol_window:]``; row t uses prices ``t - vol_window .. t`` only.
         """
-        x, index = self._observations(prices, "features")
+        raw, index = self._raw(prices, "features")
+        x = standardise(raw, self.feature_mean_, self.feature_std_)
         return pd.DataFrame(x, index=index, columns=list(FEATURE_SETS[self.observations]))
 
     def filter_proba(self, prices: pd.DataFrame) -> pd.DataFrame:
@@ -303,10 +376,10 @@ class RegimeModel:
             Shape ``[K]``: ``P(z_{t+1} | x_1..t)`` at the last row t, in ``names_`` order.
         """
         self._check_fitted("predict_next_proba_last")
-        close = validate_close(close, self.vol_window, "RegimeModel.predict_next_proba_last")
+        close = validate_close(close, self.vol_window,
+                               f"{self._market()}RegimeModel.predict_next_proba_last")
         raw = raw_feature_array(close, self.vol_window, self.observations)
-        x = standardise(raw, self.feature_mean_, self.feature_std_)
-        log_b = _forward.gaussian_log_densities(x, self.means_, self.covars_)
+        log_b = self._finite_log_densities(raw, "predict_next_proba_last")
         last = _forward.forward_last_proba(log_b, self._log_start(),
                                            _forward.log_transmat(self.transmat_))
         return _forward.next_step(last[None, :], self.transmat_)[0]
@@ -382,18 +455,38 @@ class RegimeModel:
         return _persist.encode(self.get_params(), fitted)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> RegimeModel:
+    def from_dict(cls, d: Mapping[str, Any], *, market: str | None = None) -> RegimeModel:
         """Rebuild a fitted model from :meth:`to_dict` output (e.g. after a JSON round trip).
+
+        The parameters are checked (see :func:`~supsup_fin.regimes._persist.check_parameters`):
+        a stored model whose probabilities are not distributions, or whose covariances are not
+        positive-definite, is refused here rather than giving NaN posteriors later.
+
+        Parameters
+        ----------
+        d : Mapping
+            :meth:`to_dict` output.
+        market : str, optional
+            The market's name, for the messages and as the model's ``market`` when ``d`` names
+            none (dicts written before models knew their market).
 
         Raises
         ------
-        SupsupError
-            If the dict is of another format or version, or misses or mis-shapes a field.
+        DataError
+            If the dict is of another format or version, misses or mis-shapes a field, or holds
+            impossible parameters; the message names the field (and row or state) and the market.
         """
-        params = _persist.decode_hyperparameters(d)
+        where = ("" if market is None else f"market {market!r}: ") + "RegimeModel.from_dict"
+        params = _persist.decode_hyperparameters(d, where)
+        if params.get("market") is None:
+            params["market"] = market
         try:
             model = cls(**params)
-        except TypeError as exc:
-            raise SupsupError(f"RegimeModel.from_dict: bad 'hyperparameters': {exc}") from None
-        model._set_fitted(**_persist.decode_fitted(d, params))  # the stored stationary_, not recomputed
+            state_range(model.get_params())
+        except (TypeError, SupsupError) as exc:
+            raise DataError(f"{where}: bad 'hyperparameters': {exc}") from None
+        where = f"{model._market()}RegimeModel.from_dict"
+        model._set_fitted(**_persist.decode_fitted(d, params, where))  # the stored stationary_
+        if model.fallback_reason_ is None and model.degenerate:  # written before the reason was stored
+            model.fallback_reason_ = model.fallback_ or "fewer states than requested; no reason recorded"
         return model

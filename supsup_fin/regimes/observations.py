@@ -33,6 +33,28 @@ VOL_FLOOR: float = 1e-8
 """Smallest realised volatility taken into the log (a window of identical prices has vol 0)."""
 
 
+def _day(ts: pd.Timestamp) -> str:
+    return pd.Timestamp(ts).strftime("%Y-%m-%d")
+
+
+def _check_dates(index: pd.DatetimeIndex, purpose: str) -> None:
+    """Raise ``DataError`` at the first missing date or the first date not after its predecessor."""
+    missing = np.asarray(index.isna())
+    if missing.any():
+        i = int(np.argmax(missing))
+        after = f", after {_day(index[i - 1])}" if i > 0 else ""
+        raise DataError(f"{purpose}: column 'date' expected a date in every row, got a missing date "
+                        f"at row {i}{after}")
+    ns = index.asi8
+    back = np.flatnonzero(ns[1:] <= ns[:-1]) + 1
+    if back.size:
+        i = int(back[0])
+        what = (f"{_day(index[i])} twice (rows {i - 1} and {i})" if ns[i] == ns[i - 1]
+                else f"{_day(index[i])} after {_day(index[i - 1])} (row {i})")
+        raise DataError(f"{purpose}: column 'date' expected strictly increasing, unique dates, got "
+                        f"{what}; {back.size} row(s) not after the row before")
+
+
 def validate_prices(prices: object, min_rows: int, purpose: str) -> pd.DataFrame:
     """Check the structural contract of a prices frame.
 
@@ -44,7 +66,8 @@ def validate_prices(prices: object, min_rows: int, purpose: str) -> pd.DataFrame
     min_rows : int
         Fewest rows ``purpose`` needs.
     purpose : str
-        What the rows are for, used in error messages (e.g. ``"RegimeModel.fit"``).
+        Who asks (and for which market), the start of every error message (e.g.
+        ``"market 'spx': RegimeModel.fit"``).
 
     Returns
     -------
@@ -54,7 +77,8 @@ def validate_prices(prices: object, min_rows: int, purpose: str) -> pd.DataFrame
     Raises
     ------
     DataError
-        Naming what was expected and what came.
+        Naming what was expected and what came; for a bad row, its column (``date`` for the
+        index) and the first offending date.
     """
     if not isinstance(prices, pd.DataFrame):
         raise DataError(f"{purpose}: expected a prices DataFrame, got {type(prices).__name__}")
@@ -68,21 +92,24 @@ def validate_prices(prices: object, min_rows: int, purpose: str) -> pd.DataFrame
         )
     if len(prices) < min_rows:
         raise DataError(f"{purpose}: expected at least {min_rows} price rows, got {len(prices)}")
-    if not (prices.index.is_monotonic_increasing and prices.index.is_unique):
-        raise DataError(f"{purpose}: expected strictly increasing, unique dates in the index")
-    close = pd.to_numeric(prices["close"], errors="coerce").to_numpy(dtype=np.float64)
+    _check_dates(prices.index, purpose)
+    column = prices["close"]
+    close = pd.to_numeric(column, errors="coerce").to_numpy(dtype=np.float64)
     bad = ~np.isfinite(close)
     if bad.any():
+        first = int(np.argmax(bad))
+        raw = column.iloc[first]
+        shown = repr(raw) if np.isnan(close[first]) and not pd.isna(raw) else repr(float(close[first]))
         raise DataError(
-            f"{purpose}: column 'close' expected finite numbers, got {int(bad.sum())} missing or "
-            f"non-numeric values, first on {prices.index[np.argmax(bad)].date()}"
+            f"{purpose}: column 'close' expected finite numbers, got {shown} on "
+            f"{_day(prices.index[first])} ({int(bad.sum())} missing, infinite or non-numeric rows)"
         )
     nonpos = close <= 0
     if nonpos.any():
         first = int(np.argmax(nonpos))
         raise DataError(
             f"{purpose}: column 'close' expected prices > 0, got {float(close[first])!r} on "
-            f"{prices.index[first].date()} ({int(nonpos.sum())} non-positive rows)"
+            f"{_day(prices.index[first])} ({int(nonpos.sum())} non-positive rows)"
         )
     return prices
 
@@ -190,7 +217,7 @@ def fit_scaler(raw: np.ndarray, index: pd.DatetimeIndex, feature_set: str, purpo
         names = FEATURE_SETS[feature_set]
         raise DataError(f"{purpose}: expected varying features, got constant "
                         f"{[names[i] for i in np.flatnonzero(std <= 0)]} (a constant price "
-                        f"series has zero volatility) over {index[0].date()}..{index[-1].date()}")
+                        f"series has zero volatility) over {_day(index[0])}..{_day(index[-1])}")
     return mean, std
 
 
