@@ -197,3 +197,32 @@ def test_first_use_of_a_fresh_workspace_by_three_processes(tmp_path: Path) -> No
 @pytest.mark.parametrize("attempt", range(10))
 def test_first_use_of_a_fresh_workspace_by_four_processes_slow(tmp_path: Path, attempt: int) -> None:
     first_use_race(tmp_path, attempt, 4)
+
+
+def degenerate_fit(rf):  # noqa: ANN001, ANN201 - a RegimeFit
+    """``rf`` with its HMM refitted on prices holding one bad tick: it falls back to one state."""
+    from conftest import SEED, random_walk
+
+    from supsup_fin.regimes import RegimeModel
+
+    bad = random_walk(1100, seed=SEED)
+    bad.iloc[300, 0] *= 1e6
+    model = RegimeModel((2, 3), n_restarts=1, random_state=SEED, market=rf.market).fit(bad)
+    assert model.degenerate
+    return dataclasses.replace(rf, model=model)
+
+
+def test_a_degenerate_hmm_is_not_promoted_without_force(small_pipeline: dict, ws: Workspace) -> None:
+    regimes = dict(small_pipeline["regimes"])
+    regimes["syn_a"] = degenerate_fit(regimes["syn_a"])
+    held = _log(small_pipeline, ws, regimes=regimes)
+    assert not held.decision.promoted and "--force" in held.decision.reason
+    assert "syn_a" in held.decision.blocked_by and "1 state" in held.decision.blocked_by
+    client = MlflowClient(held.tracking_uri, registry_uri=held.tracking_uri)
+    tags = client.get_model_version(held.model_name, "1").tags
+    assert tags["regimes.syn_a.fallback"].startswith("market 'syn_a': no usable fit")
+    assert champion_version(client, held.model_name) is None
+
+    forced = _log(small_pipeline, ws, regimes=regimes, force=True)
+    assert forced.decision.promoted and "forced despite" in forced.decision.reason
+    assert champion_version(client, held.model_name) == 2
