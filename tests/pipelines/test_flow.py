@@ -94,3 +94,29 @@ def test_bad_market_data_fails_the_flow_and_registers_nothing(harness, tmp_path:
         run_retrain(cfg, tmp_path / "ws")
     uri = f"sqlite:///{Workspace.resolve(tmp_path / 'ws').mlflow_db}"
     assert MlflowClient(uri, registry_uri=uri).search_registered_models() == []
+
+
+def test_the_forecast_flow_predicts_every_market_at_once(harness, small_pipeline: dict, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both markets' predictions must be in flight together: each waits at a two-party barrier,
+    which a flow that waits for one market's result before submitting the next never passes."""
+    import threading
+
+    import pipelines.forecast as forecast_pipeline
+    from pipelines.forecast import run_forecast
+    from supsup_fin.live.table import read_forecasts
+    from supsup_fin.tracking import log_retrain
+
+    p, ws = small_pipeline, Workspace.resolve(tmp_path / "ws")
+    log_retrain(p["cfg"], ws, loaded=p["loaded"], regimes=p["regimes"], evaluation=p["evaluation"],
+                forecaster=p["forecaster"])
+    barrier, real = threading.Barrier(2, timeout=60), forecast_pipeline.forecast_one
+
+    def together(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        barrier.wait()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(forecast_pipeline, "forecast_one", together)
+    out = run_forecast(p["cfg"].model_copy(update={"runtime": p["cfg"].runtime.model_copy(update={"max_workers": 4})}), ws.root)
+    assert sorted(r["market"] for r in out["forecasts"]) == ["syn_a", "syn_b"] and out["added"] == 2
+    assert len(read_forecasts(ws)) == 2
