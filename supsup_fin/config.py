@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -20,10 +21,23 @@ from supsup_fin.errors import ConfigError
 from supsup_fin.gate_modes import GateChoice
 
 Policy = Literal["error", "repair", "warn"]
+Seed = Annotated[int, Field(ge=0)]
+Size = Annotated[int, Field(ge=1)]
+
+
+def _known_zone(v: str | None) -> str | None:
+    """``v`` when it is an IANA time zone name (or ``None``); a ``ValueError`` otherwise."""
+    if v is not None:
+        try:
+            ZoneInfo(v)
+        except (ValueError, OSError, ZoneInfoNotFoundError):  # the last is a KeyError
+            raise ValueError(f"unknown IANA time zone {v!r} "
+                             "(e.g. America/New_York, Europe/Berlin, Asia/Tokyo)") from None
+    return v
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class MarketConfig(_Section):
@@ -31,6 +45,9 @@ class MarketConfig(_Section):
 
     ``source`` picks which of ``ticker`` (yahoo), ``dataset`` (bundled: ``sp500``, ``nasdaq``,
     ``wti``; synthetic: a preset, ``easy`` or ``hard``) or ``path`` (file) is required.
+    ``timezone`` (an IANA name) is the exchange's zone: tz-aware timestamps in a file are converted
+    to it before their calendar date is taken (see :func:`supsup_fin.data.validate_frame`); Yahoo's
+    dates are already the exchange's own.
     """
 
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-]+$")]
@@ -39,7 +56,11 @@ class MarketConfig(_Section):
     dataset: str | None = None
     path: str | None = None
     asset_class: str = "unknown"
-    seed: int = 0  # synthetic source only: the market's generator seed
+    seed: Seed = 0  # synthetic source only: the market's generator seed
+    timezone: str | None = Field(None, description="the exchange's IANA time zone (Europe/Berlin...): tz-aware "
+                                 "timestamps are converted to it before their date is taken (None: each keeps its own)")
+
+    _zone = field_validator("timezone")(_known_zone)
 
     @model_validator(mode="after")
     def _locator_matches_source(self) -> MarketConfig:
@@ -84,8 +105,14 @@ class MissingCheck(_Section):
 
 
 class JumpCheck(_Section):
+    """Large daily moves of ``close``: ``threshold`` (a simple return) flags them under ``policy``;
+    ``absurd`` (a factor: ``|log(c_t / c_prev)| > log(absurd)``) refuses them under every policy."""
+
     policy: Policy = "warn"
     threshold: float = Field(0.25, gt=0, description="absolute daily simple return")
+    absurd: float = Field(20.0, gt=1, description="a close more than this factor above or below the previous "
+                          "close is a data error (a unit or feed fault, never a market move): an error under "
+                          "every policy")
 
 
 class StaleCheck(_Section):
@@ -121,7 +148,8 @@ class DataConfig(_Section):
 
 
 class FeaturesConfig(_Section):
-    names: tuple[str, ...] = ("ret_1", "ret_5", "ret_20", "vol_5", "vol_20", "ma_gap_20", "drawdown_60", "vol_ratio")
+    names: Annotated[tuple[str, ...], Field(min_length=1)] = (
+        "ret_1", "ret_5", "ret_20", "vol_5", "vol_20", "ma_gap_20", "drawdown_60", "vol_ratio")
     lookback: int = Field(8, ge=1)
     horizon: int = Field(5, ge=1)
     n_classes: Literal[2, 3] = 3
@@ -135,7 +163,7 @@ class RegimesConfig(_Section):
     vol_window: int = Field(10, ge=2)
     regime_window: int = Field(250, ge=10, description="price rows the HMM filter runs over before it answers "
                                "(a forecast's regime posterior uses only these; formerly `warmup`)")
-    random_state: int = 0
+    random_state: Seed = 0
     selection: Literal["bic_returns", "bic_features"] = Field(
         "bic_returns", description="state-count criterion for a range: BIC of a returns-only HMM (works) "
         "or of the two-feature HMM (over-selects: overlapping vol windows)")
@@ -169,8 +197,8 @@ class RegimesConfig(_Section):
 
 
 class NetworkConfig(_Section):
-    hidden: tuple[int, ...] = (256, 256)
-    seed: int = 0
+    hidden: tuple[Size, ...] = (256, 256)
+    seed: Seed = 0
 
 
 class MasksConfig(_Section):
@@ -215,12 +243,12 @@ class TrainingConfig(_Section):
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(1e-4, ge=0)
     min_task_rows: int = Field(60, ge=1, description="fewer training rows: no regime mask (ALL is used)")
-    seed: int = 0
+    seed: Seed = 0
     holdout_fraction: float = Field(
         0.2, ge=0, lt=0.5, description="the last part of each market's training rows held out (after a purge of "
         "horizon + lookback rows) to choose each mask's step budget, its calibration map and the gate mode; "
         "0: no selection slice (fixed steps, uncalibrated, the configured gate mode)")
-    checkpoints: tuple[int, ...] | None = Field(
+    checkpoints: tuple[Size, ...] | None = Field(
         None, description="steps at which each task's held-out log-loss is scored (None: 1/30, 1/15, 1/10, 1/6, "
         "1/4, 1/3, 1/2, 2/3 and all of training.steps)")
     patience: int = Field(3, ge=1, description="checkpoints without held-out improvement before a task's choice is final")
@@ -300,6 +328,7 @@ class ScheduleConfig(_Section):
     retrain_cron: str = "0 22 * * 1-5"
     forecast_cron: str = "30 22 * * 1-5"
     timezone: str = "America/New_York"
+    _zone = field_validator("timezone")(_known_zone)
     prefect_port: int = Field(4200, ge=1, le=65535, description="port of the Prefect server `schedule` starts on 127.0.0.1")
     serve_port: int = Field(5001, ge=1, le=65535, description="port of `serve` on 127.0.0.1")
 
@@ -339,7 +368,7 @@ class Config(_Section):
         names = [m.name for m in self.markets]
         dups = sorted({n for n in names if names.count(n) > 1})
         if dups:
-            raise ValueError(f"market names must be unique, repeated: {dups}")
+            raise ValueError(f"markets: names must be unique, repeated: {dups}")
         return self
 
     def market(self, name: str) -> MarketConfig:
@@ -370,17 +399,24 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def _format_errors(err: ValidationError, where: str) -> str:
+    errors = err.errors()
     lines = []
-    for e in err.errors():
-        path = ".".join(str(p) for p in e["loc"]) or "<root>"
+    for e in errors:
+        n = len(e["loc"])
+        if e["type"] == "too_short" and any(o["loc"][:n] == e["loc"] and len(o["loc"]) > n for o in errors):
+            continue  # a list left short by its own invalid items, already reported
+        path = ".".join(str(p) for p in e["loc"])
         if e["type"] == "extra_forbidden":
             lines.append(f"unknown key {path!r}")
         elif e["type"] == "missing":
             lines.append(f"missing required key {path!r}")
+        elif e["type"] == "value_error":  # a validator's own message, which names what it checks
+            msg = str(e.get("ctx", {}).get("error", e["msg"]))
+            lines.append(f"{path}: {msg}" if path else msg)
         else:
             got = e.get("input")
             got_s = "" if isinstance(got, dict | list) else f" (got {got!r})"
-            lines.append(f"{path}: {e['msg']}{got_s}")
+            lines.append(f"{path or '<root>'}: {e['msg']}{got_s}")
     return f"{where}: " + "; ".join(lines)
 
 
@@ -409,7 +445,11 @@ def load_config(path: str | Path) -> Config:
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
     try:
-        tree = yaml.safe_load(path.read_text()) or {}
+        tree = yaml.safe_load(path.read_bytes().decode("utf-8")) or {}
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text: {err}") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot be read: {err}") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     return config_from_dict(tree, where=str(path))

@@ -15,6 +15,7 @@ import pandas as pd
 from numpy.lib.stride_tricks import sliding_window_view
 
 from supsup_fin import _rolling as rl
+from supsup_fin.data.frame import price_arrays
 from supsup_fin.errors import ConfigError, DataError
 
 _EPS = 1e-8
@@ -138,14 +139,21 @@ def make_features(prices: pd.DataFrame, names: Sequence[str], market: str = "?")
 
     Parameters
     ----------
-    prices : prices frame, ``[n]`` rows with at least the columns the features need.
+    prices : prices frame, ``[n]`` rows with at least the columns the features need; anything but
+        the canonical form goes through :func:`~supsup_fin.data.frame.validate_frame` first.
     names : feature names from :data:`FEATURES`.
 
     Returns
     -------
-    DataFrame ``[n, len(names)]`` indexed like ``prices``.
+    DataFrame ``[n, len(names)]`` indexed by the prices' dates.
+
+    Raises
+    ------
+    DataError
+        A structural fault of ``prices`` (naming market, column and first bad date), or a missing column.
     """
-    return pd.DataFrame(_feature_columns(prices, prices.columns, names, market), index=prices.index)
+    columns, dates = price_arrays(prices, market)
+    return pd.DataFrame(_feature_columns(columns, list(columns), names, market), index=dates)
 
 
 def feature_array(columns: Mapping[str, np.ndarray], names: Sequence[str], market: str = "?") -> np.ndarray:

@@ -62,3 +62,36 @@ def test_load_config_errors_name_the_file(tmp_path: Path) -> None:
 def test_flat_view_has_dotted_keys() -> None:
     flat = load_config(CONFIGS / "demo.yaml").flat()
     assert flat["regimes.n_states"] == [2, 3] and flat["markets.wti.dataset"] == "wti"
+
+
+MARKET = {"name": "x", "source": "bundled", "dataset": "sp500"}
+
+
+@pytest.mark.parametrize(
+    ("tree", "needle"),
+    [
+        ({"markets": [{**MARKET, "source": "synthetic", "dataset": "easy", "seed": -1}]}, "markets.0.seed"),
+        ({"markets": [MARKET], "network": {"seed": -2}}, "network.seed"),
+        ({"markets": [MARKET], "training": {"seed": -3}}, "training.seed"),
+        ({"markets": [MARKET], "regimes": {"random_state": -4}}, "regimes.random_state"),
+        ({"markets": [MARKET], "network": {"hidden": [64, 0]}}, "network.hidden.1"),
+        ({"markets": [MARKET], "training": {"checkpoints": [10, -5]}}, "training.checkpoints.1"),
+        ({"markets": [MARKET], "training": {"lr": float("inf")}}, "training.lr"),
+        ({"markets": [MARKET], "data": {"yahoo": {"backoff_s": float("inf")}}}, "data.yahoo.backoff_s"),
+        ({"markets": [MARKET], "features": {"names": []}}, "features.names"),
+        ({"markets": [MARKET], "schedule": {"timezone": "Mars/Olympus"}}, "schedule.timezone"),
+        ({"markets": [{**MARKET, "timezone": "Europe/Berln"}]}, "markets.0.timezone"),
+        ({"markets": [MARKET, MARKET]}, "markets: names must be unique"),
+    ],
+)
+def test_values_that_would_fail_later_are_refused_naming_the_key(tree: dict, needle: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(tree, where="cfg.yaml")
+    assert needle in str(info.value) and "Value error" not in str(info.value)
+
+
+def test_a_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes(b"markets:\n- name: \xff\xfe\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: not UTF-8"):
+        load_config(bad)

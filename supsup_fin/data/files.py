@@ -1,6 +1,8 @@
 """A user's prices file (CSV or parquet) in the prices-frame layout.
 
-The file holds a ``date`` column (ISO-8601 dates) or, for parquet, a date index, plus ``close`` and
+The file holds a ``date`` column (ISO-8601 dates, or timestamps with an offset, read by the rule in
+:func:`supsup_fin.data.frame.validate_frame`; an unnamed first column, as ``to_csv`` writes a
+frame's unnamed index, is taken as the dates) or, for parquet, a date index, plus ``close`` and
 optionally ``open high low volume``; column names are case-insensitive.
 """
 
@@ -32,7 +34,7 @@ def read_price_file(path: str | Path, market: str) -> pd.DataFrame:
     Returns
     -------
     DataFrame, shape (n_rows, k)
-        Indexed by date when the file has a ``date`` column or a date index.
+        As read: a parquet date index is kept, a CSV's dates are a column.
 
     Raises
     ------
@@ -57,7 +59,5 @@ def read_price_file(path: str | Path, market: str) -> pd.DataFrame:
         raise
     except (OSError, ValueError) as err:
         raise DataError(f"market {market!r}: cannot read prices file {str(path)!r}: {err}") from None
-    if not isinstance(df.index, pd.DatetimeIndex) and str(df.index.name).lower() == "date":
-        df = df.reset_index()
     logger.debug("read %d rows from %s for market %r", len(df), path, market)
     return df

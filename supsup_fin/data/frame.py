@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Sequence
 from numbers import Real
 
 import numpy as np
@@ -26,31 +27,91 @@ POSITIVE_COLUMNS: tuple[str, ...] = ("open", "high", "low", "close")
 """Columns whose values must be > 0 (``volume`` must be >= 0)."""
 
 _HASH_VERSION = b"supsup-fin/prices-frame/v1"
+_DAY_NS = 86_400 * 10**9
 
 
 def _day(ts: pd.Timestamp) -> str:
     return pd.Timestamp(ts).strftime("%Y-%m-%d")
 
 
-def _as_datetime_index(df: pd.DataFrame, market: str) -> pd.DataFrame:
-    """Use a ``date`` column (any case) as the index when the index is not already dates."""
+_UNNAMED = {"", "none", "index", "unnamed: 0"}
+"""Names an unnamed first column gets (``to_csv`` of an unnamed index, ``reset_index``); it is taken as the dates."""
+
+
+def _date_source(df: pd.DataFrame, market: str) -> tuple[pd.DataFrame, str, pd.Series | pd.DatetimeIndex]:
+    """The frame without its dates, the dates' column name and the raw dates (index or column)."""
     if isinstance(df.index, pd.DatetimeIndex):
-        return df
-    date_cols = [c for c in df.columns if str(c).strip().lower() == "date"]
-    if not date_cols:
+        return df, "date", df.index
+    if str(df.index.name).strip().lower() == "date":
+        df = df.reset_index()
+    names = [str(c).strip().lower() for c in df.columns]
+    col = next((c for c, n in zip(df.columns, names) if n == "date"), None)
+    if col is None and len(df.columns) > 1 and names[0] in _UNNAMED:
+        col = df.columns[0]
+        logger.info("market %r: no 'date' column; taking the unnamed first column %r as the dates", market, str(col))
+    if col is None:
         raise DataError(
             f"market {market!r}: expected a DatetimeIndex or a 'date' column, "
             f"got a {type(df.index).__name__} and columns {[str(c) for c in df.columns]}"
         )
-    col = date_cols[0]
+    return df.drop(columns=[col]), str(col), df[col].reset_index(drop=True)
+
+
+def _after(dates: Sequence[object], pos: int) -> str:
+    """`` (after D)`` naming the last date before row ``pos`` that is not missing (empty when none is)."""
+    prev = next((d for d in dates[pos - 1::-1] if not pd.isna(d)), None) if pos > 0 else None
+    return "" if prev is None else f" (after {prev if isinstance(prev, str) else _day(prev)})"
+
+
+def _parse_dates(col: pd.Series, name: str, market: str, timezone: str | None) -> pd.DatetimeIndex:
+    """ISO-8601 dates of a column, each tz-aware one at its wall clock (in ``timezone`` when given)."""
+    if pd.api.types.is_datetime64_any_dtype(col.dtype):
+        return pd.DatetimeIndex(col)
+    values = col.to_numpy(dtype=object)
+    numbers = [i for i, v in enumerate(values) if isinstance(v, Real | np.number) and v == v]
+    if pd.api.types.is_numeric_dtype(col.dtype) or numbers:
+        first = numbers[0] if numbers else 0
+        raise DataError(
+            f"market {market!r}: column {name!r} holds integers or numbers, not dates (first {values[first]!r} at "
+            f"row {first}); expected ISO-8601 dates (YYYY-MM-DD) or a DatetimeIndex"
+        )
     try:
-        dates = pd.to_datetime(df[col], format="ISO8601")
-    except (ValueError, TypeError):
-        parsed = pd.to_datetime(df[col], format="ISO8601", errors="coerce")
-        bad = np.flatnonzero(parsed.isna().to_numpy() & df[col].notna().to_numpy())
-        where = f"; first unparseable value {df[col].iloc[int(bad[0])]!r} at row {int(bad[0])}" if bad.size else ""
-        raise DataError(f"market {market!r}: column 'date' expected ISO-8601 dates (YYYY-MM-DD){where}") from None
-    return df.drop(columns=[col]).set_index(pd.DatetimeIndex(dates))
+        instants = pd.DatetimeIndex(pd.to_datetime(col, format="ISO8601", utc=True))
+    except (ValueError, TypeError, OverflowError):
+        instants = pd.DatetimeIndex(pd.to_datetime(col, format="ISO8601", utc=True, errors="coerce"))
+        bad = int(np.flatnonzero(instants.isna() & col.notna().to_numpy())[0])
+        raise DataError(
+            f"market {market!r}: column {name!r} expected ISO-8601 dates (YYYY-MM-DD); first unparseable "
+            f"value {values[bad]!r} at row {bad}{_after(values, bad)}"
+        ) from None
+    try:
+        return pd.DatetimeIndex(pd.to_datetime(col, format="ISO8601"))
+    except (ValueError, TypeError):  # offsets that change (DST) or naive and aware stamps mixed: row by row
+        return pd.DatetimeIndex([_wall_clock(pd.Timestamp(v), timezone) for v in values])
+
+
+def _wall_clock(ts: pd.Timestamp, timezone: str | None) -> pd.Timestamp:
+    if ts is pd.NaT or ts.tz is None:
+        return ts
+    return (ts.tz_convert(timezone) if timezone else ts).tz_localize(None)
+
+
+def _calendar_dates(dates: pd.DatetimeIndex, name: str, market: str, timezone: str | None) -> pd.DatetimeIndex:
+    """The calendar date of each timestamp (the rule in :func:`validate_frame`), as ``datetime64[ns]``."""
+    if dates.hasnans:
+        pos = int(np.flatnonzero(dates.isna())[0])
+        raise DataError(f"market {market!r}: column {name!r} has a missing date at row {pos}{_after(dates, pos)}")
+    if dates.tz is not None:
+        logger.debug("market %r: taking calendar dates in %s", market, timezone or dates.tz)
+        dates = (dates.tz_convert(timezone) if timezone else dates).tz_localize(None)
+    dates = dates.as_unit("ns")
+    ns = dates.asi8
+    if len(ns) > 1 and ns.min() >= 0 and ns.max() < _DAY_NS and (ns % _DAY_NS).any():
+        raise DataError(
+            f"market {market!r}: column {name!r} holds integers read as nanoseconds since 1970-01-01 "
+            f"(first {int(ns[0])}, {int(ns[1])}), not dates; expected ISO-8601 dates (YYYY-MM-DD) or a DatetimeIndex"
+        )
+    return pd.DatetimeIndex(dates.normalize(), name="date")
 
 
 def _normalise_columns(df: pd.DataFrame, market: str) -> pd.DataFrame:
@@ -70,71 +131,82 @@ def _normalise_columns(df: pd.DataFrame, market: str) -> pd.DataFrame:
 def _to_float(col: pd.Series, name: str, market: str) -> pd.Series:
     if pd.api.types.is_numeric_dtype(col.dtype) and not pd.api.types.is_bool_dtype(col.dtype):
         return col.astype("float64")
-    for date, value in col.items():
-        is_null = value is None or value is pd.NA or value is pd.NaT or (isinstance(value, float) and value != value)
-        if not is_null and (not isinstance(value, Real) or isinstance(value, bool | np.bool_)):
-            raise DataError(
-                f"market {market!r}: column {name!r} must be numeric; first non-numeric value "
-                f"{value!r} on {_day(date)} (dtype {col.dtype})"
-            )
-    return pd.to_numeric(col, errors="coerce").astype("float64")
+    values = col.to_numpy(dtype=object)
+    numbers = pd.to_numeric(pd.Series(values, dtype=object), errors="coerce").to_numpy(dtype="float64")
+    bad = (np.isnan(numbers) & col.notna().to_numpy()) | np.array([isinstance(v, bool | np.bool_) for v in values])
+    if bad.any():  # numeric strings (a column pandas read as text) are numbers; anything else is not
+        i = int(np.flatnonzero(bad)[0])
+        raise DataError(
+            f"market {market!r}: column {name!r} must be numeric; first non-numeric value "
+            f"{values[i]!r} on {_day(col.index[i])} (dtype {col.dtype}, {int(bad.sum())} such value(s))"
+        )
+    return pd.Series(numbers, index=col.index)
 
 
-def validate_frame(df: pd.DataFrame, market: str) -> pd.DataFrame:
+def validate_frame(df: pd.DataFrame, market: str, *, timezone: str | None = None) -> pd.DataFrame:
     """Check the structural contract of a prices frame and return it in canonical form.
+
+    Dates come from a ``DatetimeIndex``, else from a ``date`` column (any case; an unnamed first
+    column, as ``to_csv`` writes an unnamed index, is taken as one) of datetimes or ISO-8601 strings.
+    Each row's date is a calendar date, by one rule:
+
+    - a tz-aware timestamp (a tz-aware index, or a string with an offset: ``Z``, ``+01:00``) is
+      converted to ``timezone`` (the exchange's zone) when one is given, else kept in its own
+      offset; its calendar date there is the row's date. So ``2024-03-04T23:00:00Z`` is
+      2024-03-05 with ``timezone="Europe/Berlin"`` and 2024-03-04 without; offsets that change
+      across a DST switch are read row by row;
+    - a naive timestamp or a plain date is taken as given;
+    - a time of day is then dropped (16:00 on 2024-03-04 is 2024-03-04).
 
     Parameters
     ----------
     df : DataFrame, shape (n_rows, n_columns)
-        Prices indexed by date (or with a ``date`` column); column names are case-insensitive,
+        Prices indexed by date (or with a date column); column names are case-insensitive,
         columns other than ``open high low close volume`` are dropped.
     market : str
         Market name, used in error messages.
+    timezone : str, optional
+        The exchange's IANA time zone (:attr:`MarketConfig.timezone`).
 
     Returns
     -------
     DataFrame, shape (n_rows, k)
         A new frame: float64 columns in canonical order, index ``date`` as tz-naive
-        ``datetime64[ns]`` at midnight. A tz-aware index keeps its wall-clock dates.
+        ``datetime64[ns]`` at midnight. Numeric strings become numbers.
         Missing values (NaN) are allowed here; :func:`check_health` deals with them.
 
     Raises
     ------
     DataError
-        Missing ``close`` column, empty frame, missing/duplicated/unsorted dates, non-numeric or
-        non-finite values, prices <= 0 or negative volume; the message names the market,
-        the column and the first bad date.
+        Missing ``close`` or date column, dates that are integers or not ISO-8601, an empty frame,
+        missing/duplicated/unsorted dates, non-numeric or non-finite values, prices <= 0 or
+        negative volume; the message names the market, the column and the first bad date.
     """
     if not isinstance(df, pd.DataFrame):
         raise DataError(f"market {market!r}: expected a pandas DataFrame, got {type(df).__name__}")
-    df = _normalise_columns(_as_datetime_index(df, market), market)
+    body, date_col, raw_dates = _date_source(df, market)
+    df = _normalise_columns(body, market)
     if len(df) == 0:
         raise DataError(f"market {market!r}: the prices frame is empty (no rows in column 'close')")
-
-    idx = df.index
-    if idx.hasnans:
-        pos = int(np.flatnonzero(idx.isna())[0])
-        raise DataError(f"market {market!r}: column 'date' has a missing date at row {pos}")
-    if idx.tz is not None:
-        logger.debug("market %r: dropping time zone %s from the index", market, idx.tz)
-        idx = idx.tz_localize(None)
-    idx = idx.as_unit("ns")
-    if not (idx == idx.normalize()).all():
-        idx = idx.normalize()
-    idx = pd.DatetimeIndex(idx, name="date")
+    if not isinstance(raw_dates, pd.DatetimeIndex):
+        raw_dates = _parse_dates(raw_dates, date_col, market, timezone)
+    idx = _calendar_dates(raw_dates, date_col, market, timezone)
+    df = df.set_axis(idx)
 
     dup = idx.duplicated()
     if dup.any():
         first = idx[int(np.flatnonzero(dup)[0])]
+        several = "; several timestamps on one day: intraday data?" if raw_dates.is_unique else ""
         raise DataError(
-            f"market {market!r}: column 'date' has duplicated dates ({int(dup.sum())}), first {_day(first)}"
+            f"market {market!r}: column {date_col!r} has duplicated dates ({int(dup.sum())}), first {_day(first)}"
+            f"{several}"
         )
     if len(idx) > 1:
         back = np.flatnonzero(idx.asi8[1:] < idx.asi8[:-1])
         if back.size:
             i = int(back[0]) + 1
             raise DataError(
-                f"market {market!r}: column 'date' is not increasing: {_day(idx[i])} comes after "
+                f"market {market!r}: column {date_col!r} is not increasing: {_day(idx[i])} comes after "
                 f"{_day(idx[i - 1])}"
             )
 
@@ -186,9 +258,6 @@ def price_arrays(prices: pd.DataFrame, market: str) -> tuple[dict[str, np.ndarra
         frame = validate_frame(prices, market)
         values = frame.to_numpy(dtype=np.float64)
     return {c: np.ascontiguousarray(values[:, j]) for j, c in enumerate(frame.columns)}, frame.index
-
-
-_DAY_NS = 86_400 * 10**9
 
 
 def canonical_values(prices: object) -> np.ndarray | None:

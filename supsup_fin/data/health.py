@@ -7,6 +7,13 @@ Checks run in this order on the output of the previous one: ``missing``, ``high_
 - ``repair``: fix the frame and log counts (``logger.info``);
 - ``warn``: log a warning with counts and first date (``logger.warning``), keep the data.
 
+The ``jump`` check first refuses absurd closes under every policy: a close more than
+``data.jump.absurd`` times (default 20) above or below the previous known close, i.e.
+``|log(c_t / c_prev)| > log(absurd)``, is a unit or feed error (a price in cents, a 1e12 tick), never
+a market move, whether it comes back the next day, lasts several rows, starts at the last row or
+never comes back. The :class:`DataError` names the market, column ``close``, both dates and both
+closes. (Daily moves in the bundled histories stay below 1.6x; raise ``absurd`` to accept more.)
+
 Repairs: ``missing`` forward-fills at most ``max_fill`` consecutive rows per column (pandas'
 ``ffill(limit=...)``: the first ``max_fill`` rows of a longer run are filled) and drops rows still
 missing a value (leading ones included); ``high_low`` drops the rows; ``jump`` drops one-day spikes
@@ -132,7 +139,24 @@ def _high_low(df: pd.DataFrame, run: _Run, policy: str) -> pd.DataFrame:
     return df.loc[~bad] if policy == "repair" else df
 
 
-def _jump(df: pd.DataFrame, run: _Run, policy: str, threshold: float) -> pd.DataFrame:
+def _absurd(df: pd.DataFrame, run: _Run, factor: float) -> None:
+    """Raise on the first close more than ``factor`` times away from the last known close before it."""
+    close = df["close"]
+    prev = close.ffill().shift().to_numpy()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        move = np.abs(np.log(close.to_numpy() / prev))
+        bad = move > np.log(factor)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        j = int(np.flatnonzero(close.iloc[:i].notna().to_numpy())[-1])
+        run.found("jump", "error", int(bad.sum()), df.index[i], "close",
+                  f"{int(bad.sum())} absurd move(s) of more than {factor:g}x, a unit or feed error, never a "
+                  f"market move (refused under every policy; data.jump.absurd sets the factor), first from "
+                  f"{close.iloc[j]:.6g} on {_day(df.index[j])} to {close.iloc[i]:.6g}")
+
+
+def _jump(df: pd.DataFrame, run: _Run, policy: str, threshold: float, absurd: float) -> pd.DataFrame:
+    _absurd(df, run, absurd)
     close = df["close"].to_numpy()
     ret = np.full(len(close), np.nan)
     ret[1:] = close[1:] / close[:-1] - 1.0
@@ -220,7 +244,7 @@ def check_health(df: pd.DataFrame, market: str, data: DataConfig) -> tuple[pd.Da
     run = _Run(market)
     frame = _missing(frame, run, data.missing.policy, data.missing.max_fill)
     frame = _high_low(frame, run, data.high_low.policy)
-    frame = _jump(frame, run, data.jump.policy, data.jump.threshold)
+    frame = _jump(frame, run, data.jump.policy, data.jump.threshold, data.jump.absurd)
     frame = _stale(frame, run, data.stale.policy, data.stale.max_repeats)
     frame = _gap(frame, run, data.gap.policy, data.gap.max_days)
     if len(frame) == 0:

@@ -69,7 +69,9 @@ def load_prices(
     Parameters
     ----------
     market : MarketConfig
-        Which source and locator (ticker, dataset, path; ``seed`` for synthetic).
+        Which source and locator (ticker, dataset, path; ``seed`` for synthetic); ``timezone``
+        converts tz-aware timestamps before their calendar date is taken (the rule is in
+        :func:`~supsup_fin.data.frame.validate_frame`).
     data : DataConfig
         Health-check policies and Yahoo settings.
     cache_dir : Path
@@ -103,7 +105,7 @@ def load_prices(
     else:
         raw, source = read_price_file(str(market.path), market.name), "file"
 
-    frame = validate_frame(raw, market.name)
+    frame = validate_frame(raw, market.name, timezone=market.timezone)
     frame, report = check_health(frame, market.name, data)
     as_of = frame.index[-1]
     if source in ("yahoo", "yahoo-cache"):

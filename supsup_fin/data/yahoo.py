@@ -5,14 +5,21 @@ One call of :func:`fetch_yahoo`:
 1. No cache (or one written for another ``yahoo.start``): download from ``yahoo.start``.
 2. A cache: download from ``last cached date - overlap_days`` and compare the closes on the dates
    both hold (rtol 1e-6; the last cached row is left out of the comparison when others exist, as it
-   may have been a bar of a session still in progress). Equal: keep the cache, take the fresh
-   version of its last row and append the new rows. Different, or no common date: adjusted history
-   was rescaled (a dividend or split), so download the whole series from ``yahoo.start`` again.
-3. Each download is tried ``1 + retries`` times with exponential backoff and jitter. An exception
-   or an empty frame (what ``yfinance.download`` returns offline or for an unknown ticker) is a
-   failed attempt.
+   may have been a bar of a session still in progress). Equal: keep the cached rows before the
+   download's first date, take the download's rows from there on (the fresh version of the overlap,
+   which also fills a date a cached download lacked) and keep any cached date it lacks. Different,
+   or no common date: adjusted history was rescaled (a dividend or split), so download the whole
+   series from ``yahoo.start`` again.
+3. Each download is tried ``1 + retries`` times with exponential backoff and jitter. An exception,
+   an empty frame (what ``yfinance.download`` returns offline or for an unknown ticker) or a partial
+   frame is a failed attempt. Partial, against the cache: a column the cache has is missing, the
+   rows end before the cache's last date, or a cached date inside the download's range is missing
+   (the cache's last date excepted when later rows came: Yahoo withdraws a bar now and then).
+   So the cache never loses a column or a date to a partial download.
 4. When every attempt fails, serve the cache with a logged warning saying how stale it is (source
    ``"yahoo-cache"``); with no cache, raise :class:`DataError`.
+5. The cache is written atomically (:mod:`supsup_fin._atomic`); if the write fails (a full disk)
+   the download is still served, with a warning, and the cache stays as it was.
 """
 
 from __future__ import annotations
@@ -122,9 +129,26 @@ def flatten_yahoo(raw: pd.DataFrame | None, ticker: str) -> pd.DataFrame:
     return df
 
 
+def _partial(fresh: pd.DataFrame, cache: pd.DataFrame | None, start: pd.Timestamp) -> str | None:
+    """Why a download from ``start`` is partial against the cache (see the module docstring), or ``None``."""
+    if cache is None:
+        return None
+    cols = [c for c in cache.columns if c not in fresh.columns]
+    if cols:
+        return f"partial response: no {cols} column(s), which the cache has"
+    last = cache.index[-1]
+    if fresh.index[-1] < last:
+        return f"partial response: rows end {fresh.index[-1].date()}, before the cache's last date {last.date()}"
+    held = cache.index[(cache.index >= start) & (cache.index < last)]
+    lost = held[~held.isin(fresh.index)]
+    if len(lost):
+        return f"partial response: {len(lost)} cached date(s) missing, first {lost[0].date()}"
+    return None
+
+
 def _download(
     download: Download, ticker: str, start: pd.Timestamp, end: pd.Timestamp, yahoo: YahooConfig,
-    sleep: Callable[[float], None],
+    sleep: Callable[[float], None], cache: pd.DataFrame | None,
 ) -> tuple[pd.DataFrame, int]:
     attempts = yahoo.retries + 1
     last = "no attempt made"
@@ -132,7 +156,11 @@ def _download(
         try:
             raw = download(tickers=ticker, start=start.strftime("%Y-%m-%d"), end=end.strftime("%Y-%m-%d"),
                            interval="1d", auto_adjust=True, progress=False, timeout=yahoo.timeout_s)
-            return flatten_yahoo(raw, ticker), i + 1
+            fresh = flatten_yahoo(raw, ticker)
+            partial = _partial(fresh, cache, start)
+            if partial is None:
+                return fresh, i + 1
+            last = partial
         except Exception as err:  # any failure of a third-party download is one failed attempt
             last = f"{type(err).__name__}: {err}"
         logger.info("download of %r %s..%s failed (attempt %d/%d): %s", ticker, start.date(), end.date(),
@@ -221,17 +249,14 @@ def fetch_yahoo(
     used = 0
     try:
         if cache is None or moved:
-            frame, used = _download(download, ticker, full_start, end, yahoo, sleep)
+            frame, used = _download(download, ticker, full_start, end, yahoo, sleep, cache)
             mode = "full"
         else:
             last = cache.index[-1]
             start = max(full_start, last - pd.Timedelta(days=yahoo.overlap_days))
-            fresh, used = _download(download, ticker, start, end, yahoo, sleep)
+            fresh, used = _download(download, ticker, start, end, yahoo, sleep, cache)
             if _overlap_equal(cache, fresh):
-                if last in fresh.index:  # the fresh version of the last cached row replaces it
-                    frame = pd.concat([cache.loc[cache.index < last], fresh.loc[fresh.index >= last]])
-                else:
-                    frame = pd.concat([cache, fresh.loc[fresh.index > last]])
+                frame = pd.concat([cache.loc[~cache.index.isin(fresh.index)], fresh]).sort_index()
                 mode = "incremental"
                 logger.info("market %r: %r cache up to %s verified on the overlap; %d new row(s)", market,
                             ticker, last.date(), int((fresh.index > last).sum()))
@@ -239,7 +264,7 @@ def fetch_yahoo(
                 logger.info("market %r: %r closes on the overlap since %s differ from the cache "
                             "(history rescaled by a dividend or split); refetching from %s", market,
                             ticker, start.date(), full_start.date())
-                frame, more = _download(download, ticker, full_start, end, yahoo, sleep)
+                frame, more = _download(download, ticker, full_start, end, yahoo, sleep, cache)
                 used += more
                 mode = "refetch"
     except _FetchFailed as err:
@@ -258,6 +283,10 @@ def fetch_yahoo(
         return YahooFetch(cache, "yahoo-cache", "cache", used)
 
     frame = validate_frame(frame, market)  # a broken download raises here and never reaches the cache
-    write_cache(cache_dir, ticker, frame, {"fetched_at": now_ts.isoformat(), "start": str(yahoo.start),
-                                           "mode": mode})
+    try:
+        write_cache(cache_dir, ticker, frame, {"fetched_at": now_ts.isoformat(), "start": str(yahoo.start),
+                                               "mode": mode})
+    except OSError as err:
+        logger.warning("market %r: could not write the cache of %r (%s); serving the download, the cache "
+                       "stays as it was", market, ticker, err)
     return YahooFetch(frame, "yahoo", mode, used)

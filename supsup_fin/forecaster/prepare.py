@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from supsup_fin.config import Config, RegimesConfig, SegmentsConfig
+from supsup_fin.data.frame import validate_frame
 from supsup_fin.decision import ClassReturns
 from supsup_fin.errors import DataError
 from supsup_fin.features import (
@@ -93,6 +94,7 @@ def build_features(market: str, prices: pd.DataFrame, cfg: Config) -> FeatureSet
     shorter than the feature warm-up + lookback + horizon.
     """
     fc = cfg.features
+    prices = validate_frame(prices, market)  # structural faults named by column and date first
     need = feature_warmup(fc.names) + fc.lookback + fc.horizon + 1
     if len(prices) < need:
         raise DataError(

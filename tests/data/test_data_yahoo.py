@@ -258,3 +258,74 @@ def test_old_latest_row_warns_even_when_the_download_succeeds(tmp_path: Path,
     with caplog.at_level(logging.WARNING, logger="supsup_fin.data"):
         load_prices(MARKET, data_cfg(), tmp_path, now="2024-04-01", download=FakeYahoo(truth()))
     assert not [r for r in caplog.records if "old" in r.getMessage()]
+
+
+def _served(*frames: pd.DataFrame):
+    """A download answering with ``frames`` in turn (each ``yf_shape``d), recording each ``start``."""
+    calls: list[str] = []
+
+    def download(tickers: str, start: str, end: str, **kw) -> pd.DataFrame:
+        calls.append(start)
+        h = frames[min(len(calls), len(frames)) - 1]
+        return yf_shape(h.loc[(h.index >= start) & (h.index < end)], tickers)
+
+    download.calls = calls
+    return download
+
+
+def _close_only(download):
+    def only(**kw) -> pd.DataFrame:
+        out = download(**kw)
+        return out.loc[:, out.columns.get_level_values(0) == "Close"]
+    return only
+
+
+@pytest.mark.parametrize(
+    "partial",
+    [lambda h: h.drop(h.index[[3, 40]]), lambda h: h.iloc[5:], lambda h: h.loc[:"2024-03-20"], None],
+    ids=["rows-missing-inside", "rows-cut-at-start", "rows-cut-at-end", "columns-missing"],
+)
+def test_a_partial_download_is_a_failed_attempt_and_never_cached(tmp_path: Path, partial) -> None:
+    hist = truth(end="2024-03-29")
+    load_prices(MARKET, data_cfg(), tmp_path, now="2024-03-29", download=FakeYahoo(hist))
+    parquet = cache_paths(tmp_path, TICKER)[0]
+    before = parquet.read_bytes()
+    new = truth(end="2024-04-30")
+    new[["open", "high", "low", "close"]] *= 0.7  # rescaled: the next fetch replaces the whole history
+    bad = _close_only(_served(new)) if partial is None else _served(partial(new))
+    lp = load_prices(MARKET, data_cfg(retries=1), tmp_path, now="2024-04-30", download=bad)
+    assert lp.source == "yahoo-cache" and lp.stale_days == 32  # the overlap, then twice a partial refetch
+    assert parquet.read_bytes() == before
+    good = _served(partial(new) if partial else new, new)
+    lp = load_prices(MARKET, data_cfg(retries=1), tmp_path, now="2024-04-30", download=good)
+    assert lp.source == "yahoo" and good.calls[-1] == "2024-01-01"
+    pd.testing.assert_frame_equal(pd.read_parquet(parquet), new, check_freq=False)
+
+
+def test_an_incremental_update_fills_a_date_an_earlier_download_skipped(tmp_path: Path) -> None:
+    full = truth(end="2024-04-30")
+    load_prices(MARKET, data_cfg(), tmp_path, now="2024-03-29", download=FakeYahoo(full.loc[:"2024-03-29"]))
+    skipped = full.drop(pd.Timestamp("2024-04-24"))
+    load_prices(MARKET, data_cfg(), tmp_path, now="2024-04-26", download=FakeYahoo(skipped.loc[:"2024-04-26"]))
+    assert pd.Timestamp("2024-04-24") not in pd.read_parquet(cache_paths(tmp_path, TICKER)[0]).index
+    lp = load_prices(MARKET, data_cfg(), tmp_path, now="2024-04-30", download=FakeYahoo(full))
+    pd.testing.assert_frame_equal(lp.frame, full, check_freq=False)
+
+
+def test_a_failed_cache_write_serves_the_download_and_keeps_the_cache(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    hist = truth(end="2024-04-30")
+    load_prices(MARKET, data_cfg(), tmp_path, now="2024-03-29", download=FakeYahoo(hist.loc[:"2024-03-29"]))
+    parquet = cache_paths(tmp_path, TICKER)[0]
+    before = parquet.read_bytes()
+
+    def full_disk(self, path, *args, **kw) -> None:
+        Path(path).write_bytes(b"PAR1 half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", full_disk)
+    lp = load_prices(MARKET, data_cfg(), tmp_path, now="2024-04-30", download=FakeYahoo(hist))
+    assert lp.source == "yahoo" and lp.as_of == pd.Timestamp("2024-04-30")
+    assert parquet.read_bytes() == before
+    assert sorted(p.name for p in parquet.parent.iterdir()) == ["SPY.json", "SPY.parquet"]  # no temp file left
+    assert "could not write the cache" in caplog.text and "No space left" in caplog.text
