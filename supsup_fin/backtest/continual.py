@@ -1,6 +1,8 @@
 """Continual-learning scores of the walk-forward: each window's task re-scored as the bank grows.
 
-Window j's task is its new training rows (those after window j-1's last training row). After
+Window j's task is its new training rows (those after window j-1's last training row); a window
+that brings a market no new rows (its data ended before the window's training end) is no task of
+that market's: it gets neither a column nor a row of the market's matrix. After
 every later window i, the gated masks of window j are re-run from the bank as it then stands,
 and the fine-tuned dense net (trained on each window's new rows only) is re-scored: ``acc[i, j]``.
 From that lower-triangular matrix come the average accuracy, backward transfer (BWT) and
@@ -27,17 +29,23 @@ def continual_mode(cfg: Config) -> str:
     return cfg.gating.mode if cfg.gating.mode in cfg.backtest.modes else cfg.backtest.modes[0]
 
 
+def tasks(fits: Sequence[WindowFit]) -> list[WindowFit]:
+    """The fits (oldest first) whose window brought new training rows: the market's tasks."""
+    return [fit for fit in fits if len(fit.new_rows)]
+
+
 def mask_accuracy_row(cfg: Config, fits: Sequence[WindowFit], net: FrozenNet, bank: MaskBank,
                       prices: pd.DataFrame) -> list[float]:
-    """Accuracy of each of one market's window fits (oldest first) on its own task, its gated
-    masks re-run (mode :func:`continual_mode`) from ``net`` and ``bank`` as they stand now.
+    """Accuracy of each of one market's tasks (:func:`tasks` of its window fits, oldest first) on its
+    own rows, its gated masks re-run (mode :func:`continual_mode`) from ``net`` and ``bank`` as they
+    stand now.
 
     ``prices`` is the market's whole frame; each forecast reads the rows up to its date.
-    Returns one accuracy per fit (NaN where no row has a forecast and a known class).
+    Returns one accuracy per task (NaN where no row has a forecast and a known class).
     """
     mode = continual_mode(cfg)
     row = []
-    for fit in fits:
+    for fit in tasks(fits):
         market = fit.market
         dates, y = fit.features.dates[fit.new_rows], fit.features.y[fit.new_rows]
         forecaster = forecaster_for([fit], cfg, net, bank)
@@ -51,9 +59,9 @@ def mask_accuracy_row(cfg: Config, fits: Sequence[WindowFit], net: FrozenNet, ba
 
 
 def dense_accuracy_row(dense: DenseBank, name: str, fits: Sequence[WindowFit]) -> list[float]:
-    """Accuracy of the dense net ``name`` on each of one market's window fits' own tasks."""
+    """Accuracy of the dense net ``name`` on each of one market's tasks (:func:`tasks` of its fits)."""
     row = []
-    for fit in fits:
+    for fit in tasks(fits):
         X, y = fit.features.X[fit.new_rows], fit.features.y[fit.new_rows]
         ok = np.isfinite(X).all(axis=1) & (y >= 0)
         p = dense.predict_proba(name, X[ok]) if ok.any() else np.zeros((0, 1))
@@ -112,8 +120,9 @@ def continual_table(markets: Sequence[str], acc: Mapping[str, Mapping[str, np.nd
     Returns
     -------
     pd.DataFrame indexed by ``(market, strategy)`` with ``avg_accuracy``, ``bwt``, ``forgetting``
-    (an empty frame without any row).
+    and ``tasks`` (T: the windows that brought the market new rows); an empty frame without any row.
     """
-    records = [{"market": market, "strategy": strategy, **continual_scores(by_market[market])}
+    records = [{"market": market, "strategy": strategy, **continual_scores(by_market[market]),
+                "tasks": len(by_market[market])}
                for market in markets for strategy, by_market in acc.items() if market in by_market]
     return pd.DataFrame(records).set_index(["market", "strategy"]) if records else pd.DataFrame()

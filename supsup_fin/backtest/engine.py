@@ -92,9 +92,10 @@ class WindowResult:
     rows: dict[str, pd.DataFrame]
     """Market -> every strategy's forecasts on its test days in the window (empty: none)."""
     mask_acc: dict[str, list[float]]
-    """Market -> accuracy of its gated masks of every window so far on their own tasks."""
+    """Market -> accuracy of its gated masks of every task so far on their own rows (markets that
+    got new rows at this window; see :func:`~supsup_fin.backtest.continual.tasks`)."""
     finetune_acc: dict[str, list[float]]
-    """Market -> accuracy of its fine-tuned dense net (if trained now) on every window's task."""
+    """Market -> accuracy of its fine-tuned dense net (if trained now) on every task so far."""
     seconds: dict[str, float]
     """Stage (:data:`STAGES`) -> wall seconds."""
 
@@ -102,7 +103,9 @@ class WindowResult:
         """The window's row of ``Forecasts.window_log``."""
         w = self.window
         return {"window": w.index, "as_of": w.tag, "test_start": str(w.test_start.date()),
-                "test_end": str(w.test_end.date()), "markets": sorted(self.fits), "masks_trained": self.masks_trained,
+                "test_end": str(w.test_end.date()), "markets": sorted(self.fits),
+                "no_new_rows": sorted(m for m, f in self.fits.items() if not len(f.new_rows)),
+                "masks_trained": self.masks_trained,
                 "n_states": {m: f.regimes.model.n_states_ for m, f in self.fits.items()},
                 "seconds": round(sum(self.seconds.values()), 2)}
 
@@ -182,14 +185,19 @@ def run_window(cfg: Config, prices: dict[str, pd.DataFrame], w: Window, history:
     t2 = time.perf_counter()
     dense, weights = _train_dense(cfg, strategies, fits, frozenset(t.name for t in tasks), w, history, device)
     finetune_acc = {m: continual.dense_accuracy_row(dense, finetune_net(m), (*history.fits.get(m, ()), f))
-                    for m, f in fits.items() if dense is not None and finetune_net(m) in dense}
+                    for m, f in fits.items() if dense is not None and finetune_net(m) in dense and len(f.new_rows)}
     t3 = time.perf_counter()
     rows, mask_acc = {}, {}
     for market, fit in fits.items():
         seen = (*history.fits.get(market, ()), fit)
         rows[market] = _forecast_market(cfg, prices[market], fit, strategies, net, bank,  # type: ignore[arg-type]
                                         dense, prepared.get(market, {}))
-        mask_acc[market] = continual.mask_accuracy_row(cfg, seen, net, bank, prices[market])  # type: ignore[arg-type]
+        if len(fit.new_rows):
+            mask_acc[market] = continual.mask_accuracy_row(cfg, seen, net, bank, prices[market])  # type: ignore[arg-type]
+        else:
+            log.warning("window %d (%s): %s has no training rows after %s (its last price: %s); the window is "
+                        "no task of its continual scores", w.index, w.tag, market, history.last_train(market),
+                        prices[market].index[-1].date())
     t4 = time.perf_counter()
     seconds = dict(zip(STAGES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)))
     return WindowResult(w, fits, len(tasks), net, bank, dense, weights, rows, mask_acc, finetune_acc, seconds)

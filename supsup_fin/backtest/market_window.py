@@ -9,6 +9,7 @@ up to each test day only. A strategy answers with a :class:`Forecast`;
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -22,13 +23,15 @@ from supsup_fin.config import Config
 from supsup_fin.features import classify, forward_returns
 from supsup_fin.forecaster.gating import RegimeGatedForecaster
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class Forecast:
     """One strategy's forecasts on a window's ``n`` test days of one market.
 
     ``probs [n, classes]`` (``None`` for rule strategies, NaN rows where there is no forecast),
-    ``signal [n]`` in [-1, 1] (``p_up - p_down``, or a rule strategy's position),
+    ``signal [n]`` in [-1, 1] (``p_up - p_down``, or a rule strategy's position, NaN where it has none),
     ``masks [n]`` the JSON of the masks used (gated strategies only).
     """
 
@@ -38,8 +41,12 @@ class Forecast:
 
     @classmethod
     def from_probs(cls, probs: np.ndarray, masks: np.ndarray | None = None) -> Forecast:
-        """A probabilistic forecast; its signal is ``p_up - p_down`` (last minus first class)."""
-        return cls(probs, probs[:, -1] - probs[:, 0], masks)
+        """A probabilistic forecast; its signal is ``p_up - p_down`` (last minus first class), NaN on
+        rows that are not wholly finite."""
+        ok = np.isfinite(probs).all(axis=1)
+        signal = np.full(len(probs), np.nan)
+        signal[ok] = probs[ok, -1] - probs[ok, 0]
+        return cls(probs, signal, masks)
 
     @classmethod
     def rule(cls, signal: np.ndarray) -> Forecast:
@@ -136,22 +143,35 @@ class MarketWindow:
 
     def rows(self, strategy: str, fc: Forecast) -> pd.DataFrame:
         """One strategy's forecast as rows: :attr:`common`, ``strategy``, ``p_<class>``, ``signal``,
-        ``expected_return`` and ``decision`` (the decision layer's position from the probabilities and
+        ``expected_return``, ``decision`` (the decision layer's position from the probabilities and
         the window's class returns, the same rule for every probabilistic strategy; a rule strategy's
-        decision is its signal; no forecast: 0) and ``masks``."""
+        decision is its signal), ``flat_missing`` and ``masks``.
+
+        A day without a finite forecast (a probability or a rule's signal that is NaN or infinite,
+        or, under the ``kelly`` rule, an expected return that is not finite) is decided flat and
+        flagged ``flat_missing``; the window's count of such days is logged.
+        """
         part = self.common.copy()
         part["strategy"] = strategy
         for j, c in enumerate(f"p_{c}" for c in self.classes):
             part[c] = fc.probs[:, j] if fc.probs is not None else np.nan
         part["signal"] = fc.signal
+        mu, pos = np.full(self.n, np.nan), np.zeros(self.n)
         if fc.probs is None:
-            part["expected_return"], part["decision"] = np.nan, np.nan_to_num(fc.signal, nan=0.0)
+            ok = np.isfinite(fc.signal)
+            pos[ok] = fc.signal[ok]
         else:
             ok = np.isfinite(fc.probs).all(axis=1)
-            mu, pos = np.full(self.n, np.nan), np.zeros(self.n)
             if ok.any():
                 returns = self.fit.model.class_returns if self.fit.model is not None else None
                 mu[ok], pos[ok] = self.forecaster.decision.positions(fc.probs[ok], returns, self.cfg.features.horizon)
-            part["expected_return"], part["decision"] = mu, pos
+            if self.forecaster.decision.rule == "kelly":
+                ok &= np.isfinite(mu)
+                pos[~ok] = 0.0
+        part["expected_return"], part["decision"], part["flat_missing"] = mu, pos, ~ok
+        if not ok.all():
+            log.warning("window %d: %s on %s is flat on %d of %d days without a finite forecast, first %s",
+                        self.fit.window.index, strategy, self.market, int((~ok).sum()), self.n,
+                        self.dates[~ok][0].date())
         part["masks"] = fc.masks if fc.masks is not None else ""
         return part

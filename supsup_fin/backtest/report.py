@@ -27,18 +27,22 @@ PORTFOLIO = "portfolio"
 """The ``market`` of the equal-risk portfolio's rows."""
 
 TABLE_COLUMNS = ("sharpe", "sharpe_lo", "sharpe_hi", "psr", "dsr", "sortino", "ann_return", "ann_vol",
-                 "max_drawdown", "calmar", "hit_rate", "turnover", "accuracy", "log_loss", "brier", "days")
+                 "max_drawdown", "calmar", "hit_rate", "turnover", "accuracy", "log_loss", "brier", "days",
+                 "flat_missing")
 
 
 @dataclass
 class BacktestResult:
     """A walk-forward backtest's outputs.
 
-    ``daily``: one row per (market, strategy, date) with the forecast columns, ``decision``,
+    ``daily``: one row per (market, strategy, date) with the forecast columns (``flat_missing``: the
+    decision is flat because the strategy had no finite forecast that day), ``decision``,
     ``position`` (held after the close), ``exposure`` (the position behind the day's return),
     ``held_regime`` (the regime at the decision behind it), ``trade``, ``cost``, ``gross``, ``ret``, ``equity``;
-    ``portfolio``: the equal-risk portfolio per strategy (``ret``, ``equity``, ``w_<market>``);
-    ``table``: strategies x metrics per market and for the portfolio, after costs;
+    ``portfolio``: the equal-risk portfolio per strategy (``gross``, ``trade``, ``cost``, ``ret``,
+    ``equity``, ``w_<market>``; costs on its own rebalancing trades);
+    ``table``: strategies x metrics per market and for the portfolio, after costs, with
+    ``flat_missing`` (decision days flat for want of a forecast; the portfolio's: over its markets);
     ``per_regime``: the same metrics by the HMM regime behind each held position;
     ``calibration``: reliability per strategy (markets pooled); ``continual``: average accuracy,
     BWT and forgetting across windows of the gated masks and of the fine-tuned dense net;
@@ -71,19 +75,22 @@ def summarise(fc: Forecasts, cfg: Config, prices: dict[str, pd.DataFrame]) -> Ba
     """Positions, returns, portfolio and tables from a walk-forward's forecasts."""
     bt = cfg.backtest
     pcols = [f"p_{c}" for c in fc.classes]
-    daily_parts, rets = [], {}
+    daily_parts, sims = [], {}
     for (market, strategy), rows in fc.rows.groupby(["market", "strategy"], sort=True):
         rows = rows.sort_values("date").set_index("date")
-        sim = simulate(rows["decision"], fc.closes[market].reindex(rows.index), bt.cost_bps, bt.slippage_bps)
+        sim = simulate(rows["decision"].rename(f"{market}/{strategy}"), fc.closes[market].reindex(rows.index),
+                       bt.cost_bps, bt.slippage_bps)
         part = pd.concat([rows.drop(columns="decision"), sim], axis=1)
         part["held_regime"] = part["regime"].shift(2)
         daily_parts.append(part.reset_index())
-        rets.setdefault(strategy, {})[market] = sim["ret"]
+        sims.setdefault(strategy, {})[market] = sim
     daily = pd.concat(daily_parts, ignore_index=True)
     markets = sorted(fc.closes)
     portfolio = pd.concat(
-        [equal_risk_portfolio(by_m, fc.asset_returns, bt.vol_window).assign(strategy=s).rename_axis("date").reset_index()
-         for s, by_m in sorted(rets.items()) if sorted(by_m) == markets],
+        [equal_risk_portfolio({m: s["gross"] for m, s in by_m.items()}, {m: s["position"] for m, s in by_m.items()},
+                              fc.asset_returns, bt.vol_window, bt.cost_bps, bt.slippage_bps)
+         .assign(strategy=strategy).rename_axis("date").reset_index()
+         for strategy, by_m in sorted(sims.items()) if sorted(by_m) == markets],
         ignore_index=True)
     table = _table(daily, portfolio, pcols, bt.bootstrap)
     return BacktestResult(
@@ -116,6 +123,7 @@ def _table(daily: pd.DataFrame, portfolio: pd.DataFrame, pcols: list[str], n_boo
         rec["dsr"] = mx.deflated_sharpe(g["ret"], trials[market])
         src = g if market != PORTFOLIO else daily[daily.strategy == strategy]
         rec |= {k: v for k, v in _forecast_scores(src, pcols).items() if k != "n"}
+        rec["flat_missing"] = int(src["flat_missing"].sum())
         records.append(rec)
     return pd.DataFrame(records).set_index(["market", "strategy"]).sort_index()
 

@@ -37,6 +37,7 @@ from supsup_fin.config import Config
 from supsup_fin.data.oracle import oracle_filter, oracle_proba
 from supsup_fin.errors import ConfigError
 from supsup_fin.forecaster.calibration import Calibrator
+from supsup_fin.forecaster.evaluate import most_probable_regime
 from supsup_fin.forecaster.selection import regime_rows
 from supsup_fin.gate_modes import AUTO, GATE_MODES
 
@@ -112,13 +113,13 @@ class BuyAndHold(Strategy):
 @dataclass(frozen=True)
 class HmmRule(Strategy):
     """Flat when the most probable next regime is the most turbulent one (the last), else long;
-    NaN posteriors count as 0 (so a day without a posterior is long)."""
+    no signal (so flat, and counted) on a day without a finite posterior."""
 
     name: str = "hmm_rule"
 
     def forecast(self, ctx: MarketWindow) -> Forecast:
-        turbulent = np.nan_to_num(ctx.posterior).argmax(axis=1) == ctx.posterior.shape[1] - 1
-        return Forecast.rule(np.where(turbulent, 0.0, 1.0))
+        regime = most_probable_regime(ctx.posterior)
+        return Forecast.rule(np.where(regime < 0, np.nan, np.where(regime == ctx.posterior.shape[1] - 1, 0.0, 1.0)))
 
 
 @dataclass(frozen=True)
@@ -193,9 +194,10 @@ class DenseFinetune(Strategy):
 
 @dataclass(frozen=True)
 class DenseRegime(Strategy):
-    """Each day, the dense net of the most probable next regime (argmax of the posterior, NaN as
-    0), trained on that regime's rows; regimes without a mask of their own at the window use the
-    market's ``dense`` net, and NaN probabilities when that baseline is not run."""
+    """Each day, the dense net of the most probable next regime (argmax of the posterior), trained
+    on that regime's rows; regimes without a mask of their own at the window use the market's
+    ``dense`` net, and NaN probabilities when that baseline is not run; NaN probabilities (no
+    forecast) on a day without a finite posterior."""
 
     name: str = "dense_regime"
     trains_dense: ClassVar[bool] = True
@@ -213,12 +215,13 @@ class DenseRegime(Strategy):
     def forecast(self, ctx: MarketWindow) -> Forecast | None:
         if ctx.dense is None:
             return None
-        pick = np.nan_to_num(ctx.posterior).argmax(axis=1)
+        pick = most_probable_regime(ctx.posterior)
         fallback = dense_net(ctx.market)
         p = ctx.dense_proba(fallback) if fallback in ctx.dense else np.full((ctx.n, len(ctx.classes)), np.nan)
         for k, regime in enumerate(ctx.fit.regimes.names):
             if regime_net(ctx.market, regime) in ctx.dense:
                 p[pick == k] = ctx.dense_proba(regime_net(ctx.market, regime))[pick == k]
+        p[pick < 0] = np.nan
         return Forecast.from_probs(p)
 
 

@@ -24,7 +24,7 @@ from supsup_fin.cli.common import (
 from supsup_fin.config import load_config
 
 _COLUMNS = ["strategy", "sharpe", "sharpe_lo", "sharpe_hi", "dsr", "ann_return", "ann_vol", "max_drawdown",
-            "calmar", "hit_rate", "turnover", "accuracy", "log_loss", "brier"]
+            "calmar", "hit_rate", "turnover", "accuracy", "log_loss", "brier", "flat_missing"]
 
 
 def show_backtest(summary: dict[str, Any]) -> None:

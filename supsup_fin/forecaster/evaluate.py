@@ -4,7 +4,9 @@ Two tables:
 
 - per task (``market/regime`` and ``market/ALL``): the task's mask alone, through its calibration
   map when the model has one, on the evaluation rows assigned to that regime by the causal
-  posterior P(z_{t+1} | x_1..t) (ALL: every row);
+  posterior P(z_{t+1} | x_1..t) (ALL: every row). A row whose posterior is not finite has no
+  regime: it is left out of every regime's task (``n_unrouted`` counts them, and a warning
+  names the first) and scored by ALL only;
 - per market and gate mode: the regime-gated forecaster on every evaluation row, plus ``auto``
   (each market's mode chosen on held-out rows; ``runs`` names it) when the model has chosen.
 
@@ -15,6 +17,7 @@ is worse than knowing nothing.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +29,17 @@ from supsup_fin.forecaster.gating import RegimeGatedForecaster
 from supsup_fin.forecaster.prepare import FeatureSet, RegimeFit
 from supsup_fin.forecaster.mask_tasks import ALL
 from supsup_fin.gate_modes import AUTO, GATE_MODES
+
+log = logging.getLogger(__name__)
+
+
+def most_probable_regime(posterior: np.ndarray) -> np.ndarray:
+    """Index ``[n]`` of the most probable regime of each row of ``posterior [n, K]`` (a tie goes to
+    the first), -1 where the row is not wholly finite: a missing posterior is no regime."""
+    post = np.asarray(posterior, dtype=np.float64)
+    known = np.isfinite(post).all(axis=1)
+    return np.where(known, np.where(known[:, None], post, 0.0).argmax(axis=1), -1)
+
 
 def accuracy(probs: np.ndarray, y: np.ndarray) -> float:
     """Fraction of rows whose most probable class is ``y``. ``probs`` ``[n, C]``."""
@@ -85,7 +99,12 @@ def evaluate(
                 probs = frame.loc[fs.dates[idx], [f"p_{c}" for c in forecaster.classes]].to_numpy()
                 market_rows.append({"market": market, "mode": mode, "runs": mm.gate_mode(mode), "segment": seg,
                                     "n": len(idx), **_scores(probs, fs.prior, y), **prior})
-            regime_of = np.nan_to_num(regimes[market].next_proba[idx], nan=0.0).argmax(axis=1)
+            regime_of = most_probable_regime(regimes[market].next_proba[idx])
+            routed = regime_of >= 0
+            if not routed.all():
+                log.warning("evaluate: %s %s: %d of %d rows have no finite regime posterior, first on %s; they are "
+                            "scored by ALL only", market, seg, int((~routed).sum()), len(idx),
+                            pd.Timestamp(fs.dates[idx][~routed][0]).date())
             x = torch.as_tensor(fs.X[idx], dtype=torch.float32)
             for regime in [*names, ALL]:
                 task = mm.all_mask if regime == ALL else mm.masks.get(regime)
@@ -101,7 +120,7 @@ def evaluate(
                 meta = forecaster.bank.meta(task)
                 task_rows.append({
                     "task": task, "market": market, "regime": regime, "segment": seg,
-                    "n_train": meta.get("n_train"), "n_eval": int(sel.sum()),
+                    "n_train": meta.get("n_train"), "n_eval": int(sel.sum()), "n_unrouted": int((~routed).sum()),
                     "mask_density": float(forecaster.bank[task].density()),
                     **_scores(probs, fs.prior, y[sel]),
                 })

@@ -19,7 +19,7 @@ from supsup_fin.tracking.store import connect, run_tags, tracking_uri
 from supsup_fin.workspace import Workspace
 
 _LOGGED = ("sharpe", "sortino", "ann_return", "ann_vol", "max_drawdown", "calmar", "hit_rate", "turnover",
-           "accuracy", "log_loss", "brier", "psr", "dsr")
+           "accuracy", "log_loss", "brier", "psr", "dsr", "flat_missing")
 
 
 def _key(*parts: str) -> str:

@@ -191,6 +191,32 @@ def test_evaluation_tables(small_pipeline: dict) -> None:
     assert float(m.log_loss.iloc[0]) < float(m.baseline_log_loss.iloc[0])
 
 
+def test_evaluation_scores_rows_without_a_posterior_by_no_regime_and_counts_them(small_pipeline: dict) -> None:
+    """Rows whose regime posterior is missing (all NaN, one NaN, or infinite) used to be scored as
+    regime 0's: they are left out of every regime's task, counted, and still scored by ALL."""
+    from supsup_fin.forecaster.evaluate import evaluate
+
+    fs, rf, market = small_pipeline["features"], small_pipeline["regimes"], "syn_a"
+    rows = fs[market].rows("valid")[10:40]
+    proba = rf[market].next_proba.copy()
+    was = proba[rows].argmax(axis=1)  # the regimes these rows went to
+    proba[rows] = np.nan
+    proba[rows[:5], 1] = 0.9
+    proba[rows[5:10]] = np.inf
+    regimes = {**rf, market: dataclasses.replace(rf[market], next_proba=proba)}
+    ev = evaluate(small_pipeline["forecaster"], fs, regimes, small_pipeline["prices"], segments=("valid",))
+    old = small_pipeline["evaluation"].tasks
+    old = old[old.segment == "valid"].set_index(["market", "regime"])
+    new = ev.tasks.set_index(["market", "regime"])
+    names = rf[market].names
+    for regime in new.loc[market].index:
+        lost = 0 if regime == "ALL" else int((was == names.index(regime)).sum())
+        assert new.loc[(market, regime), "n_eval"] == old.loc[(market, regime), "n_eval"] - lost
+    assert (new.loc[market, "n_unrouted"] == len(rows)).all()
+    assert (new.loc["syn_b", "n_unrouted"] == 0).all()
+    pd.testing.assert_frame_equal(new.loc["syn_b"], old.loc["syn_b"].assign(n_unrouted=0)[new.columns])
+
+
 def test_training_reports_progress(small_pipeline: dict) -> None:
     from supsup_fin import progress
     from supsup_fin.forecaster.training import train_tasks
