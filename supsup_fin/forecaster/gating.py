@@ -52,6 +52,7 @@ from supsup_fin.data.frame import price_arrays, validate_frame
 from supsup_fin.decision import DecisionRule
 from supsup_fin.errors import DataError, MaskFileError
 from supsup_fin.features import (
+    FEATURES,
     class_names,
     feature_array,
     feature_warmup,
@@ -64,7 +65,13 @@ from supsup_fin.masks import FrozenNet, Mask, MaskBank, row_task_scores, sample_
 
 log = logging.getLogger(__name__)
 
-__all__ = ["GATE_MODES", "INFER", "SOFT", "GateMode", "MarketModel", "RegimeGatedForecaster"]
+__all__ = ["ABSURD_Z", "GATE_MODES", "INFER", "OOD_Z", "SOFT", "GateMode", "MarketModel", "RegimeGatedForecaster"]
+
+OOD_Z = 10.0
+"""A live input feature this many training standard deviations from its training mean flags the
+forecast ``out_of_distribution`` (:meth:`RegimeGatedForecaster.check_inputs`)."""
+ABSURD_Z = 50.0
+"""Beyond this many, a live input feature is refused as a data error."""
 
 
 class RegimeGatedForecaster:
@@ -270,7 +277,11 @@ class RegimeGatedForecaster:
         ``regime`` and ``regime_posterior`` (P(z_{t+1} | x_1..t)), ``masks`` (mask -> weight),
         ``signal`` (p_up - p_down), ``expected_return`` (of the ``horizon``-day log return),
         ``position`` (the decision layer's recommendation), ``prior`` (class -> training frequency:
-        what knowing nothing says) and ``mode`` (the gate mode that ran).
+        what knowing nothing says), ``mode`` (the gate mode that ran) and ``out_of_distribution``
+        (``""``, or the first input feature far outside training: :meth:`check_inputs`).
+
+        Raises :class:`DataError` for inputs :meth:`check_inputs` refuses, and rather than
+        return a probability, position or posterior that is not finite.
 
         Equals the last row of :meth:`predict_frames` on the same rows within float rounding
         (~1e-15 in the posterior), computed on arrays: the features of the last
@@ -286,17 +297,26 @@ class RegimeGatedForecaster:
                 f"market {market!r}: got {len(dates)} rows of prices up to "
                 f"{dates[-1].date()}, need at least min_rows={need}"
             )
-        rows = self._feature_rows
-        raw = feature_array({c: v[-rows:] for c, v in columns.items()}, self.feature_names, market=mm.name)
+        rows, regime_rows = self._feature_rows, self._regime_rows(market)
+        span = max(rows, regime_rows)
+        missing = np.flatnonzero(~np.isfinite(columns["close"][-span:]))
+        if missing.size:
+            raise DataError(f"market {market!r}: column 'close' expected finite numbers, got {missing.size} missing "
+                            f"value(s) in the last {span} rows, first on {dates[len(dates) - span + missing[0]].date()}")
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # check_inputs names what is not finite
+            raw = feature_array({c: v[-rows:] for c, v in columns.items()}, self.feature_names, market=mm.name)
+        flag = self.check_inputs(mm, raw, columns["close"][-rows:], dates[-rows:], mode)
         X = input_windows(mm.scaler.transform(raw), self.lookback)
-        regime_rows = self._regime_rows(market)
-        close = columns["close"][-regime_rows:]
-        if not np.isfinite(close).all():  # missing closes: the frame method raises, naming the first date
-            mm.regime.predict_next_proba(pd.DataFrame({"close": close}, index=dates[-regime_rows:]))
-        post = mm.regime.predict_next_proba_last(close)[None, :]
+        post = mm.regime.predict_next_proba_last(columns["close"][-regime_rows:])[None, :]
         probs, used = self.route(mm, X, np.array([len(X) - 1]), post, mode)
         p, names, as_of = probs[0], list(mm.regime.names_), dates[-1]
         mu, pos = self._decide(mm, probs)
+        if not (np.isfinite(p).all() and np.isfinite(pos[0]) and np.isfinite(post).all()):
+            raise DataError(
+                f"market {market!r}: no finite forecast at {as_of.date()} (probabilities {p.round(4).tolist()}, "
+                f"position {pos[0]}, regime posterior {post[0].round(4).tolist()})"
+                + ("; the model has no class returns for its kelly rule" if mm.class_returns is None else "")
+            )
         return {
             "market": market, "as_of": str(as_of.date()),
             "target_date": str((as_of + pd.offsets.BDay(self.horizon)).date()), "horizon": self.horizon,
@@ -305,8 +325,53 @@ class RegimeGatedForecaster:
             "regime_posterior": {r: float(post[0, k]) for k, r in enumerate(names)},
             "masks": used[0], "signal": float(p[-1] - p[0]), "expected_return": float(mu[0]),
             "position": float(pos[0]), "prior": {c: float(mm.prior[i]) for i, c in enumerate(self.classes)},
-            "mode": mode,
+            "mode": mode, "out_of_distribution": flag,
         }
+
+    def check_inputs(
+        self, mm: MarketModel, raw: np.ndarray, close: np.ndarray, dates: pd.DatetimeIndex, mode: str,
+    ) -> str:
+        """Refuse the feature rows ``raw`` ``[n, F]`` (unscaled, from closes ``close`` ``[n]`` on
+        ``dates`` ``[n]``) that a forecast in ``mode`` cannot stand on; describe what lies outside
+        the training distribution.
+
+        Reads the rows the network's input takes: the last ``lookback`` (``infer``: the last
+        ``lookback + infer_window - 1``). Raises :class:`DataError` when ``close`` does not move
+        over all ``n`` rows (zero volatility: stale prices), and for a feature that is not finite
+        or lies more than :data:`ABSURD_Z` training standard deviations from its training mean (a
+        price in the wrong unit, a typo). Returns ``""``, or for a feature more than :data:`OOD_Z`
+        from its mean (rarer than any day of 20 years of S&P 500 or NASDAQ; a few crash days of
+        WTI) a description: that forecast stands, flagged. Both name the market and the first such
+        feature; for a close-only feature also the first close it reads whose daily move is at
+        least half its largest, and its date (where a spike or a unit change starts).
+        """
+        if (close == close[0]).all():
+            raise DataError(f"market {mm.name!r}: column 'close' is {float(close[0]):.6g} on all {len(close)} rows "
+                            f"{dates[0].date()}..{dates[-1].date()} the features read: zero volatility, which "
+                            "no training row had (stale prices?)")
+        n = self.lookback + (self.infer_window - 1 if mode == "infer" else 0)
+        with np.errstate(over="ignore", invalid="ignore"):
+            z = (raw[-n:] - mm.scaler.mean) / mm.scaler.std
+        bad = ~np.isfinite(z) | (np.abs(z) > ABSURD_Z)
+        where = np.argwhere(bad if bad.any() else np.abs(z) > OOD_Z)
+        if not len(where):
+            return ""
+        i, j = where[0]
+        r, name = len(raw) - n + i, self.feature_names[j]
+        spec = FEATURES[name]
+        what = f"feature {name!r} on {dates[r].date()} (from column {', '.join(map(repr, spec.requires))})"
+        if spec.requires == ("close",) and spec.warmup:
+            lo = max(r - spec.warmup - 1, 0)
+            moves = np.abs(np.diff(np.log(close[lo : r + 1])))
+            k = lo + 1 + int(np.argmax(moves >= moves.max() / 2))  # a spike's way up, not its way down
+            what = (f"column 'close' on {dates[k].date()} ({float(close[k - 1]):.6g} the day before, then "
+                    f"{float(close[k]):.6g}), read by feature {name!r} on {dates[r].date()},")
+        if not bad.any():
+            return f"market {mm.name!r}: {what} is {z[i, j]:+.1f} training standard deviations from its mean (beyond {OOD_Z:g})"
+        value = float(raw[r, j])
+        size = f"{z[i, j]:+.3g} training standard deviations from its mean" if np.isfinite(value) else "not finite"
+        raise DataError(f"market {mm.name!r}: {what} is {value:.6g}, {size}; expected a finite value within "
+                        f"{ABSURD_Z:g} standard deviations (check the prices up to that date)")
 
     def predict_frame(self, market: str, prices: pd.DataFrame, mode: GateMode | None = None) -> pd.DataFrame:
         """:meth:`predict` for every date that has ``min_rows`` rows of history, in one pass.

@@ -4,17 +4,18 @@ Loads the forecaster artifact (mask bank + JSON spec; the base network is rebuil
 seed) and delegates to :class:`supsup_fin.forecaster.gating.RegimeGatedForecaster`. No pickled objects.
 
 Input: rows of ``market``, ``date``, ``close`` (``open high low volume`` optional), at least the
-model's ``min_rows`` per market. Output: one forecast row per market.
+model's ``min_rows`` per market, at most ``MAX_ROWS_PER_MARKET``. Output: one forecast row per
+market. A payload the library refuses raises :class:`~supsup_fin.tracking.model.PayloadError`
+(a 400 from the scoring server, a ``DataError`` to a Python caller).
 """
 
 import mlflow
 import pandas as pd
-from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from supsup_fin.errors import SupsupError
 from supsup_fin.forecaster.gating import RegimeGatedForecaster
-from supsup_fin.tracking.model import forecasts_from_payload
+from supsup_fin.tracking.model import PayloadError, forecasts_from_payload
 
 
 class SupsupForecaster(mlflow.pyfunc.PythonModel):
@@ -25,7 +26,7 @@ class SupsupForecaster(mlflow.pyfunc.PythonModel):
         try:
             return forecasts_from_payload(self.forecaster, model_input)
         except SupsupError as err:
-            raise MlflowException(str(err), error_code=INVALID_PARAMETER_VALUE) from None
+            raise PayloadError(str(err), error_code=INVALID_PARAMETER_VALUE) from None
 
 
 mlflow.models.set_model(SupsupForecaster())

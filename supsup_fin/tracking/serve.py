@@ -1,8 +1,15 @@
-"""Serving the champion with MLflow's model server on 127.0.0.1.
+"""Serving the champion: MLflow's scoring app behind a request-size limit, run by uvicorn.
 
-The server resolves ``models:/<name>@champion`` when it starts: restart it after a promotion.
+The champion is resolved, downloaded into the workspace and loaded once before the server starts
+(a model whose files do not load fails then, naming the file, before the port opens); restart it
+after a promotion. Each uvicorn worker loads the downloaded copy and serves MLflow's scoring app
+(``mlflow.pyfunc.scoring_server``: ``POST /invocations``, ``GET /ping``, ``/health``,
+``/version``) wrapped in :class:`BodyLimit`, which answers 413 to a body over
+:data:`MAX_BODY_BYTES` before anything parses it.
+
 Payload: the model's logged input example (``serving_input_example.json``), i.e.
-``{"dataframe_split": {"columns": ["market", "date", "close", ...], "data": [[...], ...]}}``.
+``{"dataframe_split": {"columns": ["market", "date", "close", ...], "data": [[...], ...]}}``;
+at most :data:`~supsup_fin.tracking.model.MAX_ROWS_PER_MARKET` rows per market (400 beyond).
 """
 
 from __future__ import annotations
@@ -11,31 +18,174 @@ import json
 import os
 import sys
 import tempfile
+from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
 
 import mlflow
+import yaml
 from mlflow.exceptions import MlflowException
+from mlflow.models import Model
+from mlflow.models.model import MLMODEL_FILE_NAME
 
+from supsup_fin._atomic import atomic_dir
 from supsup_fin.config import TrackingConfig
-from supsup_fin.errors import RegistryError
-from supsup_fin.tracking.registry import CHAMPION, load_champion
-from supsup_fin.tracking.store import connect, tracking_uri
+from supsup_fin.errors import RegistryError, SupsupError
+from supsup_fin.forecaster.persist import check_manifest
+from supsup_fin.tracking.registry import CHAMPION, MANIFEST_TAG, champion_version, download_forecaster
+from supsup_fin.tracking.store import connect
 from supsup_fin.workspace import Workspace
 
+LOOPBACK = "127.0.0.1"
+MAX_BODY_BYTES = 2 * 1024 * 1024
+"""Largest request body served: 2 MiB, about 50,000 rows of ``market, date, close`` (``dataframe_split``):
+25 markets at :data:`~supsup_fin.tracking.model.MAX_ROWS_PER_MARKET` rows, or hundreds at a model's ``min_rows``."""
+DRAIN_FACTOR = 32
+"""An oversized body is read and dropped up to this many times :data:`MAX_BODY_BYTES`, then the
+connection closes."""
+MODEL_DIR_ENV = "SUPSUP_FIN_SERVE_MODEL_DIR"
+"""The downloaded model each worker loads (set by :func:`serve_command`)."""
 
-def serve_command(tracking: TrackingConfig, workspace: Workspace, port: int, workers: int = 1) -> tuple[list[str], dict[str, str], int]:
-    """``(argv, env, champion version)`` of ``mlflow models serve`` for the champion on 127.0.0.1:``port``.
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-    Raises :class:`RegistryError` when there is no champion yet.
+
+class BodyLimit:
+    """ASGI middleware: a request whose body exceeds ``max_bytes`` gets a 413 JSON error
+    (``error_code``, ``message`` stating the limit) and never reaches ``app``.
+
+    The body is read before ``app`` runs and handed to it whole; past the limit it is read and
+    dropped (up to :data:`DRAIN_FACTOR` times the limit) so that a client still sending can read
+    the 413. A client that declares an oversized ``Content-Length`` and waits for
+    ``100-continue`` is answered before it sends anything. JSON nested too deeply for Python's
+    parser gets a 400 here (the scoring server would answer 500).
     """
-    connect(tracking, workspace)
-    _, version = load_champion(tracking.model_name)
-    bin_dir = Path(sys.executable).parent  # the server execs uvicorn from PATH: the venv's bin first
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri(tracking, workspace),
-           "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
-    argv = [str(bin_dir / "mlflow"), "models", "serve", "-m", f"models:/{tracking.model_name}@{CHAMPION}",
-            "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", str(workers)]
+
+    def __init__(self, app: ASGIApp, max_bytes: int = MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length", b"")
+        declared = int(length) if length.isdigit() else 0
+        if declared > self.max_bytes and headers.get(b"expect", b"").lower() == b"100-continue":
+            await self._too_large(send, f"request body is {declared} bytes")
+            return
+        chunks, size, more = [], 0, True
+        while more and size <= self.max_bytes * DRAIN_FACTOR:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away: nobody to answer
+                return
+            body, more = message.get("body", b""), message.get("more_body", False)
+            size += len(body)
+            if size <= self.max_bytes:
+                chunks.append(body)
+        if size > self.max_bytes:
+            await self._too_large(send, f"request body {'exceeds' if more else 'is'} {size} bytes")
+            return
+        body, replayed = b"".join(chunks), False
+        if _too_deep(body):
+            await _answer(send, 400, "BAD_REQUEST", "request JSON nests too deeply to parse (a payload nests 3 levels)")
+            return
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    async def _too_large(self, send: Send, what: str) -> None:
+        await _answer(send, 413, "REQUEST_LIMIT_EXCEEDED", f"{what}; this server accepts at most {self.max_bytes} "
+                      f"bytes ({self.max_bytes / 2**20:g} MiB) per request: send fewer rows")
+
+
+async def _answer(send: Send, status: int, code: str, message: str) -> None:
+    """A JSON error in the scoring server's layout: ``{"error_code", "message"}``."""
+    body = json.dumps({"error_code": code, "message": message}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _too_deep(body: bytes) -> bool:
+    """Whether ``body`` is JSON nested too deeply for Python's parser (the scoring server's: it
+    raises ``RecursionError``, a 500). Parsed only when it holds over 500 brackets."""
+    if body.count(b"[") + body.count(b"{") <= 500:
+        return False
+    try:
+        json.loads(body)
+    except RecursionError:
+        return True
+    except ValueError:  # not JSON: the scoring server says so
+        return False
+    return False
+
+
+def scoring_app(model: mlflow.pyfunc.PyFuncModel, max_bytes: int = MAX_BODY_BYTES) -> ASGIApp:
+    """MLflow's scoring app for ``model`` behind :class:`BodyLimit`."""
+    from mlflow.pyfunc import scoring_server
+
+    return BodyLimit(scoring_server.init(model), max_bytes)
+
+
+def app_from_env() -> ASGIApp:
+    """uvicorn's app factory in each worker: :func:`scoring_app` on the model in ``$SUPSUP_FIN_SERVE_MODEL_DIR``."""
+    return scoring_app(mlflow.pyfunc.load_model(os.environ[MODEL_DIR_ENV]))
+
+
+def load_served_model(model_dir: Path, label: str, manifest_sha256: str | None = None) -> mlflow.pyfunc.PyFuncModel:
+    """Load the pyfunc model in ``model_dir`` (the download of ``label``, e.g. ``models:/name/3``),
+    its forecaster's files checked against the manifest whose sha256 was recorded at registration.
+
+    Raises :class:`RegistryError` with a one-line message naming the file (as ``label/<path>``)
+    when the model does not load.
+    """
+    step = "MLmodel: "
+    try:
+        Model.load(model_dir / MLMODEL_FILE_NAME)
+        step = ""
+        check_manifest(model_dir / "artifacts" / "forecaster", manifest_sha256)
+        return mlflow.pyfunc.load_model(str(model_dir))
+    except (SupsupError, MlflowException, OSError, ValueError, yaml.YAMLError) as err:
+        text = " ".join((err.message if isinstance(err, MlflowException) else str(err)).split())
+        raise RegistryError(f"{label} cannot be served: {step}{text.replace(str(model_dir), label)}") from None
+
+
+def serve_command(
+    tracking: TrackingConfig, workspace: Workspace, port: int, workers: int = 1, host: str = LOOPBACK,
+) -> tuple[list[str], dict[str, str], int]:
+    """``(argv, env, champion version)`` of a uvicorn server for the champion on ``host:port``.
+
+    Downloads the champion to ``<workspace>/serving/<model>-v<version>`` (replaced whole, and only
+    by a copy that loads: :func:`load_served_model`), which the server's workers load. Raises
+    :class:`RegistryError` when there is no champion or it does not load.
+    """
+    if workers < 1:
+        raise RegistryError(f"--workers expected an int >= 1, got {workers}")
+    client = connect(tracking, workspace)
+    name = tracking.model_name
+    version = champion_version(client, name)
+    if version is None:
+        raise RegistryError(f"registered model {name!r} has no '{CHAMPION}' alias; "
+                            "run `supsup-fin retrain` (or `supsup-fin promote`) first")
+    manifest = client.get_model_version(name, str(version)).tags.get(MANIFEST_TAG)
+    served = workspace.root / "serving" / f"{name}-v{version}"
+    with atomic_dir(served, marker=MLMODEL_FILE_NAME, what="served model") as tmp:
+        download_forecaster(name, str(version), str(tmp))  # the whole model version, into tmp
+        load_served_model(tmp, f"models:/{name}/{version}", manifest)
+    env = {**os.environ, MODEL_DIR_ENV: str(served)}
+    argv = [sys.executable, "-m", "uvicorn", "--factory", f"{__name__}:app_from_env", "--host", host,
+            "--port", str(port), "--workers", str(workers)]
     return argv, env, version
 
 
