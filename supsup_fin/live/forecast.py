@@ -12,6 +12,7 @@ from supsup_fin.config import Config
 from supsup_fin.data import LoadedPrices, load_prices
 from supsup_fin.live.table import append_forecasts, table_path
 from supsup_fin.tracking import connect, load_champion, log_forecasts, payload
+from supsup_fin.tracking.model import predict_payload
 from supsup_fin.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ def forecast_one(model: Any, version: int, lp: LoadedPrices) -> dict[str, Any]:
     mode (the gate mode that ran), model_version, source, data_as_of, stale_days.
     """
     min_rows = int((model.metadata.metadata or {})["min_rows"])
-    out = model.predict(payload(lp.market, lp.frame, min_rows)).iloc[0].to_dict()
+    out = predict_payload(model, payload(lp.market, lp.frame, min_rows)).iloc[0].to_dict()
     out["regime_posterior"] = json.loads(out["regime_posterior"])
     out["masks"] = json.loads(out["masks"])
     out |= {"model_version": version, "source": lp.source, "data_as_of": str(lp.as_of.date()),

@@ -30,6 +30,17 @@ class PayloadError(MlflowException, DataError):
     callers of the library catch it as a :class:`DataError`."""
 
 
+def predict_payload(model: mlflow.pyfunc.PyFuncModel, frame: pd.DataFrame) -> pd.DataFrame:
+    """``model.predict(frame)``, a refused payload raised as :class:`DataError` (also by models
+    registered before :class:`PayloadError`, whose refusals are plain ``MlflowException``)."""
+    try:
+        return model.predict(frame)
+    except MlflowException as err:
+        if isinstance(err, DataError) or err.error_code != "INVALID_PARAMETER_VALUE":
+            raise
+        raise DataError(" ".join(err.message.split())) from None
+
+
 def payload(market: str, prices: pd.DataFrame, rows: int) -> pd.DataFrame:
     """The pyfunc input for one market: its last ``rows`` rows as ``market, date, close, ...``."""
     frame = prices.iloc[-rows:].reset_index()
