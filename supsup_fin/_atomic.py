@@ -9,6 +9,10 @@
   on ``path`` (or :func:`recover_dir`) renames it back first, and removes aside directories a
   crash after the swap left behind.
 
+Temporary names carry the writer's pid (``.<name>.<pid>-<id>.tmp``): a writer killed mid-write
+(``kill -9``) leaves its temporary behind, and the next write to the same path removes every
+temporary whose process is gone (:func:`sweep_stale`).
+
 One writer per path at a time: these functions make a crash safe, not concurrent writers.
 Temporary files and directories get the permissions a plain ``open`` / ``mkdir`` would (umask).
 """
@@ -25,7 +29,8 @@ from pathlib import Path
 
 from supsup_fin.errors import SupsupError
 
-__all__ = ["atomic_dir", "atomic_file", "atomic_write_bytes", "recover_dir", "replace_dir"]
+__all__ = ["atomic_dir", "atomic_file", "atomic_write_bytes", "recover_dir", "replace_dir", "stale_temporaries",
+           "sweep_stale"]
 
 _ASIDE = ".old-"
 
@@ -40,7 +45,8 @@ def atomic_file(path: str | os.PathLike[str], *, fsync: bool = False) -> Iterato
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+    sweep_stale(path)
+    tmp = _temporary(path)
     os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
         yield tmp
@@ -79,7 +85,8 @@ def atomic_dir(path: str | os.PathLike[str], *, marker: str, what: str) -> Itera
     if path.exists() and not (path.is_dir() and ((path / marker).is_file() or not any(path.iterdir()))):
         raise SupsupError(f"{path} exists and is not a {what} directory (no {marker}); refusing to overwrite it")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+    sweep_stale(path)
+    tmp = _temporary(path)
     tmp.mkdir()
     try:
         yield tmp
@@ -87,6 +94,43 @@ def atomic_dir(path: str | os.PathLike[str], *, marker: str, what: str) -> Itera
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _temporary(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:12]}.tmp")
+
+
+def stale_temporaries(path: str | os.PathLike[str]) -> list[Path]:
+    """Temporaries beside ``path`` left by writers whose process no longer exists."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    prefix, stale = f".{path.name}.", []
+    for p in path.parent.iterdir():
+        if not (p.name.startswith(prefix) and p.name.endswith(".tmp")):
+            continue
+        pid = p.name[len(prefix):-len(".tmp")].split("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            stale.append(p)
+    return sorted(stale)
+
+
+def sweep_stale(path: str | os.PathLike[str]) -> list[Path]:
+    """Remove what :func:`stale_temporaries` finds beside ``path``; returns what was removed."""
+    removed = stale_temporaries(path)
+    for p in removed:
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def replace_dir(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:

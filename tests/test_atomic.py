@@ -112,3 +112,24 @@ def test_recover_dir_restores_the_newest_aside_copy_and_removes_the_rest(tmp_pat
     assert recover_dir(path) is None  # d exists: a crash after the swap; the aside copy goes
     assert (path / "v").read_text() == "newest" and not stale.exists()
     assert recover_dir(tmp_path / "missing" / "x") is None
+
+
+def test_a_killed_writers_temporary_is_swept_by_the_next_write(tmp_path: Path) -> None:
+    """``kill -9`` mid-write leaves ``.<name>.<pid>-<id>.tmp``: the next write removes it (its
+    process is gone), and keeps a live writer's."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    target = tmp_path / "table.parquet"
+    dead = tmp_path / f".table.parquet.{proc.pid}-0123456789ab.tmp"
+    dead.write_bytes(b"half")
+    dead_dir = tmp_path / f".table.parquet.{proc.pid}-ba9876543210.tmp"
+    dead_dir.mkdir()
+    live = tmp_path / f".table.parquet.{os.getpid()}-0123456789ab.tmp"
+    live.write_bytes(b"writing")
+    assert _atomic.stale_temporaries(target) == sorted([dead, dead_dir])
+    _atomic.atomic_write_bytes(target, b"new")
+    assert target.read_bytes() == b"new"
+    assert not dead.exists() and not dead_dir.exists() and live.exists()
