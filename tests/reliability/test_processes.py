@@ -34,14 +34,15 @@ from supsup_fin._atomic import stale_temporaries
 from supsup_fin.config import load_config
 from supsup_fin.forecaster.persist import check_manifest
 from supsup_fin.live.forecast import forecast_markets
-from supsup_fin.live.table import read_forecasts
+from supsup_fin.live.table import read_forecasts, table_path
 from supsup_fin.tracking import tracking_uri
 from supsup_fin.tracking.recovery import decided
 from supsup_fin.tracking.registry import MANIFEST_TAG, champion_version
 from supsup_fin.tracking.versions import logged_model_id
 from supsup_fin.workspace import Workspace
 
-REGISTRATION_LINES = ("Validating input example", "Successfully registered model", "Created version")
+REGISTRATION_LINES = ("Validating input example", "Creating a new version", "Created version")
+"""Lines a retrain prints while it logs the model (1), registers it (2) and has registered it (3)."""
 
 
 @dataclass
@@ -167,16 +168,22 @@ def test_kill_right_after_created_version(probe: Probe) -> None:
 
 @pytest.mark.slow
 def test_twenty_kills_over_every_stage(probe: Probe) -> None:
-    """16 retrain kills at evenly spread times, 2 on registration lines, 2 kills of forecast --store."""
+    """15 retrain kills at evenly spread times, 3 on logging / registration lines, 2 of forecast --store
+    (at 60 % and 90 % of its measured time: around the table write)."""
     start = time.monotonic()
     next_retrain_succeeds(probe)
     full = time.monotonic() - start
-    points = [("retrain", {"seconds": full * (i + 0.5) / 16}) for i in range(16)]
-    points += [("retrain", {"line": ln}) for ln in REGISTRATION_LINES[1:]]
-    points += [("forecast", {"seconds": s}) for s in (4.0, 8.0)]
+    start = time.monotonic()
+    assert probe.run("forecast", "--store").returncode == 0
+    store = time.monotonic() - start
+    points = [("retrain", {"seconds": full * (i + 0.5) / 15}) for i in range(15)]
+    points += [("retrain", {"line": ln}) for ln in REGISTRATION_LINES]
+    points += [("forecast", {"seconds": store * f}) for f in (0.6, 0.9)]
     figures = []
     for command, when in points:
         args = ("forecast", "--store") if command == "forecast" else ("retrain",)
+        if command == "forecast":  # stored keys are skipped: start from no table, so the kill meets a write
+            table_path(probe.workspace).unlink(missing_ok=True)
         how = kill_after(probe.argv(*args), **when)
         figures.append({"command": " ".join(args), **check_after_kill(probe, f"{' '.join(args)}: {how}")})
     summary = next_retrain_succeeds(probe)
@@ -185,11 +192,13 @@ def test_twenty_kills_over_every_stage(probe: Probe) -> None:
     assert leftovers(probe.home) == []  # the next writes swept every dead writer's temporary
     figures.append({"final_retrain": summary["registered_model"], "recovered": summary["recovered"]})
     out = Path(os.environ.get("SUPSUP_RELIABILITY_OUT", probe.home.parent)) / "killed_runs.json"
-    out.write_text(json.dumps({"full_retrain_s": round(full, 1), "kills": figures}, indent=1, default=str))
+    out.write_text(json.dumps({"full_retrain_s": round(full, 1), "forecast_store_s": round(store, 1), "kills": figures},
+                              indent=1, default=str))
     print(json.dumps(figures, indent=1, default=str))
     client, name = probe.client()
-    assert all(decided(client.get_model_version(name, v.version).tags)
-               for v in client.search_model_versions(f"name = '{name}'"))  # the final retrain closed them all
+    assert all("promotion.promoted" in client.get_model_version(name, v.version).tags
+               for v in client.search_model_versions(f"name = '{name}'"))  # decided, or closed as incomplete
+    assert sum(f.get("kill", "").endswith("finished") for f in figures) <= 1
 
 
 def started(argv: list[str]) -> subprocess.Popen:
