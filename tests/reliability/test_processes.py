@@ -176,12 +176,13 @@ def test_twenty_kills_over_every_stage(probe: Probe) -> None:
     start = time.monotonic()
     assert probe.run("forecast", "--store").returncode == 0
     store = time.monotonic() - start
-    points = [("retrain", {"seconds": full * (i + 0.5) / 15}) for i in range(15)]
-    points += [("retrain", {"line": ln}) for ln in REGISTRATION_LINES]
+    points = [("retrain", {"seconds": 0.9 * full * (i + 0.5) / 15}) for i in range(15)]
+    points += [("retrain-verbose", {"line": ln}) for ln in REGISTRATION_LINES]  # MLflow's lines: --verbose
     points += [("forecast", {"seconds": store * f}) for f in (0.6, 0.9)]
     figures = []
     for command, when in points:
-        args = ("forecast", "--store") if command == "forecast" else ("retrain",)
+        args = {"forecast": ("forecast", "--store"), "retrain": ("retrain",),
+                "retrain-verbose": ("retrain", "--verbose")}[command]
         if command == "forecast":  # stored keys are skipped: start from no table, so the kill meets a write
             table_path(probe.workspace).unlink(missing_ok=True)
         how = kill_after(probe.argv(*args), **when)
@@ -198,7 +199,7 @@ def test_twenty_kills_over_every_stage(probe: Probe) -> None:
     client, name = probe.client()
     assert all("promotion.promoted" in client.get_model_version(name, v.version).tags
                for v in client.search_model_versions(f"name = '{name}'"))  # decided, or closed as incomplete
-    assert sum(f.get("kill", "").endswith("finished") for f in figures) <= 1
+    assert sum(f.get("kill", "").endswith("finished") for f in figures) <= 2  # a run faster than the one timed
 
 
 def started(argv: list[str]) -> subprocess.Popen:
