@@ -10,6 +10,7 @@ import pandas as pd
 
 from supsup_fin.config import Config
 from supsup_fin.data import LoadedPrices, load_prices
+from supsup_fin.errors import RegistryError
 from supsup_fin.live.table import append_forecasts, table_path
 from supsup_fin.tracking import connect, load_champion, log_forecasts, payload
 from supsup_fin.tracking.model import predict_payload
@@ -51,8 +52,19 @@ def known_markets(model: Any, version: int, names: list[str]) -> list[str]:
 
 
 def forecast_markets(cfg: Config, workspace: Workspace, markets: list[str] | None = None) -> list[dict[str, Any]]:
-    """One forecast per market from ``models:/<model_name>@champion`` (nothing in memory)."""
+    """One forecast per market from ``models:/<model_name>@champion`` (nothing in memory).
+
+    ``markets`` asked for by name must be configured (:class:`~supsup_fin.errors.ConfigError`
+    listing the configured ones) and known to the champion (:class:`RegistryError` listing its
+    markets); without ``markets``, configured markets the champion lacks are skipped with a warning.
+    """
+    for name in markets or []:
+        cfg.market(name)
     model, version = champion(cfg, workspace)
+    known = sorted((model.metadata.metadata or {}).get("markets", []))
+    lacking = [n for n in markets or [] if known and n not in known]
+    if lacking:
+        raise RegistryError(f"champion v{version} has no masks for market(s) {lacking}; it knows {known}")
     names = known_markets(model, version, markets or [m.name for m in cfg.markets])
     return [forecast_one(model, version, load_prices(cfg.market(n), cfg.data, workspace.cache_dir)) for n in names]
 

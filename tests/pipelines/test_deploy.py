@@ -193,3 +193,21 @@ def test_retention_keeps_the_last_n_and_every_champion(registry: dict) -> None:
     assert prune(client, name, keep_last=1) == []  # idempotent
     # the champion still loads and forecasts after pruning
     assert {r["model_version"] for r in forecast_markets(p["cfg"], ws)} == {1}
+
+
+def test_forecast_of_a_market_nobody_knows_is_an_error(registry: dict, tmp_path: Path) -> None:
+    """An unknown --market exits 1 naming the known ones (it used to exit 0 with empty output)."""
+    import yaml
+
+    tree = small_config_dict()
+    tree["markets"].append({"name": "syn_c", "source": "synthetic", "dataset": "easy", "seed": 3})
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(tree))
+    home = ["--config", str(cfg), "--home", str(registry["ws"].root)]
+    nosuch = CliRunner().invoke(app, ["forecast", "--market", "NOSUCH", *home])
+    assert nosuch.exit_code == 1 and "unknown market 'NOSUCH'; configured: ['syn_a', 'syn_b', 'syn_c']" in nosuch.stderr
+    untrained = CliRunner().invoke(app, ["forecast", "--market", "syn_c", "--json", *home])
+    assert untrained.exit_code == 1 and untrained.stdout == ""
+    assert "has no masks for market(s) ['syn_c']; it knows ['syn_a', 'syn_b']" in " ".join(untrained.stderr.split())
+    both = CliRunner().invoke(app, ["forecast", "--json", *home])  # all configured: the unknown one skipped
+    assert both.exit_code == 0 and sorted(r["market"] for r in json.loads(both.stdout)) == ["syn_a", "syn_b"]
