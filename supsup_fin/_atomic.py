@@ -29,8 +29,8 @@ from pathlib import Path
 
 from supsup_fin.errors import SupsupError
 
-__all__ = ["atomic_dir", "atomic_file", "atomic_write_bytes", "recover_dir", "replace_dir", "stale_temporaries",
-           "sweep_stale"]
+__all__ = ["atomic_dir", "atomic_file", "atomic_write_bytes", "pid_alive", "recover_dir", "replace_dir",
+           "stale_temporaries", "sweep_stale"]
 
 _ASIDE = ".old-"
 
@@ -110,7 +110,7 @@ def stale_temporaries(path: str | os.PathLike[str]) -> list[Path]:
         if not (p.name.startswith(prefix) and p.name.endswith(".tmp")):
             continue
         pid = p.name[len(prefix):-len(".tmp")].split("-")[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             stale.append(p)
     return sorted(stale)
 
@@ -123,7 +123,8 @@ def sweep_stale(path: str | os.PathLike[str]) -> list[Path]:
     return removed
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine (one owned by another user counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

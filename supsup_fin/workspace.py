@@ -23,6 +23,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+from supsup_fin._atomic import pid_alive
 from supsup_fin.errors import SupsupError
 
 log = logging.getLogger(__name__)
@@ -42,13 +43,7 @@ def process_alive(tags: dict[str, str]) -> bool | None:
     pid, host = tags.get("supsup_fin.pid"), tags.get("supsup_fin.host")
     if not pid or not pid.isdigit() or host != socket.gethostname():
         return None
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
+    return pid_alive(int(pid))
 
 
 @dataclass(frozen=True)

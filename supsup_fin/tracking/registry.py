@@ -177,9 +177,10 @@ def checked_version(client: MlflowClient, name: str, version: int) -> Iterator[P
 
 def version_problem(client: MlflowClient, name: str, version: int) -> str | None:
     """Why registered ``version`` cannot serve forecasts (files, hashes, parameters), or None."""
+    expected = client.get_model_version(name, str(version)).tags.get(MANIFEST_TAG)
     try:
-        with checked_version(client, name, version) as fdir:
-            load_forecaster(fdir)
+        with tempfile.TemporaryDirectory() as tmp:  # load_forecaster checks the files against the manifest
+            load_forecaster(download_forecaster(name, str(version), tmp), expected_sha256=expected)
     except (SupsupError, MlflowException) as err:
         return str(err).splitlines()[0] if str(err) else type(err).__name__
     return None
