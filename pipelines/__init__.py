@@ -17,6 +17,8 @@ log = logging.getLogger(__name__)
 PREFECT_DEFAULTS: dict[str, str] = {
     # offline: no telemetry from the temporary local server (otherwise it logs errors)
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    # ...and none from the client either (it also prints a notice on a terminal's first run)
+    "DO_NOT_TRACK": "1",
     # the temporary server's first start (database migrations) can take ~15 s of Prefect's default 20
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
     # library log records go through Prefect's handlers too (and so into the flow-run logs)

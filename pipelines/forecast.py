@@ -13,7 +13,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from pipelines._recovery import crash_abandoned_flow_runs, process_tagged
-from pipelines.retrain import ingest
+from pipelines.retrain import ingest_all
 from supsup_fin.config import Config, config_from_dict
 from supsup_fin.data import LoadedPrices
 from supsup_fin.live.forecast import champion, forecast_one, known_markets, store_forecasts
@@ -43,8 +43,8 @@ def forecast_flow(config: dict[str, Any], workspace: str | None = None) -> dict[
     crash_abandoned_flow_runs("forecast")
     model, version = load_model(cfg, ws)
     names = known_markets(model, version, [m.name for m in cfg.markets])
-    loaded = {n: ingest.submit(cfg.market(n), cfg, ws.cache_dir) for n in names}
-    predicted = [predict.submit(model, version, f) for f in loaded.values()]  # all markets at once
+    loaded = ingest_all(cfg, ws.cache_dir, names)
+    predicted = [predict.submit(model, version, lp) for lp in loaded.values()]  # all markets at once
     rows = [f.result() for f in predicted]
     return {"model_version": version, "forecasts": rows, **store(cfg, ws, rows)}
 

@@ -1,5 +1,6 @@
 """The ``retrain`` flow: ingest -> features -> regimes -> tasks -> train masks -> evaluate ->
-log -> register -> promote. Each task is one library call; markets fan out as tasks.
+log -> register -> promote. Each task is one library call; markets fan out as tasks. A retrain
+whose data, config and code equal the champion's is logged but registers nothing.
 
 One retrain at a time per workspace: the flow holds the workspace's ``retrain`` lock (a second
 one waits up to ``RETRAIN_LOCK_TIMEOUT_S``, then fails naming the holder). Holding it, it first
@@ -24,6 +25,7 @@ from pipelines._recovery import crash_abandoned_flow_runs, process_tagged
 from pipelines._server import prefect_server
 from supsup_fin.config import Config, MarketConfig, RuntimeConfig, config_from_dict
 from supsup_fin.data import LoadedPrices, load_prices
+from supsup_fin.errors import DataError
 from supsup_fin.forecaster.evaluate import Evaluation, evaluate
 from supsup_fin.forecaster.gating import RegimeGatedForecaster
 from supsup_fin.masks import FrozenNet, MaskBank
@@ -50,6 +52,31 @@ from supsup_fin.workspace import Workspace
 @task(name="ingest", cache_policy=NO_CACHE)
 def ingest(market: MarketConfig, cfg: Config, cache_dir: Path) -> LoadedPrices:
     return load_prices(market, cfg.data, cache_dir)
+
+
+def ingest_all(cfg: Config, cache_dir: Path, names: list[str] | None = None) -> dict[str, LoadedPrices]:
+    """Ingest every configured market (or those named) in parallel and wait for all of them.
+
+    Raises
+    ------
+    DataError
+        One market failed: its own error; several: one error naming each, with its reason.
+    """
+    markets = [cfg.market(n) for n in names] if names is not None else list(cfg.markets)
+    futures = {m.name: ingest.submit(m, cfg, cache_dir) for m in markets}
+    loaded: dict[str, LoadedPrices] = {}
+    failed: list[DataError] = []
+    for name, future in futures.items():
+        try:
+            loaded[name] = future.result()
+        except DataError as err:
+            failed.append(err)
+    if len(failed) == 1:
+        raise failed[0]
+    if failed:
+        reasons = "; ".join(f"({i}) {err}" for i, err in enumerate(failed, 1))
+        raise DataError(f"{len(failed)} of {len(futures)} markets could not be loaded: {reasons}")
+    return loaded
 
 
 @task(name="features", cache_policy=NO_CACHE)
@@ -121,8 +148,10 @@ RETRAIN_LOCK_TIMEOUT_S = 3600.0
 
 @flow(name="retrain")
 def retrain_flow(config: dict[str, Any], workspace: str | None = None, force: bool = False) -> dict[str, Any]:
-    """Retrain every configured market's masks and register the forecaster (``force``: promote even
-    when an HMM fell back to fewer regimes than asked, if the scores allow)."""
+    """Retrain every configured market's masks and register the forecaster, unless the champion was
+    made from the same data, config and code (the summary's ``registered_model.unchanged_since``).
+    ``force``: register even then, and promote even when an HMM fell back to fewer regimes than
+    asked, if the scores allow."""
     cfg = config_from_dict(config)
     ws = Workspace.resolve(workspace)
     with ws.lock("retrain", timeout=RETRAIN_LOCK_TIMEOUT_S, what=f"retrain {cfg.name}"):
@@ -141,8 +170,7 @@ def _retrain(cfg: Config, ws: Workspace, force: bool) -> dict[str, Any]:
         return now
 
     t = start
-    futures = {m.name: ingest.submit(m, cfg, ws.cache_dir) for m in cfg.markets}
-    loaded = {n: f.result() for n, f in futures.items()}
+    loaded = ingest_all(cfg, ws.cache_dir)
     t = lap("ingest", t)
     f_fs = {n: features.submit(lp, cfg) for n, lp in loaded.items()}
     previous = champion_hmms(cfg, ws)

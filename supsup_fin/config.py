@@ -47,7 +47,8 @@ class MarketConfig(_Section):
     ``wti``; synthetic: a preset, ``easy`` or ``hard``) or ``path`` (file) is required.
     ``timezone`` (an IANA name) is the exchange's zone: tz-aware timestamps in a file are converted
     to it before their calendar date is taken (see :func:`supsup_fin.data.validate_frame`); Yahoo's
-    dates are already the exchange's own.
+    dates are already the exchange's own. ``close`` (file only) picks a file's close column:
+    ``close`` as written, or ``adj_close`` (``Adj Close``), with ``open high low`` scaled to it.
     """
 
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-]+$")]
@@ -59,6 +60,9 @@ class MarketConfig(_Section):
     seed: Seed = 0  # synthetic source only: the market's generator seed
     timezone: str | None = Field(None, description="the exchange's IANA time zone (Europe/Berlin...): tz-aware "
                                  "timestamps are converted to it before their date is taken (None: each keeps its own)")
+    close: Literal["close", "adj_close"] = Field(
+        "close", description="file source only: the close column used, 'close' as written or 'adj_close' (a Yahoo "
+        "download's 'Adj Close': open, high and low are then scaled by adj_close / close on each row)")
 
     _zone = field_validator("timezone")(_known_zone)
 
@@ -68,6 +72,9 @@ class MarketConfig(_Section):
         key = needed[self.source]
         if getattr(self, key) is None:
             raise ValueError(f"market {self.name!r} has source {self.source!r} and needs {key!r}")
+        if self.close != "close" and self.source != "file":
+            raise ValueError(f"market {self.name!r}: close: {self.close} applies to source 'file' only; source "
+                             f"{self.source!r} has one close (Yahoo's and the bundled series are adjusted)")
         return self
 
 
@@ -440,7 +447,8 @@ def config_from_dict(tree: dict[str, Any], where: str = "<config>") -> Config:
 
 
 def load_config(path: str | Path) -> Config:
-    """Read and validate a YAML config file."""
+    """Read and validate a YAML config file. A file market's relative ``path`` is relative to the
+    config file's folder."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
@@ -452,7 +460,17 @@ def load_config(path: str | Path) -> Config:
         raise ConfigError(f"{path}: cannot be read: {err}") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
-    return config_from_dict(tree, where=str(path))
+    return config_from_dict(_paths_from(tree, path.resolve().parent), where=str(path))
+
+
+def _paths_from(tree: Any, folder: Path) -> Any:
+    """``tree`` with each file market's relative ``path`` read from ``folder`` (the config file's)."""
+    if not isinstance(tree, dict) or not isinstance(tree.get("markets"), list):
+        return tree
+    markets = [{**m, "path": str(folder / m["path"])}
+               if isinstance(m, dict) and isinstance(m.get("path"), str) and not Path(m["path"]).expanduser().is_absolute()
+               else m for m in tree["markets"]]
+    return {**tree, "markets": markets}
 
 
 def demo_config_path() -> Path:

@@ -1,7 +1,7 @@
 """Where supsup-fin keeps its state: the workspace directory.
 
 ``$SUPSUP_FIN_HOME`` or ``./.supsup_fin``: the MLflow sqlite store and artifacts, the price
-cache and the forecasts table live under it.
+cache, the forecasts table and the backtests' artifacts live under it.
 
 Writers that must not overlap take a named lock in the workspace (:meth:`Workspace.lock`): one
 retrain at a time (``retrain``), and the store's creation on first use (``store``). A lock is a
@@ -74,6 +74,16 @@ class Workspace:
     @property
     def forecasts_dir(self) -> Path:
         return self._dir("forecasts")
+
+    @property
+    def backtests_dir(self) -> Path:
+        """One folder per backtest's artifacts (tables, plots, tearsheet)."""
+        return self._dir("backtests")
+
+    @property
+    def log_file(self) -> Path:
+        """The command line's log: every library, Prefect and MLflow record, and each error's traceback."""
+        return self._dir("logs") / "supsup-fin.log"
 
     @contextmanager
     def lock(self, name: str, *, timeout: float, what: str = "") -> Iterator[None]:

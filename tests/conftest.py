@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
+import psutil
 import pytest
 from hypothesis import HealthCheck, settings
 
@@ -142,3 +143,15 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def session_processes(sid: int) -> list[str]:
+    """The processes of session ``sid`` still running (a zombie has exited: only its reaping is left)."""
+    left = []
+    for p in psutil.process_iter(["pid", "status", "cmdline"]):
+        try:
+            if os.getsid(p.pid) == sid and p.info["status"] != psutil.STATUS_ZOMBIE:
+                left.append(" ".join(p.info["cmdline"] or []))
+        except (ProcessLookupError, PermissionError):
+            continue
+    return left

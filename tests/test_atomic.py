@@ -29,6 +29,34 @@ def test_atomic_write_bytes_writes_and_replaces(tmp_path: Path, fsync: bool) -> 
     assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask  # what a plain open() gives
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_written_files_and_directories_get_the_mode_a_plain_open_gives(tmp_path: Path, umask: int) -> None:
+    """Not the 0600 of a ``mkstemp`` temporary: a PNG or table written here is readable as any file the user writes."""
+    from matplotlib.figure import Figure
+
+    from supsup_fin._figures import save_png
+
+    old = os.umask(umask)
+    try:
+        plain = tmp_path / "plain"
+        plain.write_bytes(b"x")
+        plain_dir = tmp_path / "plain_dir"
+        plain_dir.mkdir()
+        atomic_write_bytes(tmp_path / "f.bin", b"x")
+        with atomic_file(tmp_path / "table.parquet") as tmp:
+            tmp.write_bytes(b"x")
+        save_png(Figure(figsize=(1, 1)), tmp_path / "plot.png")
+        with atomic_dir(tmp_path / "d", marker="spec.json", what="thing") as tmp:
+            (tmp / "spec.json").write_text("{}")
+    finally:
+        os.umask(old)
+    mode = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+    assert mode["plain"] == 0o666 & ~umask and mode["plain_dir"] == 0o777 & ~umask
+    assert {n: mode[n] for n in ("f.bin", "table.parquet", "plot.png")} == dict.fromkeys(
+        ("f.bin", "table.parquet", "plot.png"), mode["plain"])
+    assert mode["d"] == mode["plain_dir"]
+
+
 def test_a_failed_replace_leaves_the_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "f.json"
     path.write_bytes(b"old")

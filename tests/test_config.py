@@ -11,7 +11,7 @@ from supsup_fin.errors import ConfigError
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
+@pytest.mark.parametrize("name", sorted(str(p.relative_to(CONFIGS)) for p in CONFIGS.rglob("*.yaml")))
 def test_shipped_configs_load(name: str) -> None:
     cfg = load_config(CONFIGS / name)
     assert isinstance(cfg, Config) and cfg.markets
@@ -82,6 +82,8 @@ MARKET = {"name": "x", "source": "bundled", "dataset": "sp500"}
         ({"markets": [MARKET], "schedule": {"timezone": "Mars/Olympus"}}, "schedule.timezone"),
         ({"markets": [{**MARKET, "timezone": "Europe/Berln"}]}, "markets.0.timezone"),
         ({"markets": [MARKET, MARKET]}, "markets: names must be unique"),
+        ({"markets": [{**MARKET, "close": "adj_close"}]}, "close: adj_close applies to source 'file' only"),
+        ({"markets": [{"name": "f", "source": "file", "path": "p.csv", "close": "Adj Close"}]}, "markets.0.close"),
     ],
 )
 def test_values_that_would_fail_later_are_refused_naming_the_key(tree: dict, needle: str) -> None:
@@ -95,3 +97,18 @@ def test_a_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
     bad.write_bytes(b"markets:\n- name: \xff\xfe\n")
     with pytest.raises(ConfigError, match=r"bad\.yaml: not UTF-8"):
         load_config(bad)
+
+
+def test_a_file_markets_relative_path_is_read_from_the_config_files_folder(tmp_path: Path, monkeypatch) -> None:
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    cfg_path = folder / "c.yaml"
+    cfg_path.write_text(yaml.safe_dump({"markets": [
+        {"name": "rel", "source": "file", "path": "data/p.csv"},
+        {"name": "abs", "source": "file", "path": str(tmp_path / "q.csv")},
+        {"name": "yh", "source": "yahoo", "ticker": "SPY"}]}))
+    monkeypatch.chdir(tmp_path)  # not the config's folder
+    cfg = load_config(cfg_path)
+    assert cfg.market("rel").path == str(folder / "data" / "p.csv")
+    assert cfg.market("abs").path == str(tmp_path / "q.csv")
+    assert cfg.market("yh").path is None

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -156,12 +156,12 @@ def run_walk_forward(cfg: Config, prices: dict[str, pd.DataFrame]) -> Forecasts:
     prepared = {m: {s.name: p for s in strategies if (p := s.prepare(cfg, m, prices[m])) is not None} for m in prices}
     history, results = History(), []
     for w in windows:
-        progress.report("backtest", w.index, len(windows), f"window {w.tag}")
+        progress.report("walk-forward", w.index, len(windows), f"window {w.tag}")
         result = run_window(cfg, prices, w, history, strategies, prepared, device)
         log.info("window %d (%s): %d masks, %.1f s", w.index, w.tag, result.masks_trained, sum(result.seconds.values()))
         results.append(result)
         history = history.after(result)
-    progress.report("backtest", len(windows), len(windows), "done")
+    progress.report("walk-forward", len(windows), len(windows), "done")
     return _combine(cfg, prices, windows, results, history)
 
 
@@ -176,19 +176,27 @@ def run_window(cfg: Config, prices: dict[str, pd.DataFrame], w: Window, history:
     strategies : what to forecast with (see :func:`~supsup_fin.backtest.strategies.select`).
     prepared : market -> strategy name -> what the strategy's ``prepare`` computed.
     """
+    steps = 2 * len(prices) + 2  # fit each market, train the masks, the dense nets, forecast each market
+
+    def step(done: int, what: str) -> None:
+        progress.report("window", done, steps, f"{w.tag}: {what}")
+
     t0 = time.perf_counter()
-    fits = _fit_markets(cfg, prices, w, history)
+    fits = _fit_markets(cfg, prices, w, history, lambda k, m: step(k, f"fit {m}"))
     t1 = time.perf_counter()
+    step(len(prices), "train masks")
     tasks = window_tasks(fits, cfg, w.tag)
     net, bank = train_tasks(tasks, cfg, bank=history.bank) if tasks else (history.net, history.bank)
     fits = {m: f.with_model(bank, net, cfg) for m, f in fits.items()}  # type: ignore[arg-type]
     t2 = time.perf_counter()
+    step(len(prices) + 1, "train dense nets")
     dense, weights = _train_dense(cfg, strategies, fits, frozenset(t.name for t in tasks), w, history, device)
     finetune_acc = {m: continual.dense_accuracy_row(dense, finetune_net(m), (*history.fits.get(m, ()), f))
                     for m, f in fits.items() if dense is not None and finetune_net(m) in dense and len(f.new_rows)}
     t3 = time.perf_counter()
     rows, mask_acc = {}, {}
-    for market, fit in fits.items():
+    for k, (market, fit) in enumerate(fits.items()):
+        step(len(prices) + 2 + k, f"forecast {market}")
         seen = (*history.fits.get(market, ()), fit)
         rows[market] = _forecast_market(cfg, prices[market], fit, strategies, net, bank,  # type: ignore[arg-type]
                                         dense, prepared.get(market, {}))
@@ -199,14 +207,18 @@ def run_window(cfg: Config, prices: dict[str, pd.DataFrame], w: Window, history:
                         "no task of its continual scores", w.index, w.tag, market, history.last_train(market),
                         prices[market].index[-1].date())
     t4 = time.perf_counter()
+    step(steps, "done")
     seconds = dict(zip(STAGES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)))
     return WindowResult(w, fits, len(tasks), net, bank, dense, weights, rows, mask_acc, finetune_acc, seconds)
 
 
-def _fit_markets(cfg: Config, prices: dict[str, pd.DataFrame], w: Window, history: History) -> dict[str, WindowFit]:
-    """Every market's fit at ``w``; a market without enough history yet is skipped until it has."""
+def _fit_markets(cfg: Config, prices: dict[str, pd.DataFrame], w: Window, history: History,
+                 starting: Callable[[int, str], None]) -> dict[str, WindowFit]:
+    """Every market's fit at ``w``; a market without enough history yet is skipped until it has.
+    ``starting(k, market)`` is called before the k-th market's fit."""
     fits = {}
-    for market in sorted(prices):
+    for k, market in enumerate(sorted(prices)):
+        starting(k, market)
         before = history.fits.get(market, ())
         try:
             fits[market] = fit_market(cfg, prices[market], market, w, before[-1].regimes.model if before else None,

@@ -31,6 +31,8 @@ _EULER_GAMMA = 0.5772156649015329
 _RETURN_KEYS = ("ann_return", "ann_vol", "sharpe", "sortino", "max_drawdown", "calmar",
                 "hit_rate", "turnover", "days")
 _FORECAST_KEYS = ("accuracy", "log_loss", "brier", "n")
+_NO_DISPERSION = 1e-12
+"""A standard deviation at or below this is no dispersion (rounding residue of equal values)."""
 
 
 def _where(returns: object) -> str:
@@ -75,6 +77,30 @@ def daily_sharpe(returns: pd.Series | np.ndarray) -> float:
 def sharpe_ratio(returns: pd.Series | np.ndarray, periods: int = PERIODS) -> float:
     """Annualised Sharpe ratio (risk-free 0), ``daily_sharpe * sqrt(periods)``; NaN if undefined."""
     return _finite(empyrical.sharpe_ratio(_returns(returns, "sharpe_ratio").to_numpy(), annualization=periods))
+
+
+def rolling_sharpe(returns: pd.Series, window: int = 63, periods: int = PERIODS) -> pd.Series:
+    """Annualised Sharpe ratio of each trailing ``window`` days, as :func:`sharpe_ratio` of those days.
+
+    Parameters
+    ----------
+    returns : pd.Series ``[n]``
+        Simple return of each day; NaN rows are dropped first.
+    window : int
+        Days per window (at least 2).
+
+    Returns
+    -------
+    pd.Series ``[n - n_nan]``
+        On the returns' index; NaN for the first ``window - 1`` days and for windows without
+        dispersion.
+    """
+    if window < 2:
+        raise DataError(f"rolling_sharpe{_where(returns)}: expected a window of at least 2 days, got {window}")
+    r = _returns(returns, "rolling_sharpe")
+    roll = r.rolling(window, min_periods=window)
+    std = roll.std(ddof=1)
+    return (roll.mean() / std.where(std > _NO_DISPERSION) * np.sqrt(periods)).rename(r.name)
 
 
 def return_metrics(

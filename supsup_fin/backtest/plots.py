@@ -1,4 +1,5 @@
-"""Backtest plots (matplotlib Agg canvas, no pyplot): equity curves with drawdowns, reliability diagrams."""
+"""Backtest plots (matplotlib Agg canvas, no pyplot): equity curves with drawdowns, rolling Sharpe
+ratios, reliability diagrams."""
 
 from __future__ import annotations
 
@@ -10,18 +11,24 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from supsup_fin.backtest.metrics import rolling_sharpe
 from supsup_fin.errors import DataError
 
 if TYPE_CHECKING:
     from supsup_fin.backtest.report import BacktestResult
 
 
-def _curves(result: BacktestResult, market: str) -> pd.DataFrame:
-    """Equity per strategy (columns) for a market or the portfolio, on its dates."""
+def _curves(result: BacktestResult, market: str, values: str = "equity") -> pd.DataFrame:
+    """``values`` (a daily column) per strategy (columns) for a market or the portfolio, on its dates."""
     from supsup_fin.backtest.report import PORTFOLIO
 
     src = result.portfolio if market == PORTFOLIO else result.daily[result.daily.market == market]
-    return src.pivot(index="date", columns="strategy", values="equity").sort_index()
+    return src.pivot(index="date", columns="strategy", values=values).sort_index()
+
+
+def _style(strategy: str) -> dict[str, float]:
+    """The gated forecaster's lines stand out."""
+    return {"linewidth": 1.6} if strategy.startswith("supsup") else {"linewidth": 0.9, "alpha": 0.8}
 
 
 def equity_figure(result: BacktestResult, market: str, strategies: list[str] | None = None) -> Figure:
@@ -36,7 +43,7 @@ def equity_figure(result: BacktestResult, market: str, strategies: list[str] | N
     FigureCanvasAgg(fig)
     top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[2, 1])
     for name in eq.columns:
-        style = {"linewidth": 1.6} if name.startswith("supsup") else {"linewidth": 0.9, "alpha": 0.8}
+        style = _style(name)
         top.plot(eq.index, eq[name].to_numpy(), label=name, **style)
         bottom.plot(eq.index, (eq[name] / eq[name].cummax() - 1.0).to_numpy(), **style)
     top.set_yscale("log")
@@ -44,6 +51,44 @@ def equity_figure(result: BacktestResult, market: str, strategies: list[str] | N
     top.legend(loc="upper left", ncols=3, fontsize=8)
     top.set_title(f"{market}: walk-forward equity", fontsize=11)
     bottom.set_ylabel("drawdown")
+    return fig
+
+
+def rolling_sharpe_figure(result: BacktestResult, strategies: Sequence[str] | None = None,
+                          window: int = 63) -> Figure:
+    """Rolling annualised Sharpe ratio (after costs) of each strategy, one panel per market.
+
+    Parameters
+    ----------
+    result : BacktestResult
+    strategies : sequence of str, optional
+        The lines, in this order (names a panel lacks are left out of it); None: every strategy.
+    window : int
+        Trading days per Sharpe ratio (see :func:`~supsup_fin.backtest.metrics.rolling_sharpe`).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        On an Agg canvas; ``fig.axes`` holds the portfolio's panel first (when there is a
+        portfolio), then one per market, sharing the date axis.
+    """
+    from supsup_fin.backtest.report import PORTFOLIO
+
+    panels = ([] if result.portfolio.empty else [PORTFOLIO]) + sorted(result.forecasts.closes)
+    fig = Figure(figsize=(12, 1.0 + 2.2 * len(panels)), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
+    for ax, market in zip(axes, panels):
+        ret = _curves(result, market, "ret")
+        for name in ret.columns if strategies is None else [s for s in strategies if s in ret.columns]:
+            rs = rolling_sharpe(ret[name], window)
+            ax.plot(rs.index, rs.to_numpy(), label=name, **_style(name))
+        ax.axhline(0.0, color="grey", linewidth=0.6)
+        ax.set_ylabel(market, fontsize=9)
+        ax.tick_params(labelsize=7)
+    if axes[0].get_legend_handles_labels()[0]:
+        axes[0].legend(loc="upper left", ncols=4, fontsize=8)
+    axes[0].set_title(f"rolling {window}-day Sharpe ratio (annualised, after costs)", fontsize=11)
     return fig
 
 

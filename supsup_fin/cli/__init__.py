@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Annotated, Any
 
+import numpy as np
 import typer
 from rich.table import Table
 
@@ -24,7 +25,6 @@ from supsup_fin.cli.common import (
     out,
     print_json,
     progress_bar,
-    setup_logging,
     table,
 )
 from supsup_fin.config import Config, demo_config_path, load_config
@@ -51,7 +51,11 @@ def _show_retrain(summary: dict[str, Any]) -> None:
     if summary.get("recovered"):
         err.print(f"[yellow]recovered from a killed run:[/yellow] {summary['recovered']}")
     reg, p = summary["registered_model"], summary["promotion"]
-    out.print(f"registered [bold]{reg['name']}[/bold] v{reg['version']} aliases={reg['aliases']}: {p['reason']}")
+    if reg.get("unchanged_since") is not None:
+        out.print(f"[bold]{reg['name']}[/bold] unchanged since v{reg['unchanged_since']} aliases={reg['aliases']}: the "
+                  "same data, config and code as the champion; nothing registered (--force registers anyway)")
+    else:
+        out.print(f"registered [bold]{reg['name']}[/bold] v{reg['version']} aliases={reg['aliases']}: {p['reason']}")
     out.print(f"tracking: {summary['tracking_uri']}  run {summary['run_id']}  ({summary['elapsed_s']:.1f} s)")
 
 
@@ -68,7 +72,6 @@ def demo(as_json: JsonOpt = False, home: HomeOpt = None, verbose: VerboseOpt = F
     """Run the whole pipeline offline on the shipped demo data, then forecast from the registry."""
     from supsup_fin.live.forecast import forecast_markets
 
-    setup_logging(verbose)
     start = time.perf_counter()
     cfg = load_config(demo_config_path())
     summary = _retrain(cfg, home, as_json)
@@ -83,16 +86,19 @@ def demo(as_json: JsonOpt = False, home: HomeOpt = None, verbose: VerboseOpt = F
         _show_forecasts(forecasts)
     else:
         out.print("no champion yet: the new version did not beat the class prior on valid")
-    ws = Workspace.resolve(home)
-    out.print(f"MLflow UI: mlflow ui --backend-store-uri {summary['tracking_uri']} --default-artifact-root {ws.artifacts_dir}")
+    from supsup_fin.cli.deploy import ui_hint
+
+    out.print(ui_hint(home))
 
 
 @app.command()
 @fails_cleanly
 def retrain(
     config: ConfigOpt,
-    force: Annotated[bool, typer.Option("--force", help="Promote even when a market's HMM fell back to fewer "
-                                        "regimes than asked (degenerate), if the scores allow.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Register a new version even when its data, config and code "
+                                        "equal the champion's (otherwise nothing is registered: 'unchanged since vN'), "
+                                        "and promote even when a market's HMM fell back to fewer regimes than asked "
+                                        "(degenerate), if the scores allow.")] = False,
     as_json: JsonOpt = False, home: HomeOpt = None, verbose: VerboseOpt = False,
 ) -> None:
     """Retrain every market's masks, evaluate, log to MLflow, register and maybe promote.
@@ -100,7 +106,6 @@ def retrain(
     One retrain per workspace at a time: a second one waits for the first. A retrain killed
     mid-way leaves nothing promotable; the next one reports and closes what it left.
     """
-    setup_logging(verbose)
     summary = _retrain(load_config(config), home, as_json, force)
     print_json(summary) if as_json else _show_retrain(summary)
 
@@ -115,7 +120,6 @@ def forecast(
     """Forecast the latest date of each market with the registered champion."""
     from supsup_fin.live.forecast import forecast_markets, store_forecasts
 
-    setup_logging(verbose)
     cfg, ws = load_config(config), Workspace.resolve(home)
     rows = forecast_markets(cfg, ws, market or None)
     stored = store_forecasts(cfg, ws, rows) if store else None
@@ -139,7 +143,6 @@ def masks(
     """Inspect a mask bank: tasks, per-layer densities, storage, overlaps."""
     from supsup_fin.forecaster.bank_info import describe_bank, open_bank
 
-    setup_logging(verbose)
     cfg = load_config(config) if config else load_config(demo_config_path())
     bank, source = open_bank(cfg, Workspace.resolve(home), path=path, version=version)
     info = describe_bank(bank, overlap=overlap)
@@ -154,19 +157,39 @@ def masks(
     out.print(f"{len(rows)} masks, {info['bytes_bits']} bytes of mask bits "
               f"(dense float32 copies would take {info['bytes_dense_float32']} bytes)")
     if overlap and info["tasks"]:
-        names = info["overlap"]["names"]
-        t = Table(title="Jaccard overlap", title_justify="left")
-        t.add_column("")
-        for n in names:
-            t.add_column(n, justify="right")
-        for n, row in zip(names, info["overlap"]["matrix"]):
-            t.add_row(n, *[f"{v:.2f}" for v in row])
-        out.print(t)
+        out.print(_overlap_table(info["overlap"]))
+
+
+def _overlap_table(overlap: dict[str, Any]) -> Table:
+    """The Jaccard matrix with numbered columns (narrow at any task count) and the chance level."""
+    names, chance = overlap["names"], np.asarray(overlap["chance"])
+    off = chance[~np.eye(len(names), dtype=bool)]
+    level = f"{off.min():.2f}" if off.size == 0 or np.ptp(off) < 0.005 else f"{off.min():.2f}-{off.max():.2f}"
+    t = Table(title=f"Jaccard overlap of kept weights (column j: row j's mask); chance level for independent "
+                    f"masks of these densities: {level}", title_justify="left")
+    t.add_column("#", justify="right")
+    t.add_column("mask")
+    for j in range(len(names)):
+        t.add_column(str(j + 1), justify="right")
+    for i, (n, row) in enumerate(zip(names, overlap["matrix"])):
+        t.add_row(str(i + 1), n, *[f"{v:.2f}" for v in row])
+    return t
 
 
 def main() -> None:
     """Console-script entry point."""
-    app()
+    command = typer.main.get_command(app)
+    _bare_flags(command)
+    command(prog_name="supsup-fin")
+
+
+def _bare_flags(command: Any) -> None:
+    """Show flags in ``--help`` without a ``<bool>`` value, as they take none (``--help`` itself too)."""
+    for param in [*command.params, command.get_help_option(typer.Context(command))]:
+        if param is not None and getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    for sub in getattr(command, "commands", {}).values():
+        _bare_flags(sub)
 
 
 # Further command groups register themselves on `app` when imported.

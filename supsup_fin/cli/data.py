@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any
 
+import numpy as np
 import typer
 
 from supsup_fin.cli.common import (
@@ -17,7 +18,6 @@ from supsup_fin.cli.common import (
     fails_cleanly,
     out,
     print_json,
-    setup_logging,
     table,
 )
 from supsup_fin.config import Config, load_config
@@ -34,7 +34,11 @@ def _markets(cfg: Config, names: list[str] | None) -> list[Any]:
 
 
 def ingest_markets(cfg: Config, home: Path | None, names: list[str] | None = None) -> list[dict[str, Any]]:
-    """Load every (or the named) market and summarise its health; a failing market gets an ``error``."""
+    """Load every (or the named) market and summarise its health; a failing market gets an ``error``.
+
+    ``ok``: the market loaded and no finding is left unhandled (each was repaired or warned about
+    under its policy; a check set to ``error`` fails the load instead).
+    """
     from supsup_fin.data import load_prices
 
     cache = Workspace.resolve(home).cache_dir
@@ -50,7 +54,7 @@ def ingest_markets(cfg: Config, home: Path | None, names: list[str] | None = Non
         row |= {"source": lp.source, "rows_in": rep.rows_in, "rows_out": rep.rows_out,
                 "first": lp.frame.index[0].strftime("%Y-%m-%d"), "as_of": lp.as_of.strftime("%Y-%m-%d"),
                 "stale_days": lp.stale_days, "columns": list(lp.frame.columns), "data_hash": lp.data_hash[:12],
-                "ok": rep.ok, "error": None, "findings": rep.to_records()}
+                "ok": True, "error": None, "findings": rep.to_records()}
         for check in _CHECKS:
             found = rep.find(check)
             row[check] = ", ".join(f"{f.count} {f.action}" for f in found) if found else "-"
@@ -63,24 +67,31 @@ def ingest_markets(cfg: Config, home: Path | None, names: list[str] | None = Non
 def ingest(config: ConfigOpt, market: MarketOpt = None, as_json: JsonOpt = False, home: HomeOpt = None,
            verbose: VerboseOpt = False) -> None:
     """Load each market's prices (Yahoo cache updated), run the health checks, print a health table."""
-    setup_logging(verbose)
     rows = ingest_markets(load_config(config), home, market)
     failed = [r for r in rows if r["error"]]
     if as_json:
         print_json(rows)
     else:
-        good = [r for r in rows if not r["error"]]
-        out.print(table("Data health (per check: offending rows and the policy applied)", good,
+        out.print(table("Data health (per check: offending rows and the policy applied; ok: loaded, every "
+                        "finding handled by its policy)", rows,
                         ["market", "source", "rows_in", "rows_out", "first", "as_of", "stale_days",
                          *_CHECKS, "ok"]))
         details = [{"market": f["market"], "check": f["check"], "count": f["count"], "action": f["action"],
-                    "first_date": f["first_date"], "detail": f["detail"]} for r in good for f in r["findings"]]
+                    "first_date": f["first_date"], "detail": f["detail"]} for r in rows for f in r["findings"]]
         if details:
             out.print(table("Findings", details, ["market", "check", "count", "action", "first_date", "detail"]))
     if failed:
         for r in failed:
             err.print(f"[red]error:[/red] {r['error']}", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
+
+
+def _bic_text(report: dict[str, Any]) -> str:
+    """``BIC per state count (<selection>, lower is better): 2:..., 3:...; chosen 3``, or the one count's BIC."""
+    bic = ", ".join(f"{k}:{'unusable' if v is None else f'{v:.1f}'}" for k, v in report["bic"].items())
+    if report["selection"] is None:
+        return f"BIC {bic} (n_states fixed)"
+    return f"BIC per state count ({report['selection']}, lower is better): {bic}; chosen {report['n_states']}"
 
 
 def regime_reports(cfg: Config, home: Path | None, names: list[str] | None = None,
@@ -104,7 +115,8 @@ def regime_reports(cfg: Config, home: Path | None, names: list[str] | None = Non
         reports.append({
             "market": m.name, "n_states": model.n_states_, "names": list(model.names_),
             "selection": cfg.regimes.selection if not isinstance(cfg.regimes.n_states, int) else None,
-            "criterion": {str(k): v for k, v in model.bic_.items()}, "converged": model.converged_,
+            "bic": {str(k): (v if np.isfinite(v) else None) for k, v in model.bic_.items()},
+            "converged": model.converged_,
             "n_iter": model.n_iter_, "covariance_type": model.covariance_type_, "fallback": model.fallback_,
             "train_rows": model.n_train_rows_, "expected_durations": model.expected_durations_.tolist(),
             "stats": stats.to_dict("records"), "plot": str(path),
@@ -119,15 +131,13 @@ def regimes(config: ConfigOpt, market: MarketOpt = None,
                                                           "(default <home>/regimes).")] = None,
             as_json: JsonOpt = False, home: HomeOpt = None, verbose: VerboseOpt = False) -> None:
     """Fit each market's regime HMM on train, print its per-regime statistics and write its plot."""
-    setup_logging(verbose)
     reports = regime_reports(load_config(config), home, market, plot_dir)
     if as_json:
         print_json(reports)
         return
     for r in reports:
-        crit = " ".join(f"{k}:{v:.1f}" for k, v in r["criterion"].items())
-        out.print(table(f"{r['market']}: {r['n_states']} regimes (criterion {crit}; converged={r['converged']}, "
-                        f"{r['n_iter']} EM iterations)", r["stats"],
+        out.print(table(f"{r['market']}: {r['n_states']} regimes; {_bic_text(r)}; converged={r['converged']}, "
+                        f"{r['n_iter']} EM iterations", r["stats"],
                         ["regime", "n_rows", "frequency", "mean_log_return", "ann_volatility",
                          "mean_duration_days", "expected_duration_days"]))
         if r["fallback"]:

@@ -1,11 +1,12 @@
-"""Deployment commands: ``models``, ``promote``, ``rollback``, ``serve``, ``schedule``."""
+"""Deployment commands: ``models``, ``promote``, ``rollback``, ``serve``, ``schedule``, ``ui``."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -22,13 +23,16 @@ from supsup_fin.cli.common import (
     fails_cleanly,
     out,
     print_json,
-    setup_logging,
     table,
 )
-from supsup_fin.config import Config, load_config
+from supsup_fin.config import Config, demo_config_path, load_config
 from supsup_fin.workspace import Workspace
 
 PortOpt = Annotated[int | None, typer.Option("--port", "-p", help="Port on 127.0.0.1 (default: from the config's schedule section).")]
+UIPortOpt = Annotated[int | None, typer.Option("--port", "-p", min=1, max=65535,
+                                              help="Port on 127.0.0.1 (default: 5000 if free, else any free one).")]
+UIConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="Config naming the tracking store "
+                                                  "(default: the demo config).")]
 
 
 def _client(config: Path, home: Path | None) -> tuple[Config, Any]:
@@ -42,10 +46,15 @@ def _client(config: Path, home: Path | None) -> tuple[Config, Any]:
 @app.command()
 @fails_cleanly
 def models(config: ConfigOpt, as_json: JsonOpt = False, home: HomeOpt = None, verbose: VerboseOpt = False) -> None:
-    """List the registered versions with aliases, validation scores and data ranges."""
+    """List the registered versions: aliases, what the retrain decided, state, scores and data ranges.
+
+    ``decision`` is the champion gate's at registration (promoted, kept champion vN, below the
+    class prior, blocked: why); ``aliases`` say where the champion is now (``promote`` and
+    ``rollback`` move it); ``state`` is ok, pruned (model files deleted by retention),
+    incomplete (its retrain stopped before deciding) or prune failed.
+    """
     from supsup_fin.tracking.versions import list_versions
 
-    setup_logging(verbose)
     cfg, client = _client(config, home)
     rows = list_versions(client, cfg.tracking.model_name)
     if as_json:
@@ -54,10 +63,9 @@ def models(config: ConfigOpt, as_json: JsonOpt = False, home: HomeOpt = None, ve
     for r in rows:
         r["aliases"] = ",".join(r["aliases"])
         r["data"] = f"{r['data_start']}..{r['data_end']}" if r["data_start"] else ""
-        r["state"] = "pruned" if r["pruned"] else ""
     out.print(table(f"Registered model {cfg.tracking.model_name} (valid {rows[0]['metric'] or ''})", rows,
-                    ["version", "aliases", "valid_score", "baseline", "promoted", "data", "markets",
-                     "carried_masks", "created", "state"]))
+                    ["version", "aliases", "decision", "state", "valid_score", "baseline", "data", "markets",
+                     "carried_masks", "created"]))
 
 
 def _show_move(result: dict) -> None:
@@ -75,7 +83,6 @@ def promote(
     """Move the champion alias to --version by hand (recorded as version tags and in a run)."""
     from supsup_fin.tracking import versions
 
-    setup_logging(verbose)
     cfg, client = _client(config, home)
     result = versions.promote(client, cfg.tracking.model_name, version, reason)
     print_json(result) if as_json else _show_move(result)
@@ -90,7 +97,6 @@ def rollback(
     """Give the champion alias back to the previous champion (recorded like promote)."""
     from supsup_fin.tracking import versions
 
-    setup_logging(verbose)
     cfg, client = _client(config, home)
     result = versions.rollback(client, cfg.tracking.model_name, reason)
     print_json(result) if as_json else _show_move(result)
@@ -113,7 +119,6 @@ def serve(
     """
     from supsup_fin.tracking.serve import serve_command, serving_example
 
-    setup_logging(verbose)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # stderr keeps one line per event
     cfg, ws = load_config(config), Workspace.resolve(home)
     if example:
@@ -140,29 +145,77 @@ def schedule(
 ) -> None:
     """Serve the retrain and forecast deployments on a real Prefect server (crons from the config).
 
-    Starts ``prefect server`` on 127.0.0.1 unless PREFECT_API_URL names one; Ctrl-C stops both.
+    Starts ``prefect server`` on 127.0.0.1 unless PREFECT_API_URL names one, and prints its UI and
+    the PREFECT_API_URL=... the prefect CLI needs to reach it; Ctrl-C stops both.
     """
-    setup_logging(verbose)
     cfg, ws = load_config(config), Workspace.resolve(home)
     prefect_defaults()  # first: Prefect reads its settings when it is first imported
     from pipelines.schedule import deployments, prefect_server, serve_deployments
 
-    def _stop(signum: int, frame: Any) -> None:  # SIGTERM: the same clean stop as Ctrl-C
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, _stop)
-    with prefect_server(ws, port or cfg.schedule.prefect_port) as api_url:
+    with _sigterm_as_ctrl_c(), prefect_server(ws, port or cfg.schedule.prefect_port) as api_url:
         ui = api_url.removesuffix("/api")
-        info = {"api_url": api_url, "ui": ui, "timezone": cfg.schedule.timezone,
+        info = {"api_url": api_url, "ui": ui, "env": {"PREFECT_API_URL": api_url}, "timezone": cfg.schedule.timezone,
                 "deployments": [{"name": f"{d.flow_name}/{d.name}", "cron": d.schedules[0].schedule.cron}
                                 for d in deployments(cfg, ws)]}
-        if as_json:  # one line: readable by a supervising process while this keeps running
-            sys.stdout.write(json.dumps(info) + "\n")
-            sys.stdout.flush()
+        if as_json:
+            print_json(info, one_line=True)
         else:
-            out.print(table(f"Prefect UI: {ui}  (crons in {cfg.schedule.timezone}; Ctrl-C stops)",
-                            info["deployments"], ["name", "cron"]))
+            out.print(table(f"Prefect UI: {ui}  prefect CLI: PREFECT_API_URL={api_url}  "
+                            f"(crons in {cfg.schedule.timezone}; Ctrl-C stops)", info["deployments"], ["name", "cron"]))
         try:
             serve_deployments(cfg, ws, api_url)
         except KeyboardInterrupt:
             err.print("stopping: deployments paused, Prefect server shutting down")
+
+
+@app.command()
+@fails_cleanly
+def ui(
+    config: UIConfigOpt = None, port: UIPortOpt = None, as_json: JsonOpt = False, home: HomeOpt = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Open the MLflow UI on the workspace's tracking store at 127.0.0.1 (Ctrl-C stops it).
+
+    Runs MLflow's server on the store the other commands write to (runs, registered models and
+    their artifacts) and prints its URL once it answers; --json prints one line with url,
+    tracking_uri and pid. The server's output goes to <home>/logs/mlflow-ui.log (stderr with -v).
+    """
+    from supsup_fin.tracking.ui import experiment_url, mlflow_ui
+
+    cfg, ws = load_config(config or demo_config_path()), Workspace.resolve(home)
+    log_file = None if verbose else ws.log_file.with_name("mlflow-ui.log")
+    try:
+        with _sigterm_as_ctrl_c(), mlflow_ui(cfg.tracking, ws, port, log_file) as running:
+            if as_json:
+                print_json({"url": running.url, "tracking_uri": running.tracking_uri, "pid": running.pid}, one_line=True)
+            else:
+                out.print(f"MLflow UI: {running.url}  experiment {cfg.tracking.experiment!r}: "
+                          f"{experiment_url(running.url, running.experiment_id)}  store: {running.tracking_uri}"
+                          f"{'  (Ctrl-C stops)' if running.pid else ''}", soft_wrap=True)
+            if running.pid is None:  # the tracking store is a server: that is its UI
+                return
+            running.wait()
+    except KeyboardInterrupt:
+        pass
+    err.print("MLflow UI stopped")
+
+
+def ui_hint(home: Path | None = None, config: Path | None = None) -> str:
+    """The command line that opens the MLflow UI on a workspace (``--config`` left out for the demo's)."""
+    args = [*(["--config", str(config)] if config else []), *(["--home", str(home)] if home else [])]
+    return f"MLflow UI: supsup-fin ui {' '.join(args)}".rstrip()
+
+
+@contextmanager
+def _sigterm_as_ctrl_c() -> Iterator[None]:
+    """In the block, SIGTERM stops the command as Ctrl-C does (a ``KeyboardInterrupt``: the servers
+    it started are stopped on the way out)."""
+
+    def _interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

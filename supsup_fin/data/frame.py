@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from collections.abc import Sequence
 from numbers import Real
 
@@ -34,26 +35,36 @@ def _day(ts: pd.Timestamp) -> str:
     return pd.Timestamp(ts).strftime("%Y-%m-%d")
 
 
-_UNNAMED = {"", "none", "index", "unnamed: 0"}
+ADJ_CLOSE = "adj_close"
+"""The adjusted close a file may hold beside ``close`` (``Adj Close`` in a Yahoo download)."""
+
+
+def column_key(name: object) -> str:
+    """A column name as it is matched: case-insensitive, outer blanks dropped, each run of spaces and
+    underscores one ``_`` (``"Adj Close"``, ``"adj_close"`` and ``"ADJ  CLOSE"`` are ``"adj_close"``)."""
+    return re.sub(r"[\s_]+", "_", str(name).strip().lower())
+
+
+_UNNAMED = {column_key(n) for n in ("", "None", "index", "Unnamed: 0")}
 """Names an unnamed first column gets (``to_csv`` of an unnamed index, ``reset_index``); it is taken as the dates."""
 
 
-def _date_source(df: pd.DataFrame, market: str) -> tuple[pd.DataFrame, str, pd.Series | pd.DatetimeIndex]:
-    """The frame without its dates, the dates' column name and the raw dates (index or column)."""
+def _date_source(df: pd.DataFrame, market: str, faults: list[str]
+                 ) -> tuple[pd.DataFrame, str, pd.Series | pd.DatetimeIndex | None]:
+    """The frame without its dates, the dates' column name and the raw dates (index, column, or None)."""
     if isinstance(df.index, pd.DatetimeIndex):
         return df, "date", df.index
-    if str(df.index.name).strip().lower() == "date":
+    if column_key(df.index.name) == "date":
         df = df.reset_index()
-    names = [str(c).strip().lower() for c in df.columns]
+    names = [column_key(c) for c in df.columns]
     col = next((c for c, n in zip(df.columns, names) if n == "date"), None)
     if col is None and len(df.columns) > 1 and names[0] in _UNNAMED:
         col = df.columns[0]
         logger.info("market %r: no 'date' column; taking the unnamed first column %r as the dates", market, str(col))
     if col is None:
-        raise DataError(
-            f"market {market!r}: expected a DatetimeIndex or a 'date' column, "
-            f"got a {type(df.index).__name__} and columns {[str(c) for c in df.columns]}"
-        )
+        faults.append(f"expected a DatetimeIndex or a 'date' column, got a {type(df.index).__name__} and columns "
+                      f"{[str(c) for c in df.columns]}")
+        return df, "date", None
     return df.drop(columns=[col]), str(col), df[col].reset_index(drop=True)
 
 
@@ -63,31 +74,31 @@ def _after(dates: Sequence[object], pos: int) -> str:
     return "" if prev is None else f" (after {prev if isinstance(prev, str) else _day(prev)})"
 
 
-def _parse_dates(col: pd.Series, name: str, market: str, timezone: str | None) -> pd.DatetimeIndex:
-    """ISO-8601 dates of a column, each tz-aware one at its wall clock (in ``timezone`` when given)."""
+def _parse_dates(col: pd.Series, name: str, timezone: str | None, faults: list[str]) -> pd.DatetimeIndex | None:
+    """ISO-8601 dates of a column, each tz-aware one at its wall clock (in ``timezone`` when given);
+    ``NaT`` where a value cannot be read (the first is a fault); ``None`` when the column holds numbers."""
     if pd.api.types.is_datetime64_any_dtype(col.dtype):
         return pd.DatetimeIndex(col)
     values = col.to_numpy(dtype=object)
     numbers = [i for i, v in enumerate(values) if isinstance(v, Real | np.number) and v == v]
     if pd.api.types.is_numeric_dtype(col.dtype) or numbers:
         first = numbers[0] if numbers else 0
-        raise DataError(
-            f"market {market!r}: column {name!r} holds integers or numbers, not dates (first {values[first]!r} at "
-            f"row {first}); expected ISO-8601 dates (YYYY-MM-DD) or a DatetimeIndex"
-        )
+        faults.append(f"column {name!r} holds integers or numbers, not dates (first {values[first]!r} at row {first}); "
+                      "expected ISO-8601 dates (YYYY-MM-DD) or a DatetimeIndex")
+        return None
     try:
-        instants = pd.DatetimeIndex(pd.to_datetime(col, format="ISO8601", utc=True))
+        pd.to_datetime(col, format="ISO8601", utc=True)
     except (ValueError, TypeError, OverflowError):
         instants = pd.DatetimeIndex(pd.to_datetime(col, format="ISO8601", utc=True, errors="coerce"))
-        bad = int(np.flatnonzero(instants.isna() & col.notna().to_numpy())[0])
-        raise DataError(
-            f"market {market!r}: column {name!r} expected ISO-8601 dates (YYYY-MM-DD); first unparseable "
-            f"value {values[bad]!r} at row {bad}{_after(values, bad)}"
-        ) from None
+        unread = instants.isna() & col.notna().to_numpy()
+        bad = int(np.flatnonzero(unread)[0])
+        faults.append(f"column {name!r} expected ISO-8601 dates (YYYY-MM-DD); first unparseable value "
+                      f"{values[bad]!r} at row {bad}{_after(values, bad)}")
+        col = col.where(~unread)
     try:
         return pd.DatetimeIndex(pd.to_datetime(col, format="ISO8601"))
     except (ValueError, TypeError):  # offsets that change (DST) or naive and aware stamps mixed: row by row
-        return pd.DatetimeIndex([_wall_clock(pd.Timestamp(v), timezone) for v in values])
+        return pd.DatetimeIndex([_wall_clock(pd.Timestamp(v), timezone) for v in col.to_numpy(dtype=object)])
 
 
 def _wall_clock(ts: pd.Timestamp, timezone: str | None) -> pd.Timestamp:
@@ -96,58 +107,108 @@ def _wall_clock(ts: pd.Timestamp, timezone: str | None) -> pd.Timestamp:
     return (ts.tz_convert(timezone) if timezone else ts).tz_localize(None)
 
 
-def _calendar_dates(dates: pd.DatetimeIndex, name: str, market: str, timezone: str | None) -> pd.DatetimeIndex:
-    """The calendar date of each timestamp (the rule in :func:`validate_frame`), as ``datetime64[ns]``."""
-    if dates.hasnans:
-        pos = int(np.flatnonzero(dates.isna())[0])
-        raise DataError(f"market {market!r}: column {name!r} has a missing date at row {pos}{_after(dates, pos)}")
+def _calendar_dates(dates: pd.DatetimeIndex, name: str, market: str, timezone: str | None, faults: list[str],
+                    missing: np.ndarray) -> pd.DatetimeIndex | None:
+    """The calendar date of each timestamp (the rule in :func:`validate_frame`), as ``datetime64[ns]``
+    (``NaT`` kept); ``None`` when they are integers read as nanoseconds. ``missing`` marks empty cells."""
+    if missing.any():
+        pos = int(np.flatnonzero(missing)[0])
+        faults.append(f"column {name!r} has a missing date at row {pos}{_after(dates, pos)}")
     if dates.tz is not None:
         logger.debug("market %r: taking calendar dates in %s", market, timezone or dates.tz)
         dates = (dates.tz_convert(timezone) if timezone else dates).tz_localize(None)
     dates = dates.as_unit("ns")
-    ns = dates.asi8
+    ns = dates[~dates.isna()].asi8
     if len(ns) > 1 and ns.min() >= 0 and ns.max() < _DAY_NS and (ns % _DAY_NS).any():
-        raise DataError(
-            f"market {market!r}: column {name!r} holds integers read as nanoseconds since 1970-01-01 "
-            f"(first {int(ns[0])}, {int(ns[1])}), not dates; expected ISO-8601 dates (YYYY-MM-DD) or a DatetimeIndex"
-        )
+        faults.append(f"column {name!r} holds integers read as nanoseconds since 1970-01-01 (first {int(ns[0])}, "
+                      f"{int(ns[1])}), not dates; expected ISO-8601 dates (YYYY-MM-DD) or a DatetimeIndex")
+        return None
     return pd.DatetimeIndex(dates.normalize(), name="date")
 
 
-def _normalise_columns(df: pd.DataFrame, market: str) -> pd.DataFrame:
-    names = [str(c).strip().lower() for c in df.columns]
+def _order_faults(idx: pd.DatetimeIndex, raw: pd.DatetimeIndex, name: str, faults: list[str]) -> None:
+    """Duplicated and decreasing dates among those that could be read."""
+    known = ~idx.isna()
+    dates = idx[known]
+    dup = dates.duplicated()
+    if dup.any():
+        several = "; several timestamps on one day: intraday data?" if raw[known].is_unique else ""
+        faults.append(f"column {name!r} has duplicated dates ({int(dup.sum())}), first "
+                      f"{_day(dates[int(np.flatnonzero(dup)[0])])}{several}")
+    back = np.flatnonzero(dates.asi8[1:] < dates.asi8[:-1])
+    if back.size:
+        i = int(back[0]) + 1
+        faults.append(f"column {name!r} is not increasing: {_day(dates[i])} comes after {_day(dates[i - 1])}")
+
+
+def _normalise_columns(df: pd.DataFrame, close: str, faults: list[str], market: str) -> pd.DataFrame:
+    """The known columns (and ``adj_close`` when ``close`` names it), named by :func:`column_key`."""
+    names = [column_key(c) for c in df.columns]
     dups = sorted({n for n in names if names.count(n) > 1})
     if dups:
-        raise DataError(f"market {market!r}: columns {dups} appear more than once (names are case-insensitive)")
-    df = df.set_axis(names, axis=1)
-    if "close" not in names:
-        raise DataError(f"market {market!r}: no 'close' column; got columns {names}")
-    extra = [n for n in names if n not in PRICE_COLUMNS]
+        faults.append(f"columns {dups} appear more than once (names are case-insensitive, spaces and "
+                      "underscores alike)")
+    df = df.set_axis(names, axis=1).loc[:, ~pd.Index(names).duplicated()]
+    if close == ADJ_CLOSE and ADJ_CLOSE not in names:
+        faults.append(f"no {ADJ_CLOSE!r} column (the market's close: {ADJ_CLOSE}); got columns {names}")
+    elif close != ADJ_CLOSE and "close" not in names:
+        hint = f" (to use {ADJ_CLOSE!r}, set the market's close: {ADJ_CLOSE})" if ADJ_CLOSE in names else ""
+        faults.append(f"no 'close' column; got columns {names}{hint}")
+    kept = [c for c in PRICE_COLUMNS if c in names] + ([ADJ_CLOSE] if close == ADJ_CLOSE and ADJ_CLOSE in names else [])
+    extra = [n for n in names if n not in kept]
     if extra:
         logger.info("market %r: dropping columns outside the prices frame: %s", market, extra)
-    return df[[c for c in PRICE_COLUMNS if c in names]]
+    return df[kept]
 
 
-def _to_float(col: pd.Series, name: str, market: str) -> pd.Series:
+def _at(idx: pd.DatetimeIndex | None, i: int) -> str:
+    """``on YYYY-MM-DD`` for row ``i``, or ``at row i`` when its date is unknown."""
+    return f"at row {i}" if idx is None or pd.isna(idx[i]) else f"on {_day(idx[i])}"
+
+
+def _to_float(col: pd.Series, name: str, idx: pd.DatetimeIndex | None, faults: list[str]) -> np.ndarray:
+    """The column as float64; a value that is not a number is a fault and becomes NaN."""
     if pd.api.types.is_numeric_dtype(col.dtype) and not pd.api.types.is_bool_dtype(col.dtype):
-        return col.astype("float64")
+        return col.to_numpy(dtype="float64", na_value=np.nan)
     values = col.to_numpy(dtype=object)
-    numbers = pd.to_numeric(pd.Series(values, dtype=object), errors="coerce").to_numpy(dtype="float64")
+    numbers = pd.to_numeric(pd.Series(values, dtype=object), errors="coerce").to_numpy(dtype="float64", copy=True)
     bad = (np.isnan(numbers) & col.notna().to_numpy()) | np.array([isinstance(v, bool | np.bool_) for v in values])
     if bad.any():  # numeric strings (a column pandas read as text) are numbers; anything else is not
         i = int(np.flatnonzero(bad)[0])
-        raise DataError(
-            f"market {market!r}: column {name!r} must be numeric; first non-numeric value "
-            f"{values[i]!r} on {_day(col.index[i])} (dtype {col.dtype}, {int(bad.sum())} such value(s))"
-        )
-    return pd.Series(numbers, index=col.index)
+        faults.append(f"column {name!r} must be numeric; first non-numeric value {values[i]!r} {_at(idx, i)} "
+                      f"(dtype {col.dtype}, {int(bad.sum())} such value(s))")
+        numbers[bad] = np.nan
+    return numbers
 
 
-def validate_frame(df: pd.DataFrame, market: str, *, timezone: str | None = None) -> pd.DataFrame:
+def _range_faults(name: str, vals: np.ndarray, idx: pd.DatetimeIndex | None, faults: list[str]) -> None:
+    bad = np.isinf(vals) | ((vals <= 0) if name in POSITIVE_COLUMNS or name == ADJ_CLOSE else (vals < 0))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        rule = ">= 0" if name == "volume" else "> 0"
+        faults.append(f"column {name!r} must be finite and {rule}; {int(bad.sum())} bad value(s), first "
+                      f"{float(vals[i])!r} {_at(idx, i)}")
+
+
+def _adjusted(df: pd.DataFrame, market: str) -> pd.DataFrame:
+    """``adj_close`` as ``close``, ``open high low`` scaled by ``adj_close / close`` (dropped without a ``close``)."""
+    adj = df.pop(ADJ_CLOSE)
+    bars = [c for c in ("open", "high", "low") if c in df.columns]
+    if "close" in df.columns:
+        df[bars] = df[bars].mul(adj / df["close"], axis=0)
+    elif bars:
+        logger.info("market %r: dropping %s: no unadjusted 'close' to scale them to %r", market, bars, ADJ_CLOSE)
+        df = df.drop(columns=bars)
+    df["close"] = adj
+    return df[[c for c in PRICE_COLUMNS if c in df.columns]]
+
+
+def validate_frame(df: pd.DataFrame, market: str, *, timezone: str | None = None, close: str = "close",
+                   origin: str | None = None) -> pd.DataFrame:
     """Check the structural contract of a prices frame and return it in canonical form.
 
-    Dates come from a ``DatetimeIndex``, else from a ``date`` column (any case; an unnamed first
-    column, as ``to_csv`` writes an unnamed index, is taken as one) of datetimes or ISO-8601 strings.
+    Dates come from a ``DatetimeIndex``, else from a ``date`` column (an unnamed first column, as
+    ``to_csv`` writes an unnamed index, is taken as one) of datetimes or ISO-8601 strings.
     Each row's date is a calendar date, by one rule:
 
     - a tz-aware timestamp (a tz-aware index, or a string with an offset: ``Z``, ``+01:00``) is
@@ -158,15 +219,24 @@ def validate_frame(df: pd.DataFrame, market: str, *, timezone: str | None = None
     - a naive timestamp or a plain date is taken as given;
     - a time of day is then dropped (16:00 on 2024-03-04 is 2024-03-04).
 
+    Column names are matched by :func:`column_key`: case-insensitive, spaces and underscores alike
+    (``Adj Close`` is ``adj_close``).
+
     Parameters
     ----------
     df : DataFrame, shape (n_rows, n_columns)
-        Prices indexed by date (or with a date column); column names are case-insensitive,
-        columns other than ``open high low close volume`` are dropped.
+        Prices indexed by date (or with a date column); columns other than
+        ``open high low close volume`` (and ``adj_close`` when ``close`` names it) are dropped.
     market : str
         Market name, used in error messages.
     timezone : str, optional
         The exchange's IANA time zone (:attr:`MarketConfig.timezone`).
+    close : {"close", "adj_close"}
+        Which column is the close (:attr:`MarketConfig.close`). With ``"adj_close"`` the adjusted
+        column becomes ``close`` and ``open high low`` are scaled by ``adj_close / close`` row by row,
+        so a bar stays consistent (without a ``close`` column they are dropped).
+    origin : str, optional
+        Where the frame came from, named in errors after the market (``prices file '/data/spy.csv'``).
 
     Returns
     -------
@@ -178,52 +248,45 @@ def validate_frame(df: pd.DataFrame, market: str, *, timezone: str | None = None
     Raises
     ------
     DataError
-        Missing ``close`` or date column, dates that are integers or not ISO-8601, an empty frame,
-        missing/duplicated/unsorted dates, non-numeric or non-finite values, prices <= 0 or
-        negative volume; the message names the market, the column and the first bad date.
+        Every structural fault found, in one error: a missing ``close`` or date column, dates that
+        are integers or not ISO-8601, an empty frame, missing/duplicated/unsorted dates, non-numeric
+        or non-finite values, prices <= 0 or negative volume; each names the column and the first
+        bad value and its date (or row); the message names the market (and ``origin``).
     """
     if not isinstance(df, pd.DataFrame):
         raise DataError(f"market {market!r}: expected a pandas DataFrame, got {type(df).__name__}")
-    body, date_col, raw_dates = _date_source(df, market)
-    df = _normalise_columns(body, market)
-    if len(df) == 0:
-        raise DataError(f"market {market!r}: the prices frame is empty (no rows in column 'close')")
-    if not isinstance(raw_dates, pd.DatetimeIndex):
-        raw_dates = _parse_dates(raw_dates, date_col, market, timezone)
-    idx = _calendar_dates(raw_dates, date_col, market, timezone)
-    df = df.set_axis(idx)
+    faults: list[str] = []
+    body, date_col, raw_dates = _date_source(df, market, faults)
+    body = _normalise_columns(body, close, faults, market)
+    if len(body) == 0:
+        faults.append(f"the prices frame is empty (no rows in column {close!r})")
+        _raise(faults, market, origin)
+    idx = None
+    if raw_dates is not None:
+        missing = np.asarray(pd.isna(raw_dates))
+        if not isinstance(raw_dates, pd.DatetimeIndex):
+            raw_dates = _parse_dates(raw_dates, date_col, timezone, faults)
+        if raw_dates is not None:
+            idx = _calendar_dates(raw_dates, date_col, market, timezone, faults, missing)
+        if idx is not None:
+            _order_faults(idx, raw_dates, date_col, faults)
+    columns = {c: _to_float(body[c], c, idx, faults) for c in body.columns}
+    for c, vals in columns.items():
+        _range_faults(c, vals, idx, faults)
+    _raise(faults, market, origin)
+    out = pd.DataFrame(columns, index=idx, columns=list(body.columns))
+    return _adjusted(out, market) if close == ADJ_CLOSE else out
 
-    dup = idx.duplicated()
-    if dup.any():
-        first = idx[int(np.flatnonzero(dup)[0])]
-        several = "; several timestamps on one day: intraday data?" if raw_dates.is_unique else ""
-        raise DataError(
-            f"market {market!r}: column {date_col!r} has duplicated dates ({int(dup.sum())}), first {_day(first)}"
-            f"{several}"
-        )
-    if len(idx) > 1:
-        back = np.flatnonzero(idx.asi8[1:] < idx.asi8[:-1])
-        if back.size:
-            i = int(back[0]) + 1
-            raise DataError(
-                f"market {market!r}: column {date_col!r} is not increasing: {_day(idx[i])} comes after "
-                f"{_day(idx[i - 1])}"
-            )
 
-    out = pd.DataFrame(
-        {c: _to_float(df[c], c, market).to_numpy() for c in df.columns}, index=idx, columns=list(df.columns)
-    )
-    for c in out.columns:
-        vals = out[c].to_numpy()
-        bad = np.isinf(vals) | ((vals <= 0) if c in POSITIVE_COLUMNS else (vals < 0))
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            rule = "> 0" if c in POSITIVE_COLUMNS else ">= 0"
-            raise DataError(
-                f"market {market!r}: column {c!r} must be finite and {rule}; {int(bad.sum())} bad "
-                f"value(s), first {float(vals[i])!r} on {_day(idx[i])}"
-            )
-    return out
+def _raise(faults: list[str], market: str, origin: str | None) -> None:
+    """Raise one :class:`DataError` holding every fault (nothing when there is none)."""
+    if not faults:
+        return
+    where = f"market {market!r}: {origin}: " if origin else f"market {market!r}: "
+    if len(faults) == 1:
+        raise DataError(where + faults[0])
+    listed = "; ".join(f"({i}) {f}" for i, f in enumerate(faults, 1))
+    raise DataError(f"{where}{len(faults)} structural faults: {listed}")
 
 
 def price_arrays(prices: pd.DataFrame, market: str) -> tuple[dict[str, np.ndarray], pd.DatetimeIndex]:

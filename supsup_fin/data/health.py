@@ -5,7 +5,10 @@ Checks run in this order on the output of the previous one: ``missing``, ``high_
 
 - ``error``: raise :class:`DataError` naming market, column, count and first date;
 - ``repair``: fix the frame and log counts (``logger.info``);
-- ``warn``: log a warning with counts and first date (``logger.warning``), keep the data.
+- ``warn``: log a warning with counts and first date (``logger.warning``), keep the data. The same
+  warning (same market, check and finding) is a warning once per process; a repeat, as when a
+  flow loads the prices a command loaded before, is logged at ``INFO`` (kept in a log file, off a
+  quiet terminal).
 
 The ``jump`` check first refuses absurd closes under every policy: a close more than
 ``data.jump.absurd`` times (default 20) above or below the previous known close, i.e.
@@ -25,6 +28,7 @@ rows from the last long gap on.
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,8 +69,9 @@ class Finding:
 class HealthReport:
     """What :func:`check_health` found and did for one market.
 
-    ``ok`` is True when the returned frame has no known fault left: every finding was repaired
-    (findings with ``action == "warn"`` make it False).
+    Every finding was handled by its policy (a check set to ``error`` raises instead of reporting).
+    ``clean`` is True when the returned frame has no known fault left: every finding was repaired
+    (a finding kept under policy ``warn`` makes it False).
     """
 
     market: str
@@ -75,7 +80,7 @@ class HealthReport:
     findings: tuple[Finding, ...] = ()
 
     @property
-    def ok(self) -> bool:
+    def clean(self) -> bool:
         return all(f.action == "repair" for f in self.findings)
 
     def find(self, check: str) -> list[Finding]:
@@ -91,6 +96,18 @@ def _day(ts: pd.Timestamp) -> str:
     return ts.strftime("%Y-%m-%d")
 
 
+_warned: set[str] = set()
+_warned_lock = threading.Lock()
+
+
+def _warn_once(msg: str) -> None:
+    """``msg`` as a warning the first time in this process, at ``INFO`` after that."""
+    with _warned_lock:
+        first = msg not in _warned
+        _warned.add(msg)
+    logger.log(logging.WARNING if first else logging.INFO, "%s", msg)
+
+
 class _Run:
     """Applies policies and collects findings for one market."""
 
@@ -103,7 +120,7 @@ class _Run:
         if policy == "error":
             raise DataError(f"{msg} (policy 'error')")
         if policy == "warn":
-            logger.warning("%s (kept, policy 'warn')", msg)
+            _warn_once(f"{msg} (kept, policy 'warn')")
         else:
             logger.info("%s", msg)
         self.findings.append(Finding(check, int(count), policy, first, detail))

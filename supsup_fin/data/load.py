@@ -12,7 +12,7 @@ import pandas as pd
 
 from supsup_fin.config import DataConfig, MarketConfig
 from supsup_fin.data.bundled import load_bundled
-from supsup_fin.data.files import read_price_file
+from supsup_fin.data.files import file_origin, read_price_file
 from supsup_fin.data.frame import frame_hash, validate_frame
 from supsup_fin.data.health import HealthReport, check_health
 from supsup_fin.data.synthetic import generate_synthetic
@@ -70,8 +70,8 @@ def load_prices(
     ----------
     market : MarketConfig
         Which source and locator (ticker, dataset, path; ``seed`` for synthetic); ``timezone``
-        converts tz-aware timestamps before their calendar date is taken (the rule is in
-        :func:`~supsup_fin.data.frame.validate_frame`).
+        converts tz-aware timestamps before their calendar date is taken and ``close`` picks a
+        file's close column (the rules are in :func:`~supsup_fin.data.frame.validate_frame`).
     data : DataConfig
         Health-check policies and Yahoo settings.
     cache_dir : Path
@@ -90,7 +90,8 @@ def load_prices(
     Raises
     ------
     DataError
-        The source cannot deliver, the frame is structurally broken, or a check set to ``error`` fired.
+        The source cannot deliver, the frame is structurally broken (every fault in one error; a
+        file's names its path), or a check set to ``error`` fired.
     """
     days = 0
     if market.source == "yahoo":
@@ -105,7 +106,8 @@ def load_prices(
     else:
         raw, source = read_price_file(str(market.path), market.name), "file"
 
-    frame = validate_frame(raw, market.name, timezone=market.timezone)
+    origin = file_origin(str(market.path)) if source == "file" else None
+    frame = validate_frame(raw, market.name, timezone=market.timezone, close=market.close, origin=origin)
     frame, report = check_health(frame, market.name, data)
     as_of = frame.index[-1]
     if source in ("yahoo", "yahoo-cache"):

@@ -11,13 +11,18 @@ One call of :func:`fetch_yahoo`:
    or no common date: adjusted history was rescaled (a dividend or split), so download the whole
    series from ``yahoo.start`` again.
 3. Each download is tried ``1 + retries`` times with exponential backoff and jitter. An exception,
-   an empty frame (what ``yfinance.download`` returns offline or for an unknown ticker) or a partial
-   frame is a failed attempt. Partial, against the cache: a column the cache has is missing, the
-   rows end before the cache's last date, or a cached date inside the download's range is missing
-   (the cache's last date excepted when later rows came: Yahoo withdraws a bar now and then).
-   So the cache never loses a column or a date to a partial download.
-4. When every attempt fails, serve the cache with a logged warning saying how stale it is (source
-   ``"yahoo-cache"``); with no cache, raise :class:`DataError`.
+   an empty frame (what ``yfinance.download`` returns for an unknown ticker) or a partial frame is a
+   failed attempt. Partial, against the cache: a column the cache has is missing, the rows end
+   before the cache's last date, or a cached date inside the download's range is missing (the
+   cache's last date excepted when later rows came: Yahoo withdraws a bar now and then). So the
+   cache never loses a column or a date to a partial download. A failure that says Yahoo cannot be
+   reached at all (a host name that does not resolve, no route to the host, a refused connection:
+   :func:`unreachable`) ends the download at once: retries are for transient faults (timeouts,
+   throttling, a bad response), and offline a retry only adds its backoff. ``yfinance.download``
+   logs such a failure and returns an empty frame; :func:`yfinance_download` reads the records it
+   logged and raises :class:`ConnectionError`.
+4. When every attempt fails (or one finds Yahoo unreachable), serve the cache with a logged
+   warning saying how stale it is (source ``"yahoo-cache"``); with no cache, raise :class:`DataError`.
 5. The cache is written atomically (:mod:`supsup_fin._atomic`); if the write fails (a full disk)
    the download is still served, with a warning, and the cache stays as it was.
 """
@@ -26,6 +31,9 @@ from __future__ import annotations
 
 import logging
 import random
+import re
+import socket
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -51,13 +59,46 @@ _RTOL = 1e-6
 _jitter = random.Random()
 
 
-class _FetchFailed(Exception):
-    """Every attempt of one download failed."""
+_CURL_UNREACHABLE = re.compile(r"curl: \((?:5|6|7)\) (.+?)(?= \(|\. See|$)")
+"""curl's codes for a proxy or host name that does not resolve (5, 6) and a failed connect (7)."""
+_UNREACHABLE = re.compile(
+    r"(?i)(?:could not resolve host|name or service not known|temporary failure in name resolution|"
+    r"nodename nor servname provided|getaddrinfo failed|connection refused|no route to host|"
+    r"network is unreachable).*?(?= \(|\. |$)")
 
-    def __init__(self, attempts: int, last_error: str) -> None:
+
+def unreachable(error: BaseException | str) -> str | None:
+    """Why ``error`` says Yahoo cannot be reached at all, or ``None`` for any other failure.
+
+    Unreachable: a host name that does not resolve, no route to the host, a refused connection
+    (curl's errors 5, 6, 7, the socket's wording, :class:`socket.gaierror`,
+    :class:`ConnectionRefusedError`). A timeout, a reset connection or an HTTP error is not: it
+    may pass on a retry.
+    """
+    text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+    found = _CURL_UNREACHABLE.search(text)
+    if found:
+        return found.group(1)
+    found = _UNREACHABLE.search(text)
+    if found:
+        return found.group(0)
+    return text if isinstance(error, socket.gaierror | ConnectionRefusedError) else None
+
+
+class _FetchFailed(Exception):
+    """Every attempt of one download failed, or one said Yahoo is unreachable (``offline``: why)."""
+
+    def __init__(self, attempts: int, last_error: str, offline: str | None = None) -> None:
         super().__init__(last_error)
         self.attempts = attempts
         self.last_error = last_error
+        self.offline = offline
+
+    def describe(self) -> str:
+        """``after N attempt(s) (last error: ...)`` or ``(unreachable, not retried: ...)``."""
+        if self.offline:
+            return f"(unreachable, not retried: {self.last_error})"
+        return f"after {self.attempts} attempt(s) (last error: {self.last_error})"
 
 
 @dataclass(frozen=True, eq=False)
@@ -70,14 +111,50 @@ class YahooFetch:
     attempts: int
 
 
+class _ThreadMessages(logging.Filter):
+    """Collects the messages of the records the creating thread logs (the records pass on unchanged)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.thread = threading.get_ident()
+        self.messages: list[str] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.thread == self.thread:
+            self.messages.append(record.getMessage())
+        return True
+
+
 def yfinance_download(**kwargs: Any) -> pd.DataFrame | None:
-    """Call ``yfinance.download``, silencing the deprecation warnings yfinance triggers in pandas."""
+    """Call ``yfinance.download`` on this thread (``threads=False``) and return its frame.
+
+    When it returns no rows and one of the records it logged during the call says Yahoo cannot be
+    reached (:func:`unreachable`), :class:`ConnectionError` is raised with that reason. The
+    deprecation warnings yfinance triggers in pandas are ignored (set in the process's filters, not
+    in a ``catch_warnings`` block: that block restores the filters of the thread that leaves it
+    last, so downloads on parallel threads would drop each other's).
+
+    Raises
+    ------
+    ConnectionError
+        Yahoo cannot be reached: a host name that does not resolve, no route, a refused connection.
+    """
     import yfinance
 
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"yfinance")
-        warnings.filterwarnings("ignore", category=FutureWarning, module=r"yfinance")
-        return yfinance.download(**kwargs)
+    for category in (DeprecationWarning, FutureWarning):
+        warnings.filterwarnings("ignore", category=category, module=r"yfinance")
+    logged = _ThreadMessages()
+    yf_logger = logging.getLogger("yfinance")
+    yf_logger.addFilter(logged)
+    try:
+        raw = yfinance.download(**{"threads": False, **kwargs})
+    finally:
+        yf_logger.removeFilter(logged)
+    if raw is None or len(raw) == 0:
+        reason = next((r for r in map(unreachable, logged.messages) if r), None)
+        if reason:
+            raise ConnectionError(reason)
+    return raw
 
 
 def flatten_yahoo(raw: pd.DataFrame | None, ticker: str) -> pd.DataFrame:
@@ -163,6 +240,11 @@ def _download(
             last = partial
         except Exception as err:  # any failure of a third-party download is one failed attempt
             last = f"{type(err).__name__}: {err}"
+            why = unreachable(err)
+            if why:
+                logger.info("download of %r %s..%s: Yahoo is unreachable (%s); not retrying", ticker,
+                            start.date(), end.date(), why)
+                raise _FetchFailed(i + 1, last, why) from None
         logger.info("download of %r %s..%s failed (attempt %d/%d): %s", ticker, start.date(), end.date(),
                     i + 1, attempts, last)
         if i + 1 < attempts:
@@ -272,14 +354,13 @@ def fetch_yahoo(
         parquet, _ = cache_paths(cache_dir, ticker)
         if cache is None:
             raise DataError(
-                f"market {market!r}: could not download ticker {ticker!r} from Yahoo after {err.attempts} "
-                f"attempt(s) (last error: {err.last_error}) and there is no cache at {str(parquet)!r}; "
-                "for offline use configure the bundled source (source: bundled, dataset: sp500 | nasdaq | wti)"
+                f"market {market!r}: could not download ticker {ticker!r} from Yahoo {err.describe()} and there "
+                f"is no cache at {str(parquet)!r}; for offline use configure the bundled source (source: bundled, "
+                "dataset: sp500 | nasdaq | wti)"
             ) from None
         days = stale_days(cache.index[-1], now_ts)
-        logger.warning("market %r: Yahoo download of %r failed after %d attempt(s) (last error: %s); "
-                       "serving the cache up to %s, %d day(s) stale", market, ticker, err.attempts,
-                       err.last_error, cache.index[-1].date(), days)
+        logger.warning("market %r: Yahoo download of %r failed %s; serving the cache up to %s, %d day(s) stale",
+                       market, ticker, err.describe(), cache.index[-1].date(), days)
         return YahooFetch(cache, "yahoo-cache", "cache", used)
 
     frame = validate_frame(frame, market)  # a broken download raises here and never reaches the cache

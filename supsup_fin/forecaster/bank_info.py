@@ -10,7 +10,7 @@ from typing import Any
 from supsup_fin.config import Config
 from supsup_fin.errors import MaskFileError
 from supsup_fin.forecaster.gating import RegimeGatedForecaster
-from supsup_fin.masks import FrozenNet, MaskBank, jaccard_matrix, layer_densities
+from supsup_fin.masks import FrozenNet, MaskBank, jaccard_chance, jaccard_matrix, layer_densities
 from supsup_fin.workspace import Workspace
 
 
@@ -54,5 +54,6 @@ def describe_bank(bank: MaskBank, overlap: bool = False) -> dict[str, Any]:
     }
     if overlap and bank.names:
         names, matrix = jaccard_matrix(bank)
-        info["overlap"] = {"names": list(names), "matrix": matrix.round(4).tolist()}
+        chance = jaccard_chance([t["density"] for t in tasks])
+        info["overlap"] = {"names": list(names), "matrix": matrix.round(4).tolist(), "chance": chance.round(4).tolist()}
     return info

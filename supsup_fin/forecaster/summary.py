@@ -26,7 +26,12 @@ def plain_number(v: Any) -> Any:
 def retrain_summary(
     cfg: Config, ev: Evaluation, run: RunRecord, *, elapsed_s: float, timings: dict[str, float]
 ) -> dict[str, Any]:
-    """Per-task and per-market test scores, the registry's decision and where it was recorded."""
+    """Per-task and per-market test scores, the registry's decision and where it was recorded.
+
+    ``registered_model.version`` is the version holding this retrain's model; when the champion
+    already had the same data, config and code nothing was registered and ``unchanged_since``
+    names that version (else it is None).
+    """
     test = ev.tasks[ev.tasks.segment == "test"]
     tasks = [
         {"task": r["task"], "market": r["market"], "regime": r["regime"], "n_train": int(r["n_train"]),
@@ -44,7 +49,8 @@ def retrain_summary(
         "markets": [m.name for m in cfg.markets],
         "tasks": tasks,
         "forecaster": markets,
-        "registered_model": {"name": run.model_name, "version": run.version, "aliases": sorted(run.aliases)},
+        "registered_model": {"name": run.model_name, "version": run.version, "aliases": sorted(run.aliases),
+                             "unchanged_since": run.unchanged_since},
         "promotion": {"promoted": d.promoted, "metric": d.metric, "valid_score": plain_number(d.score),
                       "valid_baseline": plain_number(d.baseline_score), "champion_version": d.champion_version,
                       "champion_score": plain_number(d.champion_score), "reason": d.reason,

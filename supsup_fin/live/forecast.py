@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
@@ -35,8 +34,6 @@ def forecast_one(model: Any, version: int, lp: LoadedPrices) -> dict[str, Any]:
     """
     min_rows = int((model.metadata.metadata or {})["min_rows"])
     out = predict_payload(model, payload(lp.market, lp.frame, min_rows)).iloc[0].to_dict()
-    out["regime_posterior"] = json.loads(out["regime_posterior"])
-    out["masks"] = json.loads(out["masks"])
     out |= {"model_version": version, "source": lp.source, "data_as_of": str(lp.as_of.date()),
             "stale_days": lp.stale_days}
     return out

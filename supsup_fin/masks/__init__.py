@@ -17,7 +17,7 @@ Forms (``method=``): ``edge_popup`` (exact top-k density, option ``erdos_renyi``
 
 from __future__ import annotations
 
-from supsup_fin.masks.analysis import jaccard_matrix, layer_densities, plot_jaccard
+from supsup_fin.masks.analysis import jaccard_chance, jaccard_matrix, layer_densities, plot_jaccard
 from supsup_fin.masks.bank import FORMAT_VERSION, MaskBank
 from supsup_fin.masks.forms import (
     MASK_FORMS,
@@ -53,6 +53,7 @@ __all__ = [
     "erdos_renyi_densities",
     "get_form",
     "infer_task",
+    "jaccard_chance",
     "jaccard_matrix",
     "layer_densities",
     "plot_jaccard",

@@ -58,6 +58,25 @@ def jaccard_matrix(
     return names, matrix
 
 
+def jaccard_chance(densities: Sequence[float]) -> np.ndarray:
+    """The Jaccard overlap two independent random masks of these densities have on average.
+
+    For independent masks keeping fractions ``p`` and ``q`` of the weights, the intersection keeps
+    ``pq`` and the union ``p + q - pq``: chance is ``pq / (p + q - pq)``, e.g. 1/3 at density 0.5.
+    An overlap near it says the masks share no more weights than unrelated ones would.
+
+    Returns
+    -------
+    np.ndarray ``[k, k]``: chance per pair, 1 on the diagonal (and for two empty masks).
+    """
+    d = np.asarray(densities, dtype=np.float64)
+    both = np.outer(d, d)
+    union = d[:, None] + d[None, :] - both
+    chance = np.where(union > 0, both / np.where(union > 0, union, 1.0), 1.0)
+    np.fill_diagonal(chance, 1.0)
+    return chance
+
+
 def plot_jaccard(
     names: Sequence[str], matrix: np.ndarray, path: str | os.PathLike[str] | None = None, title: str | None = None
 ) -> Figure:

@@ -11,7 +11,8 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.models.model import ModelInfo
-from mlflow.types.schema import ColSpec, Schema
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.types.schema import ColSpec, DataType, Map, Schema
 
 from supsup_fin.data.frame import validate_frame
 from supsup_fin.errors import DataError
@@ -26,19 +27,56 @@ MAX_ROWS_PER_MARKET = 2_000
 
 
 class PayloadError(MlflowException, DataError):
-    """A payload the served model refuses: MLflow's scoring server answers it with a 400, and
-    callers of the library catch it as a :class:`DataError`."""
+    """A payload the served model refuses: MLflow's scoring server answers it with a 400 whose
+    message is this one sentence, and callers of the library catch it as a :class:`DataError`."""
+
+    def __init__(self, message: str, error_code: int = INVALID_PARAMETER_VALUE, **kwargs: object) -> None:
+        super().__init__(message, error_code=error_code, **kwargs)
+        self.reason = message
+
+    def serialize_as_json(self) -> str:
+        # the scoring server prefixes ``message`` with a dump of the whole input frame before
+        # it serializes the error: the answer keeps the reason alone
+        return json.dumps({"error_code": self.error_code, "message": self.reason})
 
 
 def predict_payload(model: mlflow.pyfunc.PyFuncModel, frame: pd.DataFrame) -> pd.DataFrame:
-    """``model.predict(frame)``, a refused payload raised as :class:`DataError` (also by models
-    registered before :class:`PayloadError`, whose refusals are plain ``MlflowException``)."""
+    """``model.predict(frame)``, a refused payload raised as :class:`DataError` with the reason the
+    server gives (models registered before :class:`PayloadError` refuse with a plain ``MlflowException``)."""
+    check_payload(frame)
     try:
         return model.predict(frame)
     except MlflowException as err:
         if isinstance(err, DataError) or err.error_code != "INVALID_PARAMETER_VALUE":
             raise
         raise DataError(" ".join(err.message.split())) from None
+
+
+def check_payload(frame: pd.DataFrame) -> None:
+    """Refuse (:class:`DataError`) a payload without the columns ``market, date, close``, or
+    with a value in ``close`` (or ``open high low volume``) that is not a number, naming the
+    market, column, row and date: the checks the model's signature makes, said the same way as
+    the model's own."""
+    missing = [c for c in ("market", "date", "close") if c not in frame.columns]
+    if missing:
+        raise DataError(f"payload needs columns market, date, close; missing {missing} (got {list(frame.columns)})")
+    for column in ("close", *[c for c in OPTIONAL_COLUMNS if c in frame.columns]):
+        values = frame[column]
+        if pd.api.types.is_numeric_dtype(values):
+            continue
+        bad = next((i for i, (v, given) in enumerate(zip(values, values.notna())) if given and not _is_number(v)), None)
+        if bad is not None:
+            raise DataError(f"market {frame['market'].iloc[bad]!r}: column {column!r} expected a number; "
+                            f"row {bad} (date {frame['date'].iloc[bad]}) has {values.iloc[bad]!r}")
+
+
+def _is_number(value: object) -> bool:
+    """Whether ``float(value)`` works, as the signature's conversion of a column to double needs."""
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def payload(market: str, prices: pd.DataFrame, rows: int) -> pd.DataFrame:
@@ -52,14 +90,13 @@ def payload(market: str, prices: pd.DataFrame, rows: int) -> pd.DataFrame:
 def forecasts_from_payload(forecaster: RegimeGatedForecaster, frame: pd.DataFrame) -> pd.DataFrame:
     """One forecast row per market in ``frame`` (the pyfunc input layout).
 
-    Refuses (:class:`DataError`) an empty payload, a row without a market or with a date that is
-    not an ISO-8601 string, and more than :func:`max_rows` rows of one market, before any work;
-    then each market's rows as :func:`~supsup_fin.data.frame.validate_frame` and
-    :meth:`RegimeGatedForecaster.predict` do.
+    Refuses (:class:`DataError`) what :func:`check_payload` refuses, an empty payload, a row
+    without a market or with a date that is not an ISO-8601 string, and more than
+    :func:`max_rows` rows of one market, before any work; then each market's rows as
+    :func:`~supsup_fin.data.frame.validate_frame` and :meth:`RegimeGatedForecaster.predict` do.
+    ``regime_posterior`` and ``masks`` hold a dict per row.
     """
-    missing = [c for c in ("market", "date", "close") if c not in frame.columns]
-    if missing:
-        raise DataError(f"payload needs columns market, date, close; missing {missing} (got {list(frame.columns)})")
+    check_payload(frame)
     if not len(frame):
         raise DataError(f"payload has no rows; expected at least min_rows={forecaster.min_rows} rows per market")
     markets, dates = frame["market"].tolist(), frame["date"].tolist()
@@ -87,7 +124,7 @@ def forecasts_from_payload(forecaster: RegimeGatedForecaster, frame: pd.DataFram
             **{f"prior_{c}": p for c, p in f["prior"].items()},
             "signal": f["signal"], "expected_return": f["expected_return"], "position": f["position"],
             "regime": f["regime"],
-            "regime_posterior": json.dumps(f["regime_posterior"]), "masks": json.dumps(f["masks"]),
+            "regime_posterior": f["regime_posterior"], "masks": f["masks"],
             "mode": f["mode"], "out_of_distribution": f["out_of_distribution"],
         })
     return pd.DataFrame(out)
@@ -100,7 +137,8 @@ def max_rows(forecaster: RegimeGatedForecaster) -> int:
 
 
 def signature(classes: list[str]) -> ModelSignature:
-    """Input: market rows (OHLV optional); output: one forecast row per market."""
+    """Input: market rows (OHLV optional); output: one forecast row per market, its
+    ``regime_posterior`` (regime -> probability) and ``masks`` (mask -> weight) JSON objects."""
     inputs = Schema([
         ColSpec("string", "market"), ColSpec("string", "date"), ColSpec("double", "close"),
         *[ColSpec("double", c, required=False) for c in OPTIONAL_COLUMNS],
@@ -111,8 +149,9 @@ def signature(classes: list[str]) -> ModelSignature:
         *[ColSpec("double", f"p_{c}") for c in classes],
         *[ColSpec("double", f"prior_{c}") for c in classes],
         ColSpec("double", "signal"), ColSpec("double", "expected_return"), ColSpec("double", "position"),
-        ColSpec("string", "regime"), ColSpec("string", "regime_posterior"),
-        ColSpec("string", "masks"), ColSpec("string", "mode"), ColSpec("string", "out_of_distribution"),
+        ColSpec("string", "regime"), ColSpec(Map(DataType.double), "regime_posterior"),
+        ColSpec(Map(DataType.double), "masks"),
+        ColSpec("string", "mode"), ColSpec("string", "out_of_distribution"),
     ])
     return ModelSignature(inputs=inputs, outputs=outputs)
 

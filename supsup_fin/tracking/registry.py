@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import tempfile
@@ -9,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import mlflow
 from mlflow.exceptions import MlflowException
@@ -28,6 +30,8 @@ CHAMPION, CHALLENGER = "champion", "challenger"
 HIGHER_IS_BETTER = {"accuracy": True, "log_loss": False}
 HISTORY_TAG = "champion.history"  # registered-model tag: versions that held champion, oldest first
 MANIFEST_TAG = "forecaster.manifest_sha256"  # version tag: sha256 of the forecaster's manifest.json
+INPUTS_TAG = "inputs.sha256"  # version and run tag: sha256 of the retrain's data hashes, config and code
+BLOCKED = "not promoted without --force"  # how the reason of a version kept back by a blocker starts
 
 
 @dataclass(frozen=True)
@@ -110,7 +114,7 @@ def decide(
     elif champ_score is not None and not _beats(score, champ_score, metric, margin):
         promoted, reason = False, f"valid {metric} {score:.4f} does not beat champion v{champ} ({champ_score:.4f})"
     elif blocked and not force:
-        promoted, reason = False, f"not promoted without --force: {blocked}"
+        promoted, reason = False, f"{BLOCKED}: {blocked}"
     else:
         promoted = True
         reason = f"valid {metric} {score:.4f} beats the class prior {baseline:.4f} and {vs}"
@@ -125,6 +129,26 @@ def decide(
         set_champion(client, name, version)
     log.info("model %s v%d: %s", name, version, reason)
     return decision
+
+
+def inputs_sha256(data_hashes: dict[str, str], config: dict[str, Any], code: str) -> str:
+    """Hex sha256 of what a retrain is made of: each market's data hash, the flat config and the code hash."""
+    doc = {"data": data_hashes, "config": config, "code": code}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def unchanged_since(client: MlflowClient, name: str, inputs: str) -> int | None:
+    """The champion's version when it was made from the same ``inputs`` (:func:`inputs_sha256`)
+    and still loads, else None: retraining would only register a copy of it."""
+    champ = champion_version(client, name)
+    if champ is None or client.get_model_version(name, str(champ)).tags.get(INPUTS_TAG) != inputs:
+        return None
+    problem = version_problem(client, name, champ)
+    if problem:
+        log.info("model %s: champion v%d has these inputs but cannot be loaded (%s); registering anew",
+                 name, champ, problem)
+        return None
+    return champ
 
 
 def aliases(client: MlflowClient, name: str, version: int) -> list[str]:

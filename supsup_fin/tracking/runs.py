@@ -6,11 +6,14 @@ import json
 import logging
 import math
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import mlflow
 import pandas as pd
+from mlflow.tracking import MlflowClient
 
 from supsup_fin.config import Config, TrackingConfig
 from supsup_fin.data import LoadedPrices
@@ -20,21 +23,39 @@ from supsup_fin.forecaster.gating import RegimeGatedForecaster
 from supsup_fin.forecaster.persist import manifest_sha256
 from supsup_fin.forecaster.prepare import RegimeFit
 from supsup_fin.regimes import plot_regimes
+from supsup_fin.tracking.describe import NOTE_TAG, changed_inputs, describe_model, log_prices, retrain_description
 from supsup_fin.tracking.model import log_forecaster, payload
 from supsup_fin.tracking.recovery import fail_abandoned_runs
-from supsup_fin.tracking.registry import MANIFEST_TAG, Decision, aliases, decide, delete_version
-from supsup_fin.tracking.store import connect, run_tags, tracking_uri
-from supsup_fin.tracking.versions import prune
+from supsup_fin.tracking.registry import (
+    INPUTS_TAG,
+    MANIFEST_TAG,
+    Decision,
+    aliases,
+    decide,
+    delete_version,
+    inputs_sha256,
+    unchanged_since,
+)
+from supsup_fin.tracking.store import connect, run_tags, source_sha256, tracking_uri
+from supsup_fin.tracking.versions import MODEL_ARTIFACTS, prune
 from supsup_fin.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
-_METRICS = ("accuracy", "baseline_accuracy", "log_loss", "baseline_log_loss", "brier", "baseline_brier")
+NOT_THE_MODEL = ("backtest.", "schedule.")
+"""Config keys a retrain never reads: changing them alone leaves a retrain "unchanged"."""
+
+_SCORES = ("accuracy", "baseline_accuracy", "log_loss", "baseline_log_loss", "brier", "baseline_brier")
 
 
 @dataclass(frozen=True)
 class RunRecord:
-    """Where a retrain was recorded and what the registry did with it."""
+    """Where a retrain was recorded and what the registry did with it.
+
+    ``version`` is the registered version holding this retrain's model: the new one, or with
+    ``unchanged_since`` set, the champion that already had the same data, config and code (then
+    nothing was registered).
+    """
 
     run_id: str
     tracking_uri: str
@@ -42,43 +63,53 @@ class RunRecord:
     version: int
     aliases: list[str]
     decision: Decision
+    unchanged_since: int | None = None
 
 
-def _metrics(evaluation: Evaluation, regimes: dict[str, RegimeFit]) -> dict[str, float]:
+def _metrics(evaluation: Evaluation, regimes: dict[str, RegimeFit], metric: str, mode: str) -> dict[str, float]:
+    """The scalars worth charting, named ``<section>/<chart>``: the MLflow UI shows one section of
+    charts per prefix before the last ``/``. Per segment the mean ``metric`` over markets and its
+    class prior (``valid/log_loss``), per segment and market the served gate mode's scores
+    (``test/sp500/log_loss``), per market the HMM fit (``hmm/sp500/log_likelihood``). Per-task and
+    per-mode scores are in the ``report`` tables."""
+    served = evaluation.markets[evaluation.markets["mode"] == mode]
     out: dict[str, float] = {}
-    for r in evaluation.tasks.to_dict("records"):
-        for m in _METRICS:
-            out[f"{r['segment']}.{r['task']}.{m}"] = r[m]
-        out[f"{r['segment']}.{r['task']}.n_eval"] = r["n_eval"]
-    for r in evaluation.markets.to_dict("records"):
-        for m in _METRICS:
-            out[f"{r['segment']}.{r['market']}.{r['mode']}.{m}"] = r[m]
+    for segment, rows in served.groupby("segment"):
+        out |= {f"{segment}/{metric}": rows[metric].mean(),
+                f"{segment}/baseline_{metric}": rows[f"baseline_{metric}"].mean()}
+    for r in served.to_dict("records"):
+        out |= {f"{r['segment']}/{r['market']}/{k}": r[k] for k in _SCORES}
     for market, rf in regimes.items():
-        out[f"hmm.{market}.log_likelihood"] = float(rf.model.log_likelihood_)
-        out[f"hmm.{market}.converged"] = float(bool(rf.model.converged_))
-        out[f"hmm.{market}.n_states"] = float(rf.model.n_states_)
+        out |= {f"hmm/{market}/log_likelihood": rf.model.log_likelihood_, f"hmm/{market}/n_states": rf.model.n_states_,
+                f"hmm/{market}/converged": bool(rf.model.converged_)}
     return {k: float(v) for k, v in out.items() if pd.notna(v)}
 
 
 def _selection_metrics(forecaster: RegimeGatedForecaster) -> dict[str, float]:
-    """What the selection slice decided: per market the held-out log-loss of every gate mode and of
-    the prior, and per calibration map its temperature, prior weight and held-out log-loss."""
+    """Per market the held-out log-loss of every gate mode and of the class prior, as the
+    selection slice measured them (``selection/sp500/soft_log_loss``)."""
     out: dict[str, float] = {}
     for market, mm in forecaster.markets.items():
-        sel = mm.selection
-        if sel:
-            out[f"selection.{market}.prior_log_loss"] = sel["prior_log_loss"]
-            out[f"selection.{market}.n_holdout"] = sel["n_holdout"]
-            out |= {f"selection.{market}.{mode}.log_loss": v for mode, v in sel["log_loss"].items()}
-        for key, cal in mm.calibrators.items():
-            name = key.replace(":", "_").replace("/", ".")
-            out |= {f"calibration.{market}.{name}.temperature": cal.temperature,
-                    f"calibration.{market}.{name}.prior_weight": cal.weight}
-    for task in forecaster.bank.names:
-        meta = forecaster.bank.meta(task)
-        if "selected_step" in meta:
-            out[f"steps.{task}"] = meta["selected_step"]
+        if mm.selection:
+            out[f"selection/{market}/prior_log_loss"] = mm.selection["prior_log_loss"]
+            out |= {f"selection/{market}/{mode}_log_loss": v for mode, v in mm.selection["log_loss"].items()}
     return {k: float(v) for k, v in out.items() if pd.notna(v)}
+
+
+def _tables(forecaster: RegimeGatedForecaster) -> dict[str, pd.DataFrame]:
+    """The selection, calibration and per-mask figures as tables (``report/<name>.csv``)."""
+    selection, calibration = [], []
+    for market, mm in forecaster.markets.items():
+        sel = mm.selection or {}
+        selection += [{"market": market, "mode": mode, "log_loss": v, "prior_log_loss": sel.get("prior_log_loss"),
+                       "n_holdout": sel.get("n_holdout"), "chosen": mode == mm.mode}
+                      for mode, v in sel.get("log_loss", {}).items()]
+        calibration += [{"market": market, "map": key, "temperature": cal.temperature, "prior_weight": cal.weight}
+                        for key, cal in mm.calibrators.items()]
+    keys = ("n_train", "selected_step", "steps", "carried_from")
+    masks = [{"task": t, **{k: forecaster.bank.meta(t).get(k) for k in keys}} for t in forecaster.bank.names]
+    return {"selection": pd.DataFrame(selection), "calibration": pd.DataFrame(calibration),
+            "masks": pd.DataFrame(masks)}
 
 
 def regime_fallbacks(regimes: dict[str, RegimeFit]) -> tuple[dict[str, str], list[str]]:
@@ -101,64 +132,112 @@ def log_retrain(
 ) -> RunRecord:
     """Record the run, log and register the forecaster, and decide its promotion.
 
-    Nothing is registered when the valid segment gave no score. A version registered here is
-    deleted again if anything after its registration fails, so a failed run leaves no version
-    behind; a run killed in between leaves one without a decision, which the next retrain marks
-    incomplete (:mod:`supsup_fin.tracking.recovery`). A degenerate HMM (fewer regimes than asked)
-    keeps the version from promotion unless ``force``.
+    Nothing is registered when the valid segment gave no score, or, unless ``force``, when the
+    champion was made from the same data, config and code
+    (:func:`~supsup_fin.tracking.registry.unchanged_since`): the run is still recorded, tagged
+    ``unchanged_since`` with the champion's version. A version registered here is deleted again
+    if anything after its registration fails, so a failed run leaves no version behind; a run
+    killed in between leaves one without a decision, which the next retrain marks incomplete
+    (:mod:`supsup_fin.tracking.recovery`). A degenerate HMM (fewer regimes than asked) keeps the
+    version from promotion unless ``force``.
     """
-    mode, metric = cfg.gating.mode, cfg.tracking.metric
+    mode, metric, name = cfg.gating.mode, cfg.tracking.metric, cfg.tracking.model_name
     score, baseline = evaluation.score("valid", metric, mode)
     if not (math.isfinite(score) and math.isfinite(baseline)):
         raise DataError(
             f"the valid segment gave no {metric} (score {score}, class prior {baseline}): no market has scored "
             f"rows in segments.valid ({cfg.segments.valid[0]}..{cfg.segments.valid[1]}); nothing registered")
-    fallback_tags, blockers = regime_fallbacks(regimes)
     client = connect(cfg.tracking, workspace)
-    with mlflow.start_run(run_name=f"retrain-{cfg.name}") as run, tempfile.TemporaryDirectory() as tmp:
+    params, code = {k: str(v)[:500] for k, v in cfg.flat().items()}, source_sha256()
+    data_hashes = {m: lp.data_hash for m, lp in loaded.items()}
+    model_config = {k: v for k, v in cfg.flat().items() if not k.startswith(NOT_THE_MODEL)}
+    inputs = inputs_sha256(data_hashes, model_config, code)
+    same = None if force else unchanged_since(client, name, inputs)
+    changes = changed_inputs(client, name, data_hashes, {k: params[k] for k in model_config}, code, NOT_THE_MODEL)
+    describe = partial(retrain_description, loaded, evaluation, mode=mode, horizon=cfg.features.horizon,
+                       classes=forecaster.classes, changes=changes)
+    with mlflow.start_run(run_name=f"retrain-{cfg.name}") as run:
+        _log_contents(cfg, workspace, loaded, regimes, evaluation, forecaster, timings, params, inputs)
+        if same is not None:
+            tags = client.get_model_version(name, str(same)).tags
+            decision = Decision(same, False, metric, score, baseline, same,
+                                float(tags["valid_score"]) if "valid_score" in tags else None,
+                                f"unchanged since v{same}: the same data, config and code as the champion; "
+                                "nothing registered")
+            mlflow.set_tags({"unchanged_since": str(same), **decision.as_tags(),
+                             NOTE_TAG: describe(decision, unchanged_since=same)})
+            log.info("model %s: %s", name, decision.reason)
+            return RunRecord(run.info.run_id, tracking_uri(cfg.tracking, workspace), name, same,
+                             aliases(client, name, same), decision, unchanged_since=same)
+        version, decision = _register(cfg, client, run.info.run_id, loaded, regimes, forecaster, inputs, describe,
+                                      score=score, baseline=baseline, force=force)
+    prune(client, name, cfg.tracking.keep_last)
+    return RunRecord(run.info.run_id, tracking_uri(cfg.tracking, workspace), name,
+                     version, aliases(client, name, version), decision)
+
+
+def _log_contents(cfg: Config, workspace: Workspace, loaded: dict[str, LoadedPrices], regimes: dict[str, RegimeFit],
+                  evaluation: Evaluation, forecaster: RegimeGatedForecaster, timings: dict[str, float] | None,
+                  params: dict[str, str], inputs: str) -> None:
+    """What every retrain run records: config, data (tags and datasets), metrics, report files."""
+    mlflow.log_params(params)
+    tags = {"supsup_fin.flow": "retrain", INPUTS_TAG: inputs, **run_tags()}
+    for m, lp in loaded.items():
+        tags |= {f"data.{m}.hash": lp.data_hash, f"data.{m}.source": lp.source,
+                 f"data.{m}.as_of": str(lp.as_of.date()), f"data.{m}.rows": str(len(lp.frame))}
+    tags |= {f"gate_mode.{m}": mm.mode for m, mm in forecaster.markets.items() if mm.mode is not None}
+    mlflow.set_tags(tags)
+    log_prices(loaded, cfg.markets, workspace.cache_dir, context="training")
+    mlflow.log_metrics(_metrics(evaluation, regimes, cfg.tracking.metric, cfg.gating.mode)
+                       | _selection_metrics(forecaster) | {f"time/{k}_s": v for k, v in (timings or {}).items()})
+    with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
-        mlflow.log_params({k: str(v)[:500] for k, v in cfg.flat().items()})
-        tags = {"supsup_fin.flow": "retrain", **run_tags()}
-        for m, lp in loaded.items():
-            tags |= {f"data.{m}.hash": lp.data_hash, f"data.{m}.source": lp.source,
-                     f"data.{m}.as_of": str(lp.as_of.date()), f"data.{m}.rows": str(len(lp.frame))}
-        mlflow.set_tags(tags)
-        mlflow.log_metrics(_metrics(evaluation, regimes) | _selection_metrics(forecaster)
-                           | {f"valid.{metric}": score, f"valid.baseline_{metric}": baseline})
-        mlflow.set_tags({f"gate_mode.{m}": mm.mode for m, mm in forecaster.markets.items() if mm.mode is not None})
-        if timings:
-            mlflow.log_metrics({f"time.{k}_s": v for k, v in timings.items()})
         for market, rf in regimes.items():
             plot_regimes(loaded[market].frame, rf.model, tmp_path / f"regimes_{market}.png", title=market)
             (tmp_path / f"hmm_{market}.json").write_text(json.dumps(rf.model.to_dict(), indent=1))
             (tmp_path / f"health_{market}.json").write_text(json.dumps(loaded[market].health.to_records(), indent=1, default=str))
         evaluation.tasks.to_csv(tmp_path / "eval_tasks.csv", index=False)
         evaluation.markets.to_csv(tmp_path / "eval_markets.csv", index=False)
+        for table, frame in _tables(forecaster).items():
+            frame.to_csv(tmp_path / f"{table}.csv", index=False)
         mlflow.log_artifacts(tmp, artifact_path="report")
-        fdir = forecaster.save(tmp_path / "forecaster")
-        mlflow.log_artifacts(str(fdir / "bank"), artifact_path="mask_bank")
+
+
+def _register(
+    cfg: Config, client: MlflowClient, run_id: str, loaded: dict[str, LoadedPrices], regimes: dict[str, RegimeFit],
+    forecaster: RegimeGatedForecaster, inputs: str, describe: Callable[..., str], *, score: float, baseline: float,
+    force: bool,
+) -> tuple[int, Decision]:
+    """Log the forecaster as a new version, decide its promotion and describe it (run, version, model)."""
+    name, metric = cfg.tracking.model_name, cfg.tracking.metric
+    fallback_tags, blockers = regime_fallbacks(regimes)
+    with tempfile.TemporaryDirectory() as tmp:
+        fdir = forecaster.save(Path(tmp) / "forecaster")
+        mlflow.log_artifacts(str(fdir / "bank"), artifact_path=MODEL_ARTIFACTS)
         first = sorted(loaded)[0]
         example = payload(first, loaded[first].frame, forecaster.min_rows)
         manifest = manifest_sha256(fdir)
-        info = log_forecaster(forecaster, fdir, example, cfg.tracking.model_name)
-        version = int(info.registered_model_version)
-        name = cfg.tracking.model_name
-        try:
-            carried = [t for t in forecaster.bank.names if "carried_from" in forecaster.bank.meta(t)]
-            for k, v in {"data_start": str(min(lp.frame.index[0] for lp in loaded.values()).date()),
-                         "data_end": str(max(lp.as_of for lp in loaded.values()).date()),
-                         "markets": ",".join(sorted(loaded)), "carried_masks": str(len(carried)),
-                         MANIFEST_TAG: str(manifest), **fallback_tags}.items():
-                client.set_model_version_tag(name, str(version), k, v)
-            decision = decide(client, name, version, metric, score, baseline, cfg.tracking.margin,
-                              blockers=blockers, force=force)
-            mlflow.set_tags({"registered_version": str(version), "carried_masks": str(len(carried)), **decision.as_tags()})
-        except BaseException:
-            delete_version(client, cfg.tracking.model_name, version)
-            raise
-    prune(client, name, cfg.tracking.keep_last)
-    return RunRecord(run.info.run_id, tracking_uri(cfg.tracking, workspace), name,
-                     version, aliases(client, name, version), decision)
+        info = log_forecaster(forecaster, fdir, example, name)
+    version = int(info.registered_model_version)
+    try:
+        carried = [t for t in forecaster.bank.names if "carried_from" in forecaster.bank.meta(t)]
+        for k, v in {"data_start": str(min(lp.frame.index[0] for lp in loaded.values()).date()),
+                     "data_end": str(max(lp.as_of for lp in loaded.values()).date()),
+                     "markets": ",".join(sorted(loaded)), "carried_masks": str(len(carried)),
+                     MANIFEST_TAG: str(manifest), INPUTS_TAG: inputs, **fallback_tags}.items():
+            client.set_model_version_tag(name, str(version), k, v)
+        decision = decide(client, name, version, metric, score, baseline, cfg.tracking.margin,
+                          blockers=blockers, force=force)
+        text = describe(decision)
+        client.update_model_version(name, str(version), description=text)
+        mlflow.set_tags({"registered_version": str(version), "carried_masks": str(len(carried)),
+                         **decision.as_tags(), NOTE_TAG: text})
+        describe_model(client, name, f"retrain run `{run_id}` registered v{version}"
+                                     f"{' and promoted it' if decision.promoted else ', not promoted'}")
+    except BaseException:
+        delete_version(client, name, version)
+        raise
+    return version, decision
 
 
 def log_forecasts(tracking: TrackingConfig, workspace: Workspace, rows: pd.DataFrame) -> str:

@@ -5,17 +5,22 @@ The champion is resolved, downloaded into the workspace and loaded once before t
 after a promotion. Each uvicorn worker loads the downloaded copy and serves MLflow's scoring app
 (``mlflow.pyfunc.scoring_server``: ``POST /invocations``, ``GET /ping``, ``/health``,
 ``/version``) wrapped in :class:`BodyLimit`, which answers 413 to a body over
-:data:`MAX_BODY_BYTES` before anything parses it.
+:data:`MAX_BODY_BYTES` before anything parses it, and :class:`PlainErrors`, which makes every
+400 one short line saying what is wrong and where (MLflow's own embed the input and a traceback).
 
 Payload: the model's logged input example (``serving_input_example.json``), i.e.
 ``{"dataframe_split": {"columns": ["market", "date", "close", ...], "data": [[...], ...]}}``;
 at most :data:`~supsup_fin.tracking.model.MAX_ROWS_PER_MARKET` rows per market (400 beyond).
+Answer: ``{"predictions": [{...one forecast per market...}]}``, each forecast's
+``regime_posterior`` and ``masks`` a JSON object.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -23,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import pandas as pd
 import yaml
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model
@@ -30,11 +36,14 @@ from mlflow.models.model import MLMODEL_FILE_NAME
 
 from supsup_fin._atomic import atomic_dir
 from supsup_fin.config import TrackingConfig
-from supsup_fin.errors import RegistryError, SupsupError
+from supsup_fin.errors import DataError, RegistryError, SupsupError
 from supsup_fin.forecaster.persist import check_manifest
+from supsup_fin.tracking.model import check_payload
 from supsup_fin.tracking.registry import CHAMPION, MANIFEST_TAG, champion_version, download_forecaster
 from supsup_fin.tracking.store import connect
 from supsup_fin.workspace import Workspace
+
+log = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
 MAX_BODY_BYTES = 2 * 1024 * 1024
@@ -43,6 +52,8 @@ MAX_BODY_BYTES = 2 * 1024 * 1024
 DRAIN_FACTOR = 32
 """An oversized body is read and dropped up to this many times :data:`MAX_BODY_BYTES`, then the
 connection closes."""
+MAX_REASON_CHARS = 200
+"""Longest message of a 400 (longer ones are cut, ending with an ellipsis)."""
 MODEL_DIR_ENV = "SUPSUP_FIN_SERVE_MODEL_DIR"
 """The downloaded model each worker loads (set by :func:`serve_command`)."""
 
@@ -131,11 +142,104 @@ def _too_deep(body: bytes) -> bool:
     return False
 
 
+class PlainErrors:
+    """ASGI middleware: every 400 from ``app`` becomes ``{"error_code", "message"}`` whose message
+    is one line of at most :data:`MAX_REASON_CHARS` characters.
+
+    The reason is what :func:`~supsup_fin.tracking.model.check_payload` finds wrong in the
+    request's table (a missing column, a value that is not a number: named by market, column,
+    row and date), or that the body is not JSON; else ``app``'s own message without the dump of
+    the input MLflow puts before it. A traceback in the answer is logged here, not sent.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request: list[bytes] = []
+        answer: list[bytes] | None = None  # a 400's body, held back until it is whole
+
+        async def recorded() -> Message:
+            message = await receive()
+            request.append(message.get("body", b""))
+            return message
+
+        async def rewritten(message: Message) -> None:
+            nonlocal answer
+            if message["type"] == "http.response.start" and message["status"] == 400:
+                answer = []
+            elif answer is None:
+                await send(message)
+            elif message["type"] == "http.response.body":
+                answer.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    await _answer(send, 400, *_plain_error(b"".join(answer), b"".join(request)))
+
+        await self.app(scope, recorded, rewritten)
+
+
+def _plain_error(answer: bytes, request: bytes) -> tuple[str, str]:
+    """``(error_code, one-line message)`` of a 400 ``answer`` to ``request``."""
+    try:
+        error = json.loads(answer)
+        code, message = str(error["error_code"]), str(error["message"])
+    except (ValueError, TypeError, KeyError):
+        error, code, message = {}, "BAD_REQUEST", answer.decode(errors="replace")
+    if error.get("stack_trace"):
+        log.warning("400 %s: %s\n%s", code, _mlflow_reason(message), error["stack_trace"])
+    reason = _payload_problem(request) or _mlflow_reason(message)
+    return code, reason if len(reason) <= MAX_REASON_CHARS else reason[: MAX_REASON_CHARS - 1] + "…"
+
+
+def _payload_problem(body: bytes) -> str | None:
+    """What is wrong with a request body the scoring server refused, when it is not JSON or its
+    table fails :func:`~supsup_fin.tracking.model.check_payload`; None otherwise."""
+    from mlflow.pyfunc.scoring_server import infer_and_parse_data
+
+    try:
+        decoded = json.loads(body)
+    except ValueError as err:  # UnicodeDecodeError included
+        return (f"request body is not JSON ({' '.join(str(err).split())}); expected "
+                '{"dataframe_split": {"columns": [...], "data": [[...], ...]}}')
+    except RecursionError:
+        return None
+    if not isinstance(decoded, dict):
+        return None
+    try:
+        frame = pd.DataFrame(infer_and_parse_data(decoded))  # the table as sent: no types enforced yet
+        check_payload(frame)
+    except DataError as err:
+        return str(err)
+    except (MlflowException, ValueError, TypeError):  # not a table: MLflow's message says so
+        return None
+    return None
+
+
+_MLFLOW_WRAPPERS = (
+    re.compile(r"^Failed to predict data '.*'\. \nError: ", re.DOTALL),
+    re.compile(r"^Failed to enforce schema of data '.*' with schema '.*'\. Error: ", re.DOTALL),
+)
+
+
+def _mlflow_reason(message: str) -> str:
+    """MLflow's error message without the input it embeds: its first line, the data dumps and
+    the note on the MLflow 2.0 protocol change left out."""
+    from mlflow.pyfunc.scoring_server import SCORING_PROTOCOL_CHANGE_INFO
+
+    for wrapper in _MLFLOW_WRAPPERS:
+        message = wrapper.sub("", message, count=1)
+    first = message.replace(SCORING_PROTOCOL_CHANGE_INFO, "").strip().split("\n")[0]
+    return " ".join(first.split())
+
+
 def scoring_app(model: mlflow.pyfunc.PyFuncModel, max_bytes: int = MAX_BODY_BYTES) -> ASGIApp:
-    """MLflow's scoring app for ``model`` behind :class:`BodyLimit`."""
+    """MLflow's scoring app for ``model`` behind :class:`PlainErrors` and :class:`BodyLimit`."""
     from mlflow.pyfunc import scoring_server
 
-    return BodyLimit(scoring_server.init(model), max_bytes)
+    return BodyLimit(PlainErrors(scoring_server.init(model)), max_bytes)
 
 
 def app_from_env() -> ASGIApp:
@@ -156,7 +260,7 @@ def load_served_model(model_dir: Path, label: str, manifest_sha256: str | None =
         step = ""
         check_manifest(model_dir / "artifacts" / "forecaster", manifest_sha256)
         return mlflow.pyfunc.load_model(str(model_dir))
-    except (SupsupError, MlflowException, OSError, ValueError, yaml.YAMLError) as err:
+    except (SupsupError, MlflowException, OSError, ValueError, TypeError, KeyError, yaml.YAMLError) as err:
         text = " ".join((err.message if isinstance(err, MlflowException) else str(err)).split())
         raise RegistryError(f"{label} cannot be served: {step}{text.replace(str(model_dir), label)}") from None
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import logging
 import os
 import subprocess
@@ -10,6 +12,7 @@ from pathlib import Path
 import mlflow
 from mlflow.tracking import MlflowClient
 
+import supsup_fin
 from supsup_fin.config import TrackingConfig
 from supsup_fin.workspace import Workspace, process_tags
 
@@ -57,17 +60,53 @@ def _open(tracking: TrackingConfig, workspace: Workspace, uri: str) -> MlflowCli
 
 
 def run_tags() -> dict[str, str]:
-    """Tags every run gets: the checkout's commit and the process that runs it (pid, host)."""
-    return {**git_commit(), **process_tags()}
+    """Tags every run gets: the code that runs (:func:`code_tags`) and its process (pid, host)."""
+    return {**code_tags(), **process_tags()}
+
+
+CODE_TAG = "code.sha256"
+"""Run tag: sha256 of the source files of ``supsup_fin`` and ``pipelines`` (:func:`source_sha256`)."""
+
+
+def code_tags() -> dict[str, str]:
+    """The code that runs: its source hash and package version, plus the git commit and dirty
+    flag when the packages are a git checkout's (not, say, installed into a virtualenv inside one)."""
+    root = _packages_root()
+    tags = {CODE_TAG: source_sha256(), "code.version": supsup_fin.__version__}
+    top = _git(root, "rev-parse", "--show-toplevel")
+    if top is not None and Path(top).resolve() == root:
+        tags |= git_commit(root)
+    return tags
+
+
+def _packages_root() -> Path:
+    """The directory holding the ``supsup_fin`` and ``pipelines`` packages."""
+    return Path(supsup_fin.__file__).resolve().parents[1]
+
+
+@functools.cache
+def source_sha256() -> str:
+    """Hex sha256 of every ``.py`` file of ``supsup_fin`` and ``pipelines`` (relative path and bytes,
+    in path order), read once per process: the code this process imported."""
+    root = _packages_root()
+    h = hashlib.sha256()
+    for path in sorted(p for pkg in ("supsup_fin", "pipelines") for p in (root / pkg).rglob("*.py")):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def _git(path: Path, *args: str) -> str | None:
+    try:
+        done = subprocess.run(["git", *args], cwd=path, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
 
 
 def git_commit(path: str | Path = ".") -> dict[str, str]:
     """The checkout's commit and whether it has uncommitted changes (empty outside git)."""
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True, timeout=5)
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=path, capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
+    sha = _git(Path(path), "rev-parse", "HEAD")
+    if sha is None:
         return {}
-    if sha.returncode != 0:
-        return {}
-    return {"git_commit": sha.stdout.strip(), "git_dirty": str(bool(dirty.stdout.strip())).lower()}
+    dirty = _git(Path(path), "status", "--porcelain")
+    return {"git_commit": sha, "git_dirty": str(bool(dirty)).lower()}

@@ -18,7 +18,8 @@ from mlflow.store.artifact.artifact_repository_registry import get_artifact_repo
 from mlflow.tracking import MlflowClient
 
 from supsup_fin.errors import RegistryError
-from supsup_fin.tracking.recovery import INCOMPLETE_TAG, decided
+from supsup_fin.tracking.describe import describe_model
+from supsup_fin.tracking.recovery import DECIDED_TAG, INCOMPLETE_TAG, decided
 from supsup_fin.tracking.registry import (
     CHAMPION,
     HISTORY_TAG,
@@ -43,18 +44,19 @@ def _versions(client: MlflowClient, name: str) -> list[Any]:
 
 
 def list_versions(client: MlflowClient, name: str) -> list[dict[str, Any]]:
-    """One row per version: aliases, validation score and baseline, decision, data range, state."""
+    """One row per version: aliases (where the champion is now), ``decision`` (the champion gate's
+    at registration: :func:`decision`), ``state`` (:func:`state`), validation score and baseline,
+    data range."""
     history = set(champion_history(client, name))
     rows = []
     for v in _versions(client, name):
         t = v.tags
         rows.append({
-            "version": int(v.version), "aliases": sorted(v.aliases),
+            "version": int(v.version), "aliases": sorted(v.aliases), "decision": decision(t), "state": state(t),
             "created": dt.datetime.fromtimestamp(v.creation_timestamp / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M:%S"),
             "metric": t.get("valid_metric"),
             "valid_score": float(t["valid_score"]) if "valid_score" in t else None,
             "baseline": float(t["valid_baseline"]) if "valid_baseline" in t else None,
-            "promoted": t.get("promotion.promoted"),
             "data_start": t.get("data_start"), "data_end": t.get("data_end"),
             "markets": t.get("markets"),
             "carried_masks": t.get("carried_masks"),
@@ -65,6 +67,32 @@ def list_versions(client: MlflowClient, name: str) -> list[dict[str, Any]]:
             "run_id": v.run_id,
         })
     return rows
+
+
+def decision(tags: dict[str, str]) -> str:
+    """What the retrain decided when it registered the version (its ``promotion.*`` tags):
+    ``promoted`` (``promoted (forced)`` past a blocker), ``kept champion vN``, ``below the class
+    prior``, ``blocked: <why>``, or ``none`` (its retrain stopped before deciding)."""
+    if not decided(tags):
+        return "none"
+    reason, blocked = tags.get("promotion.reason", ""), tags.get("promotion.blocked_by", "None")
+    if tags[DECIDED_TAG] == "True":
+        return "promoted (forced)" if blocked != "None" else "promoted"
+    if reason.startswith("not promoted without --force"):
+        return f"blocked: {blocked}"
+    if f"does not beat champion v{tags.get('promotion.champion_version')}" in reason:
+        return f"kept champion v{tags['promotion.champion_version']}"
+    return "below the class prior" if "class prior" in reason else reason
+
+
+def state(tags: dict[str, str]) -> str:
+    """``incomplete`` (registered by a retrain that stopped before deciding), ``pruned`` (model
+    files deleted by retention), ``prune failed`` (their delete failed; tried again) or ``ok``."""
+    if tags.get(INCOMPLETE_TAG) == "true":
+        return "incomplete"
+    if tags.get("pruned") == "true":
+        return "pruned"
+    return "prune failed" if "prune_error" in tags else "ok"
 
 
 def _record(client: MlflowClient, name: str, version: int, action: str, previous: int | None, reason: str) -> str:
@@ -102,6 +130,7 @@ def promote(client: MlflowClient, name: str, version: int, reason: str = "promot
         raise RegistryError(f"model {name!r} v{version} cannot be loaded, so it cannot be promoted: {problem}")
     set_champion(client, name, version)
     run_id = _record(client, name, version, "promote", previous, reason)
+    describe_model(client, name, f"v{version} promoted by hand ({reason})")
     return {"model": name, "champion": version, "previous_champion": previous, "run_id": run_id, "reason": reason}
 
 
@@ -121,6 +150,7 @@ def rollback(client: MlflowClient, name: str, reason: str = "rolled back by hand
     client.set_registered_model_alias(name, CHAMPION, str(target))
     client.set_registered_model_tag(name, HISTORY_TAG, ",".join(map(str, history[: history.index(target) + 1])))
     run_id = _record(client, name, target, "rollback", current, reason)
+    describe_model(client, name, f"rolled back from v{current} to v{target} ({reason})")
     return {"model": name, "champion": target, "previous_champion": current, "run_id": run_id, "reason": reason}
 
 

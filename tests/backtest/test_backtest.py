@@ -180,6 +180,8 @@ def test_comparison_table_holds_every_strategy_and_the_portfolio(small_backtest)
 
 def test_backtest_command_runs_the_flow_and_records_it(harness, tmp_path: Path) -> None:
     from supsup_fin.cli import app
+    from supsup_fin.cli.backtest import show_backtest
+    from supsup_fin.cli.common import out
 
     tree = backtest_config_dict()
     tree["backtest"] = {**tree["backtest"], "end": "2012-09-28", "baselines": ["buy_and_hold", "dense"],
@@ -195,12 +197,50 @@ def test_backtest_command_runs_the_flow_and_records_it(harness, tmp_path: Path) 
     client = MlflowClient(summary["tracking_uri"])
     run = client.get_run(summary["run_id"])
     assert run.data.tags["supsup_fin.flow"] == "backtest"
-    assert run.data.metrics["bt.syn.supsup_soft.sharpe"] == pytest.approx(  # the summary rounds to 6 decimals
+    assert run.data.metrics["bt/syn/supsup_soft/sharpe"] == pytest.approx(  # the summary rounds to 6 decimals
         next(r["sharpe"] for r in summary["table"] if r["market"] == "syn" and r["strategy"] == "supsup_soft"), abs=6e-7)
+    assert summary["experiment_id"] == run.info.experiment_id
+    folder = Path(summary["artifacts_dir"])
+    assert folder.parent == tmp_path / "ws" / "backtests" and folder.name.startswith("bt-small-")
+    assert all(Path(p).parent == folder for p in summary["artifacts"])
+    assert sorted(Path(p).name for p in summary["artifacts"]) == sorted(p.name for p in folder.iterdir())
+    assert summary["tearsheet"] == str(folder / "tearsheet.html")
     files = {f.path for f in client.list_artifacts(summary["run_id"], "backtest")}
+    assert files == {f"backtest/{Path(p).name}" for p in summary["artifacts"]}  # the folder, as written
     assert {"backtest/comparison.csv", "backtest/equity_syn.png", "backtest/equity_portfolio.png",
-            "backtest/daily.parquet", "backtest/reliability.png", "backtest/calibration.csv"} <= files
+            "backtest/daily.parquet", "backtest/reliability.png", "backtest/calibration.csv",
+            "backtest/tearsheet.html"} <= files
+    assert run.data.tags["supsup_fin.artifacts_dir"] == str(folder)
     assert not client.search_registered_models()  # a backtest registers nothing
+
+    with out.capture() as printed:
+        show_backtest(summary)
+    tail = printed.get().splitlines()[-len(summary["artifacts"]) - 4:-1]
+    assert tail == [f"artifacts: {folder}", *(f"  {Path(p).name}" for p in summary["artifacts"]),
+                    f"tearsheet: {folder / 'tearsheet.html'}",
+                    f"tracking: {summary['tracking_uri']}  run {summary['run_id']}"]
+    url = f"http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs/{summary['run_id']}"
+    assert summary["mlflow_url"] == url
+    assert printed.get().splitlines()[-1] == f"MLflow run: {url}  (served by `supsup-fin ui`)"
+
+
+@pytest.mark.slow
+def test_an_untracked_backtest_still_writes_its_artifacts(harness, tmp_path: Path) -> None:
+    from supsup_fin.cli import app
+
+    tree = backtest_config_dict()
+    tree["backtest"] = {**tree["backtest"], "end": "2012-05-31", "baselines": ["buy_and_hold"], "modes": ["soft"]}
+    path = tmp_path / "bt.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    ws = tmp_path / "ws"
+    result = CliRunner().invoke(app, ["backtest", "--config", str(path), "--json", "--no-track", "--home", str(ws)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["run_id"] is None and summary["experiment_id"] is None and summary["tracking_uri"] is None
+    folder, = (ws / "backtests").iterdir()
+    assert summary["artifacts_dir"] == str(folder) and summary["tearsheet"] == str(folder / "tearsheet.html")
+    assert sorted(p.name for p in folder.iterdir()) == sorted(Path(p).name for p in summary["artifacts"])
+    assert not (ws / "mlflow.db").exists()
 
 
 def test_oracle_rows_are_the_true_model_forecast_on_each_window(small_backtest) -> None:

@@ -21,6 +21,7 @@ from supsup_fin.backtest.metrics import (
     metrics_by_group,
     probabilistic_sharpe,
     return_metrics,
+    rolling_sharpe,
     sharpe_ci,
     sharpe_ratio,
 )
@@ -75,6 +76,22 @@ def test_sharpe_is_mean_over_sample_std_annualised() -> None:
     assert sharpe_ratio(r) == pytest.approx(expected, rel=1e-10)
     assert daily_sharpe(r) == pytest.approx(x.mean() / x.std(ddof=1), rel=1e-10)
     assert return_metrics(r)["ann_vol"] == pytest.approx(x.std(ddof=1) * math.sqrt(PERIODS), rel=1e-10)
+
+
+def test_rolling_sharpe_is_the_sharpe_of_each_trailing_window() -> None:
+    r = _noise(100)
+    r.iloc[40] = np.nan  # dropped first, as every metric drops it
+    r.iloc[70:80] = 0.0003  # ten equal returns: a 5-day window inside them has no dispersion
+    rs = rolling_sharpe(r.rename("s"), window=5)
+    kept = r.dropna()
+    assert rs.name == "s" and rs.index.equals(kept.index)
+    assert rs.iloc[:4].isna().all()
+    for end in (4, 39, 40, 60, 98):
+        assert rs.iloc[end] == pytest.approx(sharpe_ratio(kept.iloc[end - 4: end + 1]), rel=1e-9)
+    flat = kept.index.get_indexer(r.index[74:80])  # windows wholly inside the equal returns
+    assert rs.iloc[flat].isna().all() and np.isfinite(rs.iloc[flat[0] - 1])
+    with pytest.raises(DataError, match="at least 2"):
+        rolling_sharpe(r, window=1)
 
 
 def test_turnover_of_a_known_position_path() -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -37,17 +39,24 @@ def _prices(n: int = 60) -> pd.DataFrame:
 def test_ingest_health_table_and_json(tmp_path: Path) -> None:
     gappy = _prices()
     gappy.iloc[5:7, 0] = np.nan
+    jumpy = _prices()
+    jumpy.iloc[30:, 0] *= 1.5  # a level shift: kept with a warning (policy 'warn'), which handles it
     cfg = _config(tmp_path, [{"name": "syn", "source": "synthetic", "dataset": "easy", "seed": 1},
-                             {"name": "gappy", "source": "file", "path": _csv(tmp_path, "g", gappy)}])
+                             {"name": "gappy", "source": "file", "path": _csv(tmp_path, "g", gappy)},
+                             {"name": "jumpy", "source": "file", "path": _csv(tmp_path, "j", jumpy)}])
     result = runner.invoke(app, ["ingest", "--config", str(cfg), "--home", str(tmp_path / "h")])
     assert result.exit_code == 0, result.output
     assert "Data health" in result.stdout and "gappy" in result.stdout and "2 repair" in result.stdout
-    result = runner.invoke(app, ["ingest", "--config", str(cfg), "--json", "--market", "gappy",
+    assert "ok: loaded, every finding handled by its policy" in " ".join(result.stdout.split())
+    table = [ln for ln in result.stdout.splitlines() if ln.startswith("│ ") and "file" in ln]
+    assert len(table) == 2 and all(ln.rstrip(" │").endswith("True") for ln in table), result.stdout
+    result = runner.invoke(app, ["ingest", "--config", str(cfg), "--json", "--market", "gappy", "--market", "jumpy",
                                  "--home", str(tmp_path / "h")])
-    rows = json.loads(result.stdout)
-    assert [r["market"] for r in rows] == ["gappy"]
-    assert rows[0]["findings"][0]["check"] == "missing" and rows[0]["findings"][0]["count"] == 2
-    assert rows[0]["rows_out"] == 60 and rows[0]["ok"] is True
+    gappy_row, jumpy_row = json.loads(result.stdout)
+    assert gappy_row["findings"][0]["check"] == "missing" and gappy_row["findings"][0]["count"] == 2
+    assert gappy_row["rows_out"] == 60 and gappy_row["ok"] is True
+    assert [(f["check"], f["action"]) for f in jumpy_row["findings"]] == [("jump", "warn")]
+    assert jumpy_row["ok"] is True and jumpy_row["error"] is None
 
 
 def test_ingest_bad_files_fail_with_one_line_per_market(tmp_path: Path) -> None:
@@ -66,7 +75,8 @@ def test_ingest_bad_files_fail_with_one_line_per_market(tmp_path: Path) -> None:
     assert len(lines) == 2, result.stderr
     assert "'wrong'" in lines[0] and "no 'close' column" in lines[0]
     assert "'dates'" in lines[1] and "column 'date'" in lines[1] and "'not-a-date' at row 3" in lines[1]
-    assert "ok" in result.stdout  # the good market's row is still printed
+    rows = {ln.split()[1]: ln.rstrip(" │").split()[-1] for ln in result.stdout.splitlines() if ln.startswith("│ ")}
+    assert rows == {"ok": "True", "wrong": "False", "dates": "False"}, result.stdout  # every market in the table
 
 
 def test_regimes_prints_stats_and_writes_plot(tmp_path: Path, rng: np.random.Generator) -> None:
@@ -77,12 +87,20 @@ def test_regimes_prints_stats_and_writes_plot(tmp_path: Path, rng: np.random.Gen
     result = runner.invoke(app, ["regimes", "--config", str(cfg), "--home", str(tmp_path / "h")])
     assert result.exit_code == 0, result.output
     assert "expected_duration_days" in result.stdout and "calm" in result.stdout
+    title = " ".join(result.stdout.split())
+    assert "syn: 2 regimes; BIC per state count (bic_returns, lower is better): 2:" in title, result.stdout
+    assert "; chosen 2; converged=True" in title and "criterion" not in title
     png = tmp_path / "h" / "regimes" / "syn.png"
     assert png.read_bytes()[:4] == b"\x89PNG"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(png.stat().st_mode) == 0o666 & ~umask  # what a plain open() gives
     result = runner.invoke(app, ["regimes", "--config", str(cfg), "--json", "--home", str(tmp_path / "h"),
                                  "--plot-dir", str(tmp_path / "plots")])
     (report,) = json.loads(result.stdout)
-    assert report["n_states"] == 2 and set(report["criterion"]) == {"2", "3"}, report["criterion"]
+    assert report["n_states"] == 2 and set(report["bic"]) == {"2", "3"} and "criterion" not in report, report
+    assert report["bic"]["2"] < report["bic"]["3"] and report["selection"] == "bic_returns"  # lowest BIC chosen
+    assert f"2:{report['bic']['2']:.1f}, 3:{report['bic']['3']:.1f}; chosen 2" in title
     assert len(report["stats"]) == 2 and report["converged"] is True
     assert Path(report["plot"]) == tmp_path / "plots" / "syn.png"
 

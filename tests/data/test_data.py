@@ -21,9 +21,16 @@ from supsup_fin.data import (
     load_prices,
     validate_frame,
 )
+from supsup_fin.data import health
 from supsup_fin.errors import DataError
 
 DATES = pd.bdate_range("2020-01-01", periods=30, name="date")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_warnings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test sees health warnings as a fresh process does (a finding warns once per process)."""
+    monkeypatch.setattr(health, "_warned", set())
 
 
 def ohlcv(n: int = 30, seed: int = 0) -> pd.DataFrame:
@@ -148,7 +155,7 @@ def test_missing_repair_fills_at_most_max_fill_then_drops(caplog: pytest.LogCapt
     (f,) = rep.find("missing")
     assert (f.count, f.action, f.first_date) == (6, "repair", df.index[0])
     assert "3 forward-filled" in f.detail and "3 dropped" in f.detail
-    assert rep.ok and rep.rows_in == 30 and rep.rows_out == 27
+    assert rep.clean and rep.rows_in == 30 and rep.rows_out == 27
     assert "6 row(s)" in caplog.text
 
 
@@ -158,7 +165,7 @@ def test_missing_warn_keeps_nan_and_logs(caplog: pytest.LogCaptureFixture) -> No
     out, rep = check_health(df, "mkt", cfg(missing=MissingCheck(policy="warn")))
     assert np.isnan(out.iloc[7, 0]) and len(out) == 30
     assert [(f.check, f.count, f.action) for f in rep.findings] == [("missing", 1, "warn")]
-    assert not rep.ok
+    assert not rep.clean
     (rec,) = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert "'mkt'" in rec.getMessage() and str(df.index[7].date()) in rec.getMessage()
 
@@ -233,6 +240,21 @@ def test_gap_policies() -> None:
         check_health(df, "m", cfg(gap=GapCheck(policy="error")))
 
 
+def test_a_warning_reaches_the_terminal_once_per_process(caplog: pytest.LogCaptureFixture) -> None:
+    """The same finding on the same data (a flow loading prices a command loaded before) warns once;
+    the repeats stay in the log at INFO. Another market, or other data, warns again."""
+    df = _high_low_fault()
+    warn = cfg(high_low=HighLowCheck(policy="warn"))
+    caplog.set_level(logging.INFO, logger="supsup_fin.data")
+    for market in ("m", "m", "m2"):
+        check_health(df, market, warn)
+    check_health(df.drop(index=df.index[4]), "m", warn)
+    found = [(r.levelno, r.getMessage()) for r in caplog.records if "high < low" in r.getMessage()]
+    assert [level for level, _ in found] == [logging.WARNING, logging.INFO, logging.WARNING, logging.WARNING]
+    assert found[0][1] == found[1][1] and "'m'" in found[0][1] and "2 row(s)" in found[0][1]
+    assert "'m2'" in found[2][1] and "1 row(s)" in found[3][1]
+
+
 def test_report_records_are_json() -> None:
     _, rep = check_health(_high_low_fault(), "m", DataConfig())
     recs = rep.to_records()
@@ -245,7 +267,7 @@ def test_clean_frame_has_no_findings_and_is_not_mutated() -> None:
     df = ohlcv()
     before = df.copy()
     out, rep = check_health(df, "m", DataConfig())
-    assert rep.findings == () and rep.ok and isinstance(rep, HealthReport)
+    assert rep.findings == () and rep.clean and isinstance(rep, HealthReport)
     pd.testing.assert_frame_equal(df, before)
     pd.testing.assert_frame_equal(out, df, check_freq=False)
 

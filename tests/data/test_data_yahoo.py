@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import socket
 import time
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import pytest
 from supsup_fin.config import DataConfig, MarketConfig, YahooConfig
 from supsup_fin.data import load_prices
 from supsup_fin.data._cache import cache_paths
-from supsup_fin.data.yahoo import fetch_yahoo, flatten_yahoo
+from supsup_fin.data.yahoo import fetch_yahoo, flatten_yahoo, unreachable, yfinance_download
 from supsup_fin.errors import DataError
 
 TICKER = "SPY"
@@ -51,7 +52,8 @@ def yf_empty(ticker: str) -> pd.DataFrame:
 
 
 class FakeYahoo:
-    """Serves ``history`` sliced to ``[start, end)``; the first ``fail`` calls fail (``how``)."""
+    """Serves ``history`` sliced to ``[start, end)``; the first ``fail`` calls fail (``how``: ``empty``
+    frame, ``timeout`` error, ``unreachable``: a host name that does not resolve)."""
 
     def __init__(self, history: pd.DataFrame, fail: int = 0, how: str = "empty") -> None:
         self.history, self.fail, self.how = history, fail, how
@@ -62,8 +64,10 @@ class FakeYahoo:
                            "progress": progress, **kw})
         if self.fail > 0:
             self.fail -= 1
-            if self.how == "raise":
+            if self.how == "unreachable":
                 raise ConnectionError("Could not resolve host: query2.finance.yahoo.com")
+            if self.how == "timeout":
+                raise TimeoutError("Operation timed out after 30001 milliseconds")
             return yf_empty(tickers)
         h = self.history
         return yf_shape(h.loc[(h.index >= start) & (h.index < end)], tickers)
@@ -157,23 +161,112 @@ def test_broken_download_leaves_cache_intact(tmp_path: Path) -> None:
 def test_failures_serve_cache_with_staleness(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     hist = truth(end="2024-03-29")
     load_prices(MARKET, data_cfg(), tmp_path, now="2024-03-29", download=FakeYahoo(hist))
-    fake = FakeYahoo(hist, fail=10**6, how="raise")
+    fake = FakeYahoo(hist, fail=10**6, how="timeout")
     lp = load_prices(MARKET, data_cfg(retries=2), tmp_path, now="2024-04-08 09:00", download=fake)
     assert lp.source == "yahoo-cache" and lp.stale_days == 10 and lp.as_of == pd.Timestamp("2024-03-29")
     assert len(fake.calls) == 3
     pd.testing.assert_frame_equal(lp.frame, hist, check_freq=False)
     (rec,) = [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert "10 day(s) stale" in rec.getMessage() and "ConnectionError" in rec.getMessage()
+    assert "10 day(s) stale" in rec.getMessage() and "TimeoutError" in rec.getMessage()
 
 
 def test_no_cache_and_failures_raise(tmp_path: Path) -> None:
-    fake = FakeYahoo(truth(), fail=10**6, how="raise")
+    fake = FakeYahoo(truth(), fail=10**6, how="timeout")
     with pytest.raises(DataError) as err:
         load_prices(MARKET, data_cfg(retries=1), tmp_path, now="2024-03-29", download=fake)
     msg = str(err.value)
-    assert "'SPY'" in msg and "'spy'" in msg and "ConnectionError" in msg and "bundled" in msg
+    assert "'SPY'" in msg and "'spy'" in msg and "after 2 attempt(s)" in msg and "TimeoutError" in msg
+    assert "bundled" in msg
     assert len(fake.calls) == 2
     assert not cache_paths(tmp_path, TICKER)[0].exists()
+
+
+UNREACHABLE = {
+    "dns": (ConnectionError("Failed to perform, curl: (6) Could not resolve host: query2.finance.yahoo.com "
+                            "(Domain name not found). See https://curl.se/libcurl/c/libcurl-errors.html first"),
+            "Could not resolve host: query2.finance.yahoo.com"),
+    "refused": (OSError("Failed to perform, curl: (7) Failed to connect to query2.finance.yahoo.com port 443 after "
+                        "0 ms: Couldn't connect to server. See https://curl.se/libcurl/c/libcurl-errors.html"),
+                "Failed to connect to query2.finance.yahoo.com port 443 after 0 ms: Couldn't connect to server"),
+    "gaierror": (socket.gaierror(-3, "Temporary failure in name resolution"), "Temporary failure in name resolution"),
+    "no-route": (OSError(113, "No route to host"), "No route to host"),
+    "refused-socket": (ConnectionRefusedError(111, "Connection refused"), "Connection refused"),
+}
+TRANSIENT = {
+    "timeout": TimeoutError("Operation timed out after 30001 milliseconds"),
+    "curl-timeout": OSError("Failed to perform, curl: (28) Operation timed out after 30000 milliseconds"),
+    "reset": ConnectionResetError(104, "Connection reset by peer"),
+    "rate-limit": RuntimeError("Too Many Requests. Rate limited. Try after a while."),
+}
+
+
+@pytest.mark.parametrize("kind", list(UNREACHABLE))
+def test_an_unreachable_yahoo_is_not_retried(tmp_path: Path, kind: str) -> None:
+    error, reason = UNREACHABLE[kind]
+    calls: list[str] = []
+    sleeps: list[float] = []
+
+    def down(**kw) -> pd.DataFrame:
+        calls.append(kw["start"])
+        raise error
+
+    yc = YahooConfig(start=dt.date(2024, 1, 1), retries=3, backoff_s=2.0)
+    with pytest.raises(DataError) as err:
+        fetch_yahoo(TICKER, yc, tmp_path, market="spy", now="2024-03-29", download=down, sleep=sleeps.append)
+    assert len(calls) == 1 and sleeps == []
+    msg = str(err.value)
+    assert "'spy'" in msg and "'SPY'" in msg and f"(unreachable, not retried: {type(error).__name__}" in msg, msg
+    assert unreachable(error) == reason and "bundled" in msg
+
+
+@pytest.mark.parametrize("kind", list(TRANSIENT))
+def test_transient_errors_are_retried(tmp_path: Path, kind: str) -> None:
+    calls: list[str] = []
+
+    def flaky(**kw) -> pd.DataFrame:
+        calls.append(kw["start"])
+        raise TRANSIENT[kind]
+
+    assert unreachable(TRANSIENT[kind]) is None
+    with pytest.raises(DataError, match=r"after 3 attempt\(s\)"):
+        fetch_yahoo(TICKER, data_cfg(retries=2).yahoo, tmp_path, now="2024-03-29", download=flaky)
+    assert len(calls) == 3
+
+
+def test_an_unreachable_yahoo_serves_the_cache_at_once(tmp_path: Path) -> None:
+    hist = truth(end="2024-03-29")
+    load_prices(MARKET, data_cfg(), tmp_path, now="2024-03-29", download=FakeYahoo(hist))
+    fake = FakeYahoo(hist, fail=10**6, how="unreachable")
+    lp = load_prices(MARKET, data_cfg(retries=3), tmp_path, now="2024-04-01", download=fake)
+    assert lp.source == "yahoo-cache" and lp.stale_days == 3 and len(fake.calls) == 1
+
+
+def _offline_yfinance(tickers: str, **kw) -> pd.DataFrame:
+    """What ``yfinance.download`` 1.7 does offline: it logs the failure and returns an empty frame."""
+    log = logging.getLogger("yfinance")
+    log.warning("Cookie/crumb fetch failed (DNSError), continuing without crumb")
+    log.error(f"Failed to get ticker '{tickers}' reason: Failed to perform, curl: (6) Could not resolve host: "
+              "query2.finance.yahoo.com (Domain name not found). See https://curl.se/libcurl/c/libcurl-errors.html "
+              "first for more details.")
+    log.error(f"['{tickers}']: possibly delisted; no timezone found")
+    _offline_yfinance.kwargs = kw
+    return yf_empty(tickers)
+
+
+def test_yfinance_offline_is_a_connection_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import yfinance
+
+    monkeypatch.setattr(yfinance, "download", _offline_yfinance)
+    with pytest.raises(ConnectionError, match=r"^Could not resolve host: query2\.finance\.yahoo\.com$"):
+        yfinance_download(tickers="SPY", start="2024-01-01", end="2024-03-29", progress=False)
+    assert _offline_yfinance.kwargs["threads"] is False  # its records are logged on this thread
+
+    def unknown(tickers: str, **kw) -> pd.DataFrame:
+        logging.getLogger("yfinance").error(f"['{tickers}']: possibly delisted; no timezone found")
+        return yf_empty(tickers)
+
+    monkeypatch.setattr(yfinance, "download", unknown)
+    assert yfinance_download(tickers="NOPE", start="2024-01-01", end="2024-03-29").empty  # a failed attempt
 
 
 @pytest.mark.parametrize("retries", [0, 1, 3])
@@ -239,10 +332,10 @@ def test_cache_file_names_are_distinct_and_safe(tmp_path: Path) -> None:
 
 
 def test_real_yfinance_offline_counts_as_failure(tmp_path: Path) -> None:
-    """With no network yfinance returns an empty frame; online this ticker does not exist: both fail."""
+    """Offline Yahoo is unreachable; online this ticker does not exist (an empty frame): both fail."""
     market = MarketConfig(name="ghost", source="yahoo", ticker="SUPSUP-NO-SUCH-TICKER-0")
     t0 = time.perf_counter()
-    with pytest.raises(DataError, match="SUPSUP-NO-SUCH-TICKER-0.*empty response.*bundled"):
+    with pytest.raises(DataError, match="SUPSUP-NO-SUCH-TICKER-0.*(unreachable, not retried|empty response).*bundled"):
         load_prices(market, data_cfg(retries=0, timeout_s=5.0), tmp_path, now="2024-03-29")
     assert time.perf_counter() - t0 < 30
 

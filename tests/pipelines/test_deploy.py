@@ -19,15 +19,17 @@ from supsup_fin.errors import RegistryError
 from supsup_fin.live.table import append_forecasts, read_forecasts
 from supsup_fin.live.forecast import forecast_markets, store_forecasts
 from supsup_fin.tracking import log_retrain, tracking_uri
-from supsup_fin.tracking.registry import HISTORY_TAG, champion_version
-from supsup_fin.tracking.versions import list_versions, promote, prune, rollback
+from supsup_fin.tracking.recovery import INCOMPLETE_TAG
+from supsup_fin.tracking.registry import HISTORY_TAG, Decision, champion_version
+from supsup_fin.tracking.versions import decision, list_versions, promote, prune, rollback, state
 from supsup_fin.forecaster.training import reusable_masks, train_tasks
 from supsup_fin.workspace import Workspace
 
 
 def _log(p: dict, ws: Workspace, cfg=None):
+    """Register the small model again (``force``: the same inputs as the champion register a new version)."""
     return log_retrain(cfg or p["cfg"], ws, loaded=p["loaded"], regimes=p["regimes"], evaluation=p["evaluation"],
-                       forecaster=p["forecaster"])
+                       forecaster=p["forecaster"], force=True)
 
 
 @pytest.fixture(scope="module")
@@ -95,16 +97,44 @@ def test_cli_models_promote_rollback(registry: dict) -> None:
     runner = CliRunner()
     listed = runner.invoke(app, ["models", "-c", str(cfg_file), "--json", *home])
     assert listed.exit_code == 0, listed.output
-    assert [r["aliases"] for r in json.loads(listed.stdout)] == [["champion"], [], ["challenger"]]
+    assert [(r["aliases"], r["decision"], r["state"]) for r in json.loads(listed.stdout)] == [
+        (["champion"], "promoted", "ok"), ([], "kept champion v1", "ok"), (["challenger"], "kept champion v1", "ok")]
     human = runner.invoke(app, ["models", "-c", str(cfg_file), *home])
-    assert human.exit_code == 0 and "champion" in human.stdout and "2000-01-03..2018-12-31" in human.stdout
+    assert human.exit_code == 0 and "2000-01-03..2018-12-31" in human.stdout
+    header = human.stdout.splitlines()[2]
+    assert [c.strip() for c in header.split("┃")[1:5]] == ["version", "aliases", "decision", "state"]
+    assert "promoted" not in header and "kept champion v1" in human.stdout
     bad = runner.invoke(app, ["promote", "-c", str(cfg_file), "--version", "7", *home])
     assert bad.exit_code == 1 and "no version 7" in bad.output and "Traceback" not in bad.output
     ok = runner.invoke(app, ["promote", "-c", str(cfg_file), "--version", "2", "--json", *home])
     assert ok.exit_code == 0 and json.loads(ok.stdout)["champion"] == 2
+    # promoted by hand: the alias moved; what the retrain decided at registration did not
+    after = json.loads(runner.invoke(app, ["models", "-c", str(cfg_file), "--json", *home]).stdout)
+    assert [(r["aliases"], r["decision"]) for r in after[:2]] == [([], "promoted"), (["champion"], "kept champion v1")]
     back = runner.invoke(app, ["rollback", "-c", str(cfg_file), *home])
     assert back.exit_code == 0 and "v2 -> v1" in back.stdout
     assert _champ(registry) == 1
+
+
+def _tags(promoted: bool, reason: str, champion: int | None = None, blocked: str | None = None) -> dict[str, str]:
+    return Decision(4, promoted, "log_loss", 1.0, 1.1, champion, 1.05 if champion else None, reason,
+                    blocked_by=blocked).as_tags()
+
+
+def test_decision_and_state_say_what_the_gate_decided_and_what_is_left() -> None:
+    """Each outcome of the champion gate (the reasons it records) and each state of a version."""
+    assert decision(_tags(True, "valid log_loss 1.0000 beats the class prior 1.1000 and no champion")) == "promoted"
+    hmm = "syn_a: HMM fell back"
+    assert decision(_tags(True, f"valid log_loss 1.0000 beats ... (forced despite: {hmm})", blocked=hmm)) == "promoted (forced)"
+    kept = _tags(False, "valid log_loss 1.0000 does not beat champion v3 (0.9000)", champion=3)
+    assert decision(kept) == "kept champion v3"
+    below = _tags(False, "valid log_loss 1.2000 does not beat the class prior 1.1000")
+    assert decision(below) == "below the class prior"
+    assert decision(_tags(False, f"not promoted without --force: {hmm}", blocked=hmm)) == f"blocked: {hmm}"
+    incomplete = {INCOMPLETE_TAG: "true", "promotion.promoted": "False", "promotion.reason": "registered by run r"}
+    assert (decision(incomplete), state(incomplete)) == ("none", "incomplete")
+    assert decision({}) == "none"
+    assert [state(t) for t in ({}, {"pruned": "true"}, {"prune_error": "x"})] == ["ok", "pruned", "prune failed"]
 
 
 def test_unchanged_masks_are_carried_over_bit_identically(small_pipeline: dict) -> None:
@@ -186,7 +216,7 @@ def test_retention_keeps_the_last_n_and_every_champion(registry: dict) -> None:
     assert prune(client, name, keep_last=10) == []
     assert prune(client, name, keep_last=1) == [2]  # v1 was champion, v3 is the latest (and challenger)
     rows = {r["version"]: r for r in list_versions(client, name)}
-    assert [v for v, r in rows.items() if r["pruned"]] == [2]
+    assert [(v, r["state"]) for v, r in rows.items()] == [(1, "ok"), (2, "pruned"), (3, "ok")]
     with pytest.raises(RegistryError, match="pruned"):
         promote(client, name, 2)
     assert _champ(registry) == 1

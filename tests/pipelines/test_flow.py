@@ -45,6 +45,7 @@ def test_retrain_flow_registers_a_reproducible_forecaster(harness, small_pipelin
     assert {t["regime"] for t in summary["tasks"] if t["market"] == "syn_a"} >= {"ALL"}
     reg = summary["registered_model"]
     assert reg["name"] == "small-model" and reg["version"] == 1 and "challenger" in reg["aliases"]
+    assert reg["unchanged_since"] is None
     assert set(summary["timings_s"]) == {"ingest", "features_regimes", "train_masks", "evaluate", "log_register"}
 
     # determinism: same config, seed, data and threads -> the same mask bits as the in-process run
@@ -67,10 +68,14 @@ def test_retrain_flow_registers_a_reproducible_forecaster(harness, small_pipelin
         assert r["as_of"] == mine["as_of"] and r["model_version"] == 1
         np.testing.assert_allclose([r[f"p_{c}"] for c in served.classes], list(mine["probabilities"].values()), atol=1e-6)
 
-    # a second retrain continues each market's regime lineage: aligned to the champion's HMM
-    # (same state count and names, identity matching on unchanged data) and every mask carried over
-    again = run_retrain(cfg, tmp_path / "ws")
-    assert again["registered_model"]["version"] == 2
+    # a second retrain (the same data and code, another promotion margin: a new version) continues each
+    # market's regime lineage: aligned to the champion's HMM (same state count and names, identity
+    # matching on unchanged data) and every mask carried over
+    margin = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"margin": 0.5})})
+    again = run_retrain(margin, tmp_path / "ws")
+    assert again["registered_model"]["version"] == 2 and again["registered_model"]["unchanged_since"] is None
+    description = MlflowClient(summary["tracking_uri"]).get_model_version("small-model", "2").description
+    assert description.endswith("Changed since champion v1: config (tracking.margin).")
     v2 = RegimeGatedForecaster.load(download_forecaster("small-model", "2", tempfile.mkdtemp()))
     for market, mm in v2.markets.items():
         first = served.markets[market].regime

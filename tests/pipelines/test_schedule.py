@@ -54,6 +54,7 @@ def test_schedule_serves_deployments_on_a_real_server_and_stops_on_ctrl_c(tmp_pa
         assert ready, "schedule printed nothing"
         info = json.loads(proc.stdout.readline())
         assert info["api_url"] == api and info["ui"] == f"http://127.0.0.1:{port}"
+        assert info["env"] == {"PREFECT_API_URL": api}  # what the prefect CLI needs to reach this server
         assert {d["name"] for d in info["deployments"]} == {"retrain/small-retrain", "forecast/small-forecast"}
         assert _up(f"{api}/health")
 

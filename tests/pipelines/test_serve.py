@@ -1,6 +1,7 @@
 """A real HTTP round trip through ``supsup-fin serve --workers 2`` on 127.0.0.1: equal to
-in-process; 400s that say why, 413 over the size limit, flagged inputs far outside training; a
-damaged champion stops ``supsup-fin serve`` before the port opens, naming the file."""
+in-process, regime posterior and masks as JSON objects; 400s that say why in one short line, 413
+over the size limit, flagged inputs far outside training; SIGTERM stops the server and its workers;
+a damaged champion stops ``supsup-fin serve`` before the port opens, naming the file."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import http.client
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -18,17 +20,24 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pandas as pd
 import psutil
 import pytest
 import yaml
-from conftest import free_port, small_config_dict
+from conftest import free_port, session_processes, small_config_dict
 
 from supsup_fin.errors import RegistryError
 from supsup_fin.tracking import forecasts_from_payload, log_retrain, payload
-from supsup_fin.tracking.model import MAX_ROWS_PER_MARKET
-from supsup_fin.tracking.serve import MAX_BODY_BYTES, serve_command, serving_example
+from supsup_fin.tracking.model import MAX_ROWS_PER_MARKET, predict_payload
+from supsup_fin.tracking.serve import (
+    MAX_BODY_BYTES,
+    MAX_REASON_CHARS,
+    load_served_model,
+    serve_command,
+    serving_example,
+)
 from supsup_fin.workspace import Workspace
 
 STARTUP_S = 180
@@ -117,11 +126,19 @@ def test_http_answers_equal_the_in_process_forecaster(server: dict) -> None:
     for c in local.columns:
         if c.startswith(("p_", "prior_")) or c in ("signal", "expected_return", "position"):
             np.testing.assert_allclose(served[c], local[c], atol=1e-6)
-        elif c in ("regime_posterior", "masks"):
+        elif c in ("regime_posterior", "masks"):  # JSON objects, not JSON text inside JSON
             for a, b in zip(served[c], local[c]):
-                assert json.loads(a) == pytest.approx(json.loads(b), abs=1e-6)
+                assert isinstance(a, dict) and a == pytest.approx(b, abs=1e-6)
         else:
             assert list(served[c].astype(str)) == list(local[c].astype(str)), c
+    posterior = body["predictions"][1]["regime_posterior"]
+    assert set(posterior) == set(fc.markets["syn_b"].regime.names_) and sum(posterior.values()) == pytest.approx(1)
+    (served_dir,) = (server["ws"].root / "serving").iterdir()  # the copy the workers load
+    model = load_served_model(served_dir, "served")
+    mlflow.models.validate_schema(served, model.metadata.signature.outputs)  # the logged signature holds
+    in_process = predict_payload(model, frame)
+    for c in ("regime_posterior", "masks"):
+        assert [dict(d) for d in in_process[c]] == [pytest.approx(d, abs=1e-6) for d in served[c]]
 
 
 def test_other_endpoints_answer(server: dict) -> None:
@@ -139,10 +156,17 @@ def _last(frame: pd.DataFrame, value: float) -> pd.DataFrame:
     return frame.assign(close=[*frame["close"].iloc[:-1], value])
 
 
+def _text_at(frame: pd.DataFrame, i: int, column: str, value: str) -> pd.DataFrame:
+    return frame.assign(**{column: frame[column].astype(object).where(np.arange(len(frame)) != i, value)})
+
+
 BAD = {
     "unknown market": (lambda f: f.assign(market="nope"), r"unknown market 'nope'"),
     "too few rows": (lambda f: f.iloc[5:], r"min_rows"),
-    "no close": (lambda f: f.drop(columns=["close"]), r"close"),
+    "no close": (lambda f: f.drop(columns=["close"]), r"missing \['close'\] \(got \['market', 'date'\]\)"),
+    "no date": (lambda f: f.drop(columns=["date"]), r"missing \['date'\]"),
+    "non-numeric close": (lambda f: _text_at(f, 7, "close", "12,5"),
+                          r"^market 'syn_a': column 'close' expected a number; row 7 \(date {day7}\) has '12,5'$"),
     "non-positive price": (lambda f: f.assign(close=f["close"].where(f.index != f.index[-3], -1.0)), r"close.*> 0"),
     "unsorted dates": (lambda f: f.iloc[::-1], r"sorted|increasing|order"),
     "duplicated dates": (lambda f: f.assign(date=[*f["date"].iloc[:-1], f["date"].iloc[-2]]), r"duplicate"),
@@ -156,11 +180,16 @@ BAD = {
 
 @pytest.mark.parametrize("case", list(BAD))
 def test_bad_payloads_get_a_400_that_says_why_and_the_server_keeps_serving(server: dict, case: str) -> None:
+    """One short line naming market, column and date or row: no dump of the input, no traceback."""
     mutate, pattern = BAD[case]
     rows = _rows(server)
     status, body = _post(server["url"], _split(mutate(rows)))
     assert status == 400, body
-    assert re.search(pattern.format(last=rows["date"].iloc[-1]), body.get("message", ""), re.IGNORECASE), body
+    assert set(body) == {"error_code", "message"}, body
+    message = body["message"]
+    assert len(message) <= MAX_REASON_CHARS and "\n" not in message, message
+    expected = pattern.format(last=rows["date"].iloc[-1], day7=rows["date"].iloc[7])
+    assert re.search(expected, message, re.IGNORECASE), body
     assert server["proc"].poll() is None
     ok, _ = _post(server["url"], _split(_rows(server)))
     assert ok == 200
@@ -217,6 +246,22 @@ def test_workers_serve_concurrent_clients_on_loopback_only(server: dict) -> None
     assert statuses == [200] * 32
 
 
+def test_sigterm_stops_the_server_and_its_workers(server: dict) -> None:
+    """Runs last on the module's server: SIGTERM to the command's pid ends it, its workers and
+    anything else of its session, and frees the port."""
+    proc = server["proc"]
+    assert len(session_processes(proc.pid)) > WORKERS
+    os.kill(proc.pid, signal.SIGTERM)
+    assert proc.wait(30) == 0
+    deadline = time.monotonic() + 10
+    while session_processes(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert session_processes(proc.pid) == []
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", server["port"]))  # free again
+
+
 # -- start-up checks -----------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -234,13 +279,28 @@ def _truncate(data: bytes) -> bytes:
     return data[: len(data) // 2]
 
 
+def _flip_at(data: bytes, i: int) -> bytes:
+    return data[:i] + bytes([data[i] ^ 1]) + data[i + 1:]
+
+
 def _flip(data: bytes) -> bytes:
-    return data[: len(data) // 2] + bytes([data[len(data) // 2] ^ 1]) + data[len(data) // 2 + 1:]
+    return _flip_at(data, len(data) // 2)
+
+
+def _flip_first_colon(data: bytes) -> bytes:
+    """MLmodel's first ``key:`` becomes ``key;``: its YAML no longer parses."""
+    return _flip_at(data, data.index(b":"))
+
+
+def _flip_signature_key(data: bytes) -> bytes:
+    """The signature's first ``"required"`` becomes ``"requiree"``: YAML and JSON parse, MLflow's schema does not."""
+    return _flip_at(data, data.index(b'"required"') + 8)
 
 
 @pytest.mark.parametrize(("name", "damage"), [
     ("forecaster.json", _truncate), ("forecaster.json", _flip), ("masks.safetensors", _flip),
-    ("bank.json", _truncate), ("MLmodel", _truncate), ("MLmodel", _flip), ("_pyfunc_model.py", _truncate),
+    ("bank.json", _truncate), ("MLmodel", _truncate), ("MLmodel", _flip_first_colon),
+    ("MLmodel", _flip_signature_key), ("_pyfunc_model.py", _truncate),
 ])
 def test_a_damaged_champion_fails_to_load_naming_the_file(spare_registry: dict, name: str, damage) -> None:
     file = _model_file(spare_registry["ws"], name)

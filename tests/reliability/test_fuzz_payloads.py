@@ -7,8 +7,9 @@ constant closes, bad dates (unparseable, missing, integer, duplicated, unsorted,
 times), unknown or missing markets, too few or too many rows, empty data, wrong JSON shapes,
 bodies over the size limit; in one or two markets. The only outcomes allowed: a 200 with one
 forecast per market, finite probabilities summing to 1 and a finite position; or a 400 (413 over
-the size limit) whose message names the market, the column and the date (or row, or value)
-where the fault is. Never a 500. Each probe prints its tally: examples per fault and status.
+the size limit) whose message, one line of at most 200 characters, names the market, the column
+and the date (or row, or value) where the fault is. Never a 500. Each probe prints its tally:
+examples per fault and status.
 
 Reproduce: ``pytest tests/reliability/test_fuzz_payloads.py -q -s`` (``-m slow`` for the 10,000-example twin).
 """
@@ -35,7 +36,15 @@ from conftest import FUZZ_EXAMPLES, FUZZ_EXAMPLES_SLOW
 from reliability.frames import SPIKE, random_walk_frame
 from supsup_fin.tracking import log_retrain
 from supsup_fin.tracking.model import MAX_ROWS_PER_MARKET
-from supsup_fin.tracking.serve import MAX_BODY_BYTES, MODEL_DIR_ENV, BodyLimit, load_served_model, scoring_app, serve_command
+from supsup_fin.tracking.serve import (
+    MAX_BODY_BYTES,
+    MAX_REASON_CHARS,
+    MODEL_DIR_ENV,
+    BodyLimit,
+    load_served_model,
+    scoring_app,
+    serve_command,
+)
 from supsup_fin.workspace import Workspace
 
 MARKETS = ("syn_a", "syn_b")
@@ -174,7 +183,7 @@ def payloads(draw: st.DrawFn, shape: dict, fault: str) -> Case:
         return Case(fault, _split(f.assign(close=100.0)), bad, (repr(m), "'close'", "zero volatility"))
     if fault == "string":
         token = draw(st.sampled_from(["abc", "#N/A", "1,234.5", "--", "12.3.4"]))
-        return Case(fault, _split(value(token)), bad, ("close", token))
+        return Case(fault, _split(value(token)), bad, (repr(m), "'close'", f"row {i} (date {day})", repr(token)))
     if fault == "duplicate-date":
         g = f.copy()
         g.loc[i, "date"] = f["date"].iloc[i - 1]
@@ -257,6 +266,8 @@ def _check(client: Served, case: Case, tally: Counter) -> None:
             assert isinstance(r["out_of_distribution"], str)
         return
     message = answer.get("message", "")
+    assert set(answer) == {"error_code", "message"}, (case.fault, status, str(answer)[-600:])
+    assert "\n" not in message and len(message) <= MAX_REASON_CHARS, (case.fault, message[-600:])
     missing = [x for x in case.needles if not re.search(re.escape(x), message, re.IGNORECASE)]
     assert not missing, (case.fault, status, missing, message[-600:])
 

@@ -5,8 +5,9 @@ connection error, a timeout, Yahoo's rate-limit error, an empty frame, or a part
 the end, at the start or in the middle; columns missing). Now and then the true history is rescaled
 (a dividend), which forces a full refetch, and now and then the cache write fails half-way.
 
-Expected: failed attempts are retried with backoff (the sleep is injected: no test time spent); when
-every attempt fails the cache is served with its staleness (``source == "yahoo-cache"``,
+Expected: failed attempts are retried with backoff (the sleep is injected: no test time spent), except
+a connection error (a host name that does not resolve: Yahoo is unreachable), which ends the load's
+downloads at once; when every attempt fails the cache is served with its staleness (``source == "yahoo-cache"``,
 ``stale_days``); with no cache the load raises a :class:`DataError` naming market and ticker; and
 the cache never holds a partial download: after every load it has every column, no hole, every date
 it had before, and the values of one version of the true history. The probe prints its figures.
@@ -35,6 +36,8 @@ from supsup_fin.errors import DataError
 TICKER = "SPY"
 MARKET = MarketConfig(name="spy", source="yahoo", ticker=TICKER)
 DATA = DataConfig(yahoo=YahooConfig(start=dt.date(2024, 1, 1), retries=2, backoff_s=1.0, overlap_days=10))
+UNREACHABLE = ("connection", "outage")
+"""Faults that say Yahoo cannot be reached (the host name does not resolve): never retried."""
 FAULTS = {"ok": 0.46, "connection": 0.08, "timeout": 0.08, "rate-limit": 0.08, "empty": 0.08,
           "rows-end": 0.06, "rows-start": 0.06, "rows-middle": 0.05, "columns": 0.05}
 
@@ -50,6 +53,7 @@ class FaultyYahoo:
         self.cached = False  # partial frames only once a cache exists: without one they cannot be told apart
         self.down = False  # a whole day's outage: every call fails
         self.injected: Counter = Counter()
+        self.kinds: list[str] = []  # every call's kind, in order
 
     def visible(self) -> pd.DataFrame:
         return self.history.loc[self.history.index <= self.now]
@@ -68,6 +72,7 @@ class FaultyYahoo:
             kind = "ok"
         kind = "outage" if self.down else kind
         self.injected[kind] += 1
+        self.kinds.append(kind)
         h = self.visible()
         h = h.loc[(h.index >= start) & (h.index < end)]
         cut = int(self.rng.integers(1, 4))
@@ -112,6 +117,14 @@ def _check_cache(cache: pd.DataFrame, before: pd.DataFrame | None, fake: FaultyY
     return len(lost - withdrawn), len(withdrawn), holes
 
 
+def _ended_once_unreachable(kinds: list[str], now: pd.Timestamp) -> bool:
+    """Whether one load's download calls (their fault kinds, in order) met an unreachable Yahoo; it must
+    have been the last call."""
+    met = [i for i, k in enumerate(kinds) if k in UNREACHABLE]
+    assert met in ([], [len(kinds) - 1]), f"{now.date()}: a download retried after Yahoo was unreachable: {kinds}"
+    return bool(met)
+
+
 def probe_network(seed: int, folder: Path, days: int = 60) -> Counter:
     """One load per business day for ``days`` days under injected faults; the figures."""
     rng = np.random.default_rng(seed)
@@ -136,10 +149,12 @@ def probe_network(seed: int, folder: Path, days: int = 60) -> Counter:
             try:
                 lp = load_prices(MARKET, DATA, folder, now=now, download=fake, sleep=sleeps.append)
             except DataError as err:
+                figures["loads ended by an unreachable Yahoo"] += _ended_once_unreachable(fake.kinds[calls:], now)
                 assert before is None, f"{now.date()}: an error with a cache to serve: {err}"
                 assert "'spy'" in str(err) and "'SPY'" in str(err) and "no cache" in str(err)
                 figures["errors (no cache yet)"] += 1
                 continue
+        figures["loads ended by an unreachable Yahoo"] += _ended_once_unreachable(fake.kinds[calls:], now)
         after = read_cache(folder, TICKER)
         assert not [p for p in parquet.parent.iterdir() if p.name.endswith(".tmp")], "a temporary file left"
         if lp.source == "yahoo-cache":
@@ -184,6 +199,7 @@ def test_network_faults_retry_fall_back_and_never_cache_a_partial_download(tmp_p
     assert figures["rows lost"] == 0
     assert figures["cache fallbacks"] > 0 and figures["retries (backoff sleeps)"] > 0
     assert figures["errors (no cache yet)"] >= 1
+    assert figures["loads ended by an unreachable Yahoo"] > 0
     assert all(figures[f"injected {k}"] > 0 for k in FAULTS)
 
 

@@ -8,8 +8,9 @@ next retrain succeeds (closing what the killed one left).
 Kill points: at fractions of a full retrain's measured wall time (every stage, start-up included),
 and on the output lines a retrain prints while it logs and registers the model.
 
-Concurrency: two retrains started at once on one workspace (one waits for the other's lock; one
-champion, a healthy store, no sqlite traceback), and two ``forecast --store`` at once (no row lost).
+Concurrency: two retrains started at once on one workspace (one waits for the other's lock; both
+find the champion made from the same inputs and register nothing; a healthy store, no sqlite
+traceback), and two ``forecast --store`` at once (no row lost).
 """
 
 from __future__ import annotations
@@ -143,21 +144,22 @@ def probe(tmp_path: Path) -> Probe:
     return p
 
 
-def next_retrain_succeeds(probe: Probe) -> dict:
-    done = probe.run("retrain", "--json")
+def next_retrain_succeeds(probe: Probe, *args: str) -> dict:
+    done = probe.run("retrain", "--json", *args)
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads(done.stdout)
 
 
 @pytest.mark.slow  # ~80 s; the default suite covers the same state in process (test_registry_faults)
 def test_kill_right_after_created_version(probe: Probe) -> None:
-    how = kill_after(probe.argv("retrain"), line="Created version")
+    # forced: v1 has the same inputs; verbose: MLflow's "Created version" line is shown with --verbose only
+    how = kill_after(probe.argv("retrain", "--force", "--verbose"), line="Created version")
     assert how.startswith("killed on"), how
     figures = check_after_kill(probe, how)
     assert figures["undecided_after_kill"] == [2]  # the kill left v2 without a decision...
     promote = probe.run("promote", "--version", "2")
     assert promote.returncode != 0 and "incomplete" in promote.stderr  # ...which is never promotable
-    summary = next_retrain_succeeds(probe)
+    summary = next_retrain_succeeds(probe, "--force")  # through the champion gate, though v1 has the same inputs
     assert "v2" in summary["recovered"] and "marked incomplete" in summary["recovered"]
     assert "marked FAILED" in summary["recovered"]  # the killed MLflow run
     assert "marked Crashed" in summary["recovered"]  # the killed Prefect flow run
@@ -169,9 +171,10 @@ def test_kill_right_after_created_version(probe: Probe) -> None:
 @pytest.mark.slow
 def test_twenty_kills_over_every_stage(probe: Probe) -> None:
     """15 retrain kills at evenly spread times, 3 on logging / registration lines, 2 of forecast --store
-    (at 60 % and 90 % of its measured time: around the table write)."""
+    (at 60 % and 90 % of its measured time: around the table write). The retrains are forced: the
+    champion has the same inputs, and an unforced retrain would register nothing."""
     start = time.monotonic()
-    next_retrain_succeeds(probe)
+    next_retrain_succeeds(probe, "--force")
     full = time.monotonic() - start
     start = time.monotonic()
     assert probe.run("forecast", "--store").returncode == 0
@@ -181,8 +184,8 @@ def test_twenty_kills_over_every_stage(probe: Probe) -> None:
     points += [("forecast", {"seconds": store * f}) for f in (0.6, 0.9)]
     figures = []
     for command, when in points:
-        args = {"forecast": ("forecast", "--store"), "retrain": ("retrain",),
-                "retrain-verbose": ("retrain", "--verbose")}[command]
+        args = {"forecast": ("forecast", "--store"), "retrain": ("retrain", "--force"),
+                "retrain-verbose": ("retrain", "--force", "--verbose")}[command]
         if command == "forecast":  # stored keys are skipped: start from no table, so the kill meets a write
             table_path(probe.workspace).unlink(missing_ok=True)
         how = kill_after(probe.argv(*args), **when)
@@ -216,13 +219,16 @@ def test_two_retrains_at_once_one_waits(probe: Probe) -> None:
     waited = [s for s in said if "waiting up to" in s and "retrain lock" in s]
     assert len(waited) == 1  # the second said it waits, naming the holder
     assert "pid" in waited[0]
-    versions = sorted(json.loads(stdout)["registered_model"]["version"] for stdout, _ in outs)
-    assert versions == [2, 3]
+    # the same data, config and code as champion v1: both record a run and register nothing
+    registered = [json.loads(stdout)["registered_model"] for stdout, _ in outs]
+    assert [(r["version"], r["unchanged_since"]) for r in registered] == [(1, 1), (1, 1)]
     client, name = probe.client()
-    champions = [v.version for v in client.search_model_versions(f"name = '{name}'")
-                 if "champion" in client.get_model_version(name, v.version).aliases]
-    assert len(champions) == 1
-    assert all(decided(client.get_model_version(name, str(v)).tags) for v in (1, 2, 3))
+    assert [int(v.version) for v in client.search_model_versions(f"name = '{name}'")] == [1]
+    assert champion_version(client, name) == 1 and decided(client.get_model_version(name, "1").tags)
+    runs = client.search_runs([client.get_experiment_by_name(load_config(probe.config).tracking.experiment).experiment_id],
+                              "tags.`supsup_fin.flow` = 'retrain'")
+    assert sorted(r.data.tags.get("unchanged_since", "-") for r in runs) == ["-", "1", "1"]
+    assert all(r.info.status == "FINISHED" for r in runs)
     assert leftovers(probe.home) == []
 
 

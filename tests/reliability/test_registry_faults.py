@@ -59,7 +59,7 @@ def test_a_corrupted_champion_is_replaced_and_said_so(small_pipeline: dict, ws: 
 
     with pytest.raises(MaskFileError, match="masks.safetensors"):
         forecast_markets(small_pipeline["cfg"], ws)  # the corrupted champion cannot answer, and says why
-    second = _log(small_pipeline, ws)  # same scores: only "no loadable champion" lets it through
+    second = _log(small_pipeline, ws)  # same inputs and scores: only "no loadable champion" lets it through
     assert second.decision.promoted, second.decision.reason
     assert "cannot be loaded" in second.decision.reason
     assert "masks.safetensors" in client.get_model_version(name, "2").tags["promotion.champion_unloadable"]
@@ -115,7 +115,7 @@ def test_a_version_from_a_killed_registration_is_never_promotable(small_pipeline
     with pytest.raises(RegistryError, match="incomplete"):
         promote(client, name, 2)
     # the next retrain compares with champion v1 (same scores: not promoted), never with v2
-    third = _log(small_pipeline, ws)
+    third = _log(small_pipeline, ws, force=True)  # forced: the same inputs as v1 register nothing otherwise
     assert third.version == 3 and not third.decision.promoted and third.decision.champion_version == 1
 
 
@@ -133,7 +133,7 @@ def test_a_failed_prune_is_recorded_not_marked_and_reports_stay(small_pipeline: 
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = small_pipeline["cfg"]
     cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"keep_last": 100})})
-    runs = [_log(small_pipeline, ws, cfg=cfg) for _ in range(3)]
+    runs = [_log(small_pipeline, ws, cfg=cfg, force=True) for _ in range(3)]  # three versions of the same inputs
     client = MlflowClient(runs[0].tracking_uri, registry_uri=runs[0].tracking_uri)
     name = runs[0].model_name
     v2_model = model_dir(client, name, 2)
@@ -221,6 +221,8 @@ def test_a_degenerate_hmm_is_not_promoted_without_force(small_pipeline: dict, ws
     client = MlflowClient(held.tracking_uri, registry_uri=held.tracking_uri)
     tags = client.get_model_version(held.model_name, "1").tags
     assert tags["regimes.syn_a.fallback"].startswith("market 'syn_a': no usable fit")
+    assert client.get_model_version(held.model_name, "1").description.startswith(
+        "Registered v1, blocked (no champion) by market 'syn_a': the HMM fell back to 1 state(s)")
     assert champion_version(client, held.model_name) is None
 
     forced = _log(small_pipeline, ws, regimes=regimes, force=True)

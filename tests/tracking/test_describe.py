@@ -1,0 +1,60 @@
+"""The descriptions' wording for each decision, and the inputs hash that makes a retrain "unchanged"."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import supsup_fin
+from supsup_fin.forecaster.evaluate import Evaluation
+from supsup_fin.tracking.describe import MAX_DESCRIPTION, decision_line, retrain_description
+from supsup_fin.tracking.registry import Decision, inputs_sha256
+from supsup_fin.tracking.store import CODE_TAG, code_tags, source_sha256
+
+KEPT = Decision(3, False, "log_loss", 1.05, 1.0986, 2, 1.04, "valid log_loss 1.0500 does not beat champion v2 (1.0400)")
+
+
+@pytest.mark.parametrize(("decision", "unchanged", "expected"), [
+    (dataclasses.replace(KEPT, promoted=True, reason="valid log_loss 1.0500 beats the class prior 1.0986 and no champion"),
+     None, "Promoted: v3 is the champion; valid log_loss 1.0500 beats the class prior 1.0986 and no champion."),
+    (KEPT, None, "Registered v3, kept v2 as champion: valid log_loss 1.0500 does not beat champion v2 (1.0400)."),
+    (dataclasses.replace(KEPT, champion_version=None, reason="valid log_loss 1.1000 does not beat the class prior 1.0986"),
+     None, "Registered v3, not promoted (no champion): valid log_loss 1.1000 does not beat the class prior 1.0986."),
+    (dataclasses.replace(KEPT, blocked_by="market 'wti': the HMM fell back to 1 state(s)",
+                         reason="not promoted without --force: market 'wti': the HMM fell back to 1 state(s)"),
+     None, "Registered v3, blocked (kept v2) by market 'wti': the HMM fell back to 1 state(s); "
+           "`retrain --force` promotes despite it."),
+    (dataclasses.replace(KEPT, version=2), 2, "Unchanged since v2: the same data, config and code as champion v2; "
+                                              "nothing registered (`retrain --force` registers anyway)."),
+])
+def test_the_decision_reads_as_one_sentence(decision: Decision, unchanged: int | None, expected: str) -> None:
+    assert decision_line(decision, unchanged) == expected
+
+
+def test_a_description_of_many_markets_fits_the_registry(small_pipeline: dict) -> None:
+    """A version's description holds 5,000 characters: with 200 markets the table gives way to its file."""
+    rows = [{"market": f"market_{i:03d}", "mode": "auto", "runs": "soft", "segment": seg, "log_loss": 1.0,
+             "baseline_log_loss": 1.1} for i in range(200) for seg in ("valid", "test")]
+    ev = Evaluation(tasks=pd.DataFrame(), markets=pd.DataFrame(rows))
+    text = retrain_description(small_pipeline["loaded"], ev, KEPT, mode="auto", horizon=5, classes=["down", "up"])
+    assert len(text) < MAX_DESCRIPTION and "| market_000 |" not in text
+    assert "Per-market scores: `report/eval_markets.csv`." in text and text.startswith("Registered v3, kept v2")
+
+
+def test_the_inputs_hash_changes_with_each_of_data_config_and_code() -> None:
+    base = ({"sp500": "aa", "wti": "bb"}, {"training.steps": 300}, "c0")
+    assert inputs_sha256(*base) == inputs_sha256({"wti": "bb", "sp500": "aa"}, *base[1:])  # order does not count
+    changed = [({"sp500": "ab", "wti": "bb"}, *base[1:]), (base[0], {"training.steps": 301}, "c0"), (*base[:2], "c1"),
+               ({"sp500": "aa"}, *base[1:])]
+    assert len({inputs_sha256(*base), *(inputs_sha256(*c) for c in changed)}) == 5
+
+
+def test_the_code_is_named_by_its_source_hash_and_checkout() -> None:
+    tags = code_tags()
+    assert tags[CODE_TAG] == source_sha256() and len(tags[CODE_TAG]) == 64
+    assert tags["code.version"] == supsup_fin.__version__
+    checkout = (Path(supsup_fin.__file__).resolve().parents[1] / ".git").exists()
+    assert ("git_commit" in tags and tags["git_dirty"] in ("true", "false")) == checkout
