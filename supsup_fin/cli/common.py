@@ -196,11 +196,12 @@ def progress_bar(enabled: bool) -> Iterator[None]:
 
 
 def table(title: str, rows: list[dict[str, Any]], columns: list[str]) -> Table:
-    """A table that wraps what does not fit (a header or cell is folded, never cut with an ellipsis)."""
+    """A table that wraps what does not fit, never cutting it or leaving a column out: headers at
+    their words (``log_loss`` shows as ``log loss``; ``--json`` keeps the names), cells folded."""
     t = Table(title=title, title_justify="left")
     for c in columns:
-        t.add_column(c, justify="left" if c in ("task", "market", "regime", "mode", "as_of", "masks") else "right",
-                     overflow="fold")
+        t.add_column(c.replace("_", " "), overflow="fold",
+                     justify="left" if c in ("task", "market", "regime", "mode", "as_of", "masks") else "right")
     for r in rows:
         t.add_row(*[fmt(r.get(c)) for c in columns])
     return t

@@ -14,6 +14,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from conftest import free_port, small_config_dict
 
 from supsup_fin.live.table import read_forecasts
@@ -31,6 +33,7 @@ def _up(url: str) -> bool:
         return False
 
 
+@pytest.mark.slow  # a real Prefect server and its deployments: ~65 s
 def test_schedule_serves_deployments_on_a_real_server_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
