@@ -29,6 +29,7 @@ from supsup_fin.errors import DataError
 from supsup_fin.forecaster.evaluate import Evaluation, evaluate
 from supsup_fin.forecaster.gating import RegimeGatedForecaster
 from supsup_fin.masks import FrozenNet, MaskBank
+from supsup_fin.progress import report
 from supsup_fin.forecaster.prepare import FeatureSet, RegimeFit, build_features, fit_regimes, lineage_of
 from supsup_fin.regimes import RegimeModel
 from supsup_fin.forecaster.summary import retrain_summary
@@ -160,6 +161,10 @@ def retrain_flow(config: dict[str, Any], workspace: str | None = None, force: bo
     return {**summary, "recovered": recovered}
 
 
+_STAGES = ("ingest", "features and regimes", "train masks", "evaluate", "log and register")
+"""The retrain's stages as its progress bar names them (its timings: ``ingest``, ``features_regimes``...)."""
+
+
 def _retrain(cfg: Config, ws: Workspace, force: bool) -> dict[str, Any]:
     start = time.perf_counter()
     clock: dict[str, float] = {}
@@ -167,8 +172,10 @@ def _retrain(cfg: Config, ws: Workspace, force: bool) -> dict[str, Any]:
     def lap(stage: str, t0: float) -> float:
         now = time.perf_counter()
         clock[stage] = round(now - t0, 3)
+        report("retrain", len(clock), len(_STAGES), _STAGES[len(clock)] if len(clock) < len(_STAGES) else "done")
         return now
 
+    report("retrain", 0, len(_STAGES), _STAGES[0])
     t = start
     loaded = ingest_all(cfg, ws.cache_dir)
     t = lap("ingest", t)

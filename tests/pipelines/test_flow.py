@@ -17,6 +17,7 @@ from supsup_fin.config import config_from_dict
 from supsup_fin.errors import DataError
 from supsup_fin.forecaster.gating import RegimeGatedForecaster
 from supsup_fin.live.forecast import forecast_markets
+from supsup_fin.progress import listening
 from supsup_fin.tracking.registry import download_forecaster
 from supsup_fin.workspace import Workspace
 
@@ -35,7 +36,11 @@ def test_retrain_flow_registers_a_reproducible_forecaster(harness, small_pipelin
     from pipelines.retrain import run_retrain
 
     cfg = config_from_dict(small_config_dict())
-    summary = run_retrain(cfg, tmp_path / "ws")
+    stages: list[tuple[int, int, str]] = []
+    with listening(lambda stage, done, total, info: stages.append((done, total, info)) if stage == "retrain" else None):
+        summary = run_retrain(cfg, tmp_path / "ws")
+    assert stages == [(0, 5, "ingest"), (1, 5, "features and regimes"), (2, 5, "train masks"), (3, 5, "evaluate"),
+                      (4, 5, "log and register"), (5, 5, "done")]  # the CLI's progress bar over the stages
     # the summary contract the CLI's --json relies on
     assert summary["markets"] == ["syn_a", "syn_b"]
     assert {"registered_model", "tracking_uri", "elapsed_s", "tasks", "promotion"} <= set(summary)
