@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from supsup_fin import _processes
 from supsup_fin.errors import SupsupError
 from supsup_fin.workspace import Workspace
 
@@ -90,19 +91,9 @@ def drain_prefect_workers(timeout_s: float = 10.0) -> None:
 
 
 def stop_process_group(proc: subprocess.Popen, timeout: float = 20.0) -> None:
-    """SIGINT, then SIGTERM, then SIGKILL the process group ``proc`` leads (``start_new_session``).
+    """SIGINT, then SIGTERM, then SIGKILL the process group ``proc`` leads (``start_new_session``),
+    ``timeout`` seconds for each to work.
 
     SIGINT first so a ``supsup-fin schedule`` process runs its clean-up (it stops its own server).
     """
-    if proc.poll() is not None:
-        return
-    for sig, wait in ((signal.SIGINT, timeout), (signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+    _processes.stop_process_group(proc, ((signal.SIGINT, timeout), (signal.SIGTERM, timeout)))

@@ -164,7 +164,10 @@ def _overlap_table(overlap: dict[str, Any]) -> Table:
     """The Jaccard matrix with numbered columns (narrow at any task count) and the chance level."""
     names, chance = overlap["names"], np.asarray(overlap["chance"])
     off = chance[~np.eye(len(names), dtype=bool)]
-    level = f"{off.min():.2f}" if off.size == 0 or np.ptp(off) < 0.005 else f"{off.min():.2f}-{off.max():.2f}"
+    if off.size == 0:  # one mask: no pair to compare
+        level = "none (one mask)"
+    else:
+        level = f"{off.min():.2f}" if np.ptp(off) < 0.005 else f"{off.min():.2f}-{off.max():.2f}"
     t = Table(title=f"Jaccard overlap of kept weights (column j: row j's mask); chance level for independent "
                     f"masks of these densities: {level}", title_justify="left")
     t.add_column("#", justify="right")

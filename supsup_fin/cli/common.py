@@ -64,11 +64,12 @@ class _Session:
 _session = _Session()
 
 
-class _OwnWarnings(logging.Filter):
-    """The terminal's filter without ``--verbose``: the project's own warnings and errors only."""
+class _OwnRecords(logging.Filter):
+    """The terminal's filter without ``--verbose``: the project's own records only (the handler's
+    level keeps them to warnings and errors)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.WARNING and record.name.split(".")[0] in _OWN_LOGGERS
+        return record.name.split(".")[0] in _OWN_LOGGERS
 
 
 class _Terminal(logging.Handler):
@@ -107,7 +108,7 @@ def setup_logging(verbose: bool, home: Path | None = None) -> Path:
     to_file.setFormatter(logging.Formatter(_LOG_FORMAT))
     to_term = _Terminal(verbose)
     if not verbose:
-        to_term.addFilter(_OwnWarnings())
+        to_term.addFilter(_OwnRecords())
     logging.basicConfig(level=logging.INFO, handlers=[to_file, to_term], force=True)
     logging.captureWarnings(True)
     for name in _CHATTY:

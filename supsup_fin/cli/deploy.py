@@ -119,7 +119,6 @@ def serve(
     """
     from supsup_fin.tracking.serve import serve_command, serving_example
 
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # stderr keeps one line per event
     cfg, ws = load_config(config), Workspace.resolve(home)
     if example:
         print_json(serving_example(cfg.tracking, ws))

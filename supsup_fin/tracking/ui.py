@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
+from supsup_fin._processes import stop_process_group
 from supsup_fin.config import TrackingConfig
 from supsup_fin.errors import ConfigError, SupsupError
 from supsup_fin.tracking.serve import LOOPBACK
@@ -131,7 +132,8 @@ def mlflow_ui(
     startup_timeout: float = STARTUP_TIMEOUT_S,
 ) -> Iterator[RunningUI]:
     """Yield a running MLflow UI on the tracking store once it answers; stopped on exit
-    (:func:`stop_group`: the server and its worker, nothing left holding the port).
+    (:func:`~supsup_fin._processes.stop_process_group`: the server and its worker, nothing left
+    holding the port).
 
     ``port``: as :func:`ui_port` picks it. The server's output goes to ``log_file``, else to
     this process's stderr. A tracking store that is a server already is its own UI: nothing is
@@ -156,7 +158,7 @@ def mlflow_ui(
         log.info("MLflow UI at %s (pid %d) on %s", url, proc.pid, uri)
         yield RunningUI(url, uri, experiment_id, proc.pid, log_file, proc)
     finally:
-        stop_group(proc)
+        stop_process_group(proc, ((signal.SIGTERM, STOP_GRACE_S),))
         if output:
             output.close()
 
@@ -183,24 +185,3 @@ def _see(log_file: Path | None) -> str:
         return ""
     lines = [ln for ln in log_file.read_text(errors="replace").splitlines() if ln.strip()] if log_file.exists() else []
     return f"; see {log_file}" + (f": {lines[-1].strip()[:200]}" if lines else "")
-
-
-def stop_group(proc: subprocess.Popen, grace_s: float = STOP_GRACE_S) -> None:
-    """Stop the process group ``proc`` leads (started with ``start_new_session``): SIGTERM to all
-    of it, then SIGKILL to whatever is left once ``proc`` has exited, ``grace_s`` has passed or a
-    second Ctrl-C cut the wait short."""
-    try:
-        _signal_group(proc, signal.SIGTERM)
-        proc.wait(grace_s)
-    except subprocess.TimeoutExpired:
-        pass
-    finally:
-        _signal_group(proc, signal.SIGKILL)
-        proc.wait()
-
-
-def _signal_group(proc: subprocess.Popen, sig: int) -> None:
-    try:
-        os.killpg(proc.pid, sig)
-    except ProcessLookupError:  # nothing of the group is left
-        pass

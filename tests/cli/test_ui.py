@@ -50,7 +50,7 @@ def _port_free(port: int) -> bool:
 @pytest.fixture(scope="module")
 def ui(small_pipeline: dict, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     """``supsup-fin ui --json`` on a workspace whose champion is v1, in its own session."""
-    from supsup_fin.tracking.ui import stop_group
+    from supsup_fin._processes import stop_process_group
 
     p = small_pipeline
     ws = Workspace.resolve(tmp_path_factory.mktemp("ui"))
@@ -73,7 +73,7 @@ def ui(small_pipeline: dict, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         assert line, f"ui printed nothing: {(ws.root / 'ui.err').read_text()[-2000:]}"
         yield {"info": json.loads(line), "port": port, "proc": proc, "ws": ws, "run": run, "config": config}
     finally:
-        stop_group(proc)
+        stop_process_group(proc)
         proc.stdout.close()
         stderr.close()
 
