@@ -193,6 +193,9 @@ class RegimesConfig(_Section):
     lineage: bool = Field(
         True, description="retrain: align each market's refit to the champion's HMM (its state count and "
         "regime names are kept, so a regime means the same across versions); false: a fresh state search")
+    order_by: Literal["volatility", "mean"] = Field(
+        "volatility", description="regime order and names: ascending volatility (calm / normal / turbulent) "
+        "or ascending mean return (bear / sideways / bull)")
 
     @field_validator("n_states")
     @classmethod
@@ -331,6 +334,39 @@ class TrackingConfig(_Section):
     carry_over: bool = Field(True, description="reuse the champion's masks whose market, regime, data and config are unchanged")
 
 
+class NoveltyConfig(_Section):
+    """SupSup's new-task rule as a novel-regime detector (``monitor``)."""
+
+    enabled: bool = Field(True, description="run the novel-regime check in each monitoring pass")
+    window: int = Field(20, ge=1, description="recent rows whose mean task-inference scores the rule reads")
+    quantile: float = Field(0.99, gt=0.5, lt=1, description="a score beyond this quantile of its training-row "
+                            "range says 'no mask fits'")
+    min_rows: int = Field(40, ge=10, description="matured novel rows needed to train a new mask")
+    train_new_mask: bool = Field(True, description="when the rule and the HMM test both say novel, train a new "
+                                 "mask on the novel rows and register it as a challenger")
+
+
+class MonitorConfig(_Section):
+    """Scoring matured forecasts, drift checks and the alerts they raise (``monitor``)."""
+
+    window: int = Field(60, ge=5, description="matured forecasts per market and version the rolling scores cover")
+    min_matured: int = Field(20, ge=1, description="matured forecasts needed before 'worse than the prior' alerts")
+    loss_margin: float = Field(0.0, ge=0, description="alert when the mean log-loss over the window exceeds the "
+                               "class prior's by more than this")
+    reliability_bins: int = Field(10, ge=2, le=50, description="bins of the reliability table and ECE")
+    drift_window: int = Field(60, ge=10, description="recent rows the feature and HMM drift checks read")
+    psi_bins: int = Field(10, ge=2, le=50, description="training-quantile bins of the population stability index")
+    psi_threshold: float = Field(0.25, gt=0, description="an input feature's PSI (recent rows against training) "
+                                 "at or above this raises an alert")
+    hmm_quantile: float = Field(0.01, gt=0, lt=0.5, description="alert when the recent rows' mean filtered "
+                                "log-likelihood falls below this quantile of its training range")
+    backfill: int = Field(0, ge=0, description="`monitor` without --backfill: forecast and score the champion on "
+                          "this many of the data's last dates first (0: score only what the forecast flow stored)")
+    retrain_on_alert: bool = Field(False, description="under `schedule`: an alert triggers the retrain deployment "
+                                   "(a Prefect automation)")
+    novelty: NoveltyConfig = NoveltyConfig()
+
+
 class ScheduleConfig(_Section):
     retrain_cron: str = "0 22 * * 1-5"
     forecast_cron: str = "30 22 * * 1-5"
@@ -367,6 +403,7 @@ class Config(_Section):
     gating: GatingConfig = GatingConfig()
     backtest: BacktestConfig = BacktestConfig()
     tracking: TrackingConfig = TrackingConfig()
+    monitor: MonitorConfig = MonitorConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     runtime: RuntimeConfig = RuntimeConfig()
 

@@ -32,6 +32,8 @@ class MarketModel:
     ``calibrators`` (mask name, or :data:`SOFT`, -> map), ``mode`` (the gate mode ``auto``
     chose) and ``selection`` (held-out scores behind those choices). ``class_returns``: each
     class's forward-return mean and variance on training rows, for the decision layer.
+    ``reference``: what monitoring compares live rows with, computed on training rows
+    (:mod:`supsup_fin.monitor.reference`; empty in models built before it existed).
     """
 
     name: str
@@ -45,6 +47,7 @@ class MarketModel:
     calibrators: dict[str, Calibrator] = field(default_factory=dict)
     mode: str | None = None
     selection: dict[str, Any] = field(default_factory=dict)
+    reference: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         out = {
@@ -60,6 +63,8 @@ class MarketModel:
             out["mode"] = self.mode
         if self.selection:
             out["selection"] = self.selection
+        if self.reference:
+            out["reference"] = self.reference
         return out
 
     @classmethod
@@ -74,7 +79,7 @@ class MarketModel:
             regime=RegimeModel.from_dict(d["regime"], market=name), masks=dict(d["masks"]), all_mask=d["all_mask"],
             class_returns=None if cr is None else ClassReturns.from_dict(cr),
             calibrators={k: Calibrator.from_dict(c) for k, c in d.get("calibrators", {}).items()},
-            mode=d.get("mode"), selection=dict(d.get("selection", {})),
+            mode=d.get("mode"), selection=dict(d.get("selection", {})), reference=dict(d.get("reference", {})),
         )
 
     def gate_mode(self, default: str) -> str:

@@ -151,6 +151,15 @@ def forward(
     log_likelihood : float
         ``log p(x_1..n)``.
     """
+    out, totals = forward_with_normalisers(log_b, log_start, log_a)
+    return out, float(totals.sum())
+
+
+def forward_with_normalisers(
+    log_b: np.ndarray, log_start: np.ndarray, log_a: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`forward`'s filtered log-probabilities ``[n, K]`` and its per-row normalisers ``[n]``:
+    ``log p(x_t | x_1..t-1)``, each row's one-step predictive log-likelihood (row 0: ``log p(x_1)``)."""
     n, k = log_b.shape
     out = np.empty((n, k))
     totals = np.empty(n)
@@ -159,7 +168,7 @@ def forward(
     for t in range(1, n):
         state, totals[t : t + 1] = _normalise(_predict_log(state, log_a) + log_b[t : t + 1])
         out[t] = state[0]
-    return out, float(totals.sum())
+    return out, totals
 
 
 def forward_last_of_windows(

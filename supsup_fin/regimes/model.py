@@ -346,6 +346,23 @@ class RegimeModel:
                                         _forward.log_transmat(self.transmat_))
         return self._frame(np.exp(log_alpha), index)
 
+    def predictive_log_likelihood(self, prices: pd.DataFrame) -> pd.Series:
+        """Each row's one-step predictive log-likelihood ``log p(x_t | x_1..t-1)`` under the model.
+
+        The filter's normaliser, started from ``stationary_`` at the first feature row like
+        :meth:`filter_proba`, so a row depends only on the rows up to it. Low values say the
+        observations are unlike what the fitted regimes produce (HMM drift).
+
+        Returns
+        -------
+        pandas.Series
+            Shape ``[n - vol_window]``, named ``log_likelihood``, index ``prices.index[vol_window:]``.
+        """
+        log_b, index = self._log_densities(prices, "predictive_log_likelihood")
+        _, totals = _forward.forward_with_normalisers(log_b, self._log_start(),
+                                                      _forward.log_transmat(self.transmat_))
+        return pd.Series(totals, index=index, name="log_likelihood")
+
     def predict_next_proba(self, prices: pd.DataFrame) -> pd.DataFrame:
         """One-step forecasts ``P(z_{t+1} | x_1..t) = filter_t @ transmat_``.
 

@@ -1,0 +1,1 @@
+"""Closing the loop: score matured forecasts, check drift and novel regimes, raise alerts."""
