@@ -1,6 +1,8 @@
-"""The ``forecast`` flow: champion -> latest data per market -> forecasts table + MLflow run.
+"""The ``forecast`` flow: champion -> latest data per market -> forecasts table + MLflow run ->
+the monitoring pass (score what matured, check, alert: :mod:`pipelines.monitor`).
 
-Re-running it for a date adds nothing: the table is keyed by (as_of, market, model_version).
+Re-running it for a date adds nothing: the table is keyed by (as_of, market, model_version), and
+the scores and alerts tables likewise.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from pipelines._recovery import crash_abandoned_flow_runs, process_tagged
+from pipelines.monitor import monitor
 from pipelines.retrain import ingest_all
 from supsup_fin.config import Config, config_from_dict
 from supsup_fin.data import LoadedPrices
@@ -37,7 +40,8 @@ def store(cfg: Config, ws: Workspace, rows: list[dict[str, Any]]) -> dict[str, A
 
 @flow(name="forecast")
 def forecast_flow(config: dict[str, Any], workspace: str | None = None) -> dict[str, Any]:
-    """Forecast every configured market's latest date with the champion and store the rows."""
+    """Forecast every configured market's latest date with the champion, store the rows, then
+    monitor the champion (``monitor``: the pass's report)."""
     cfg = config_from_dict(config)
     ws = Workspace.resolve(workspace)
     crash_abandoned_flow_runs("forecast")
@@ -46,7 +50,8 @@ def forecast_flow(config: dict[str, Any], workspace: str | None = None) -> dict[
     loaded = ingest_all(cfg, ws.cache_dir, names)
     predicted = [predict.submit(model, version, lp) for lp in loaded.values()]  # all markets at once
     rows = [f.result() for f in predicted]
-    return {"model_version": version, "forecasts": rows, **store(cfg, ws, rows)}
+    stored = store(cfg, ws, rows)
+    return {"model_version": version, "forecasts": rows, **stored, "monitor": monitor(cfg, ws, None, loaded)}
 
 
 def run_forecast(cfg: Config, workspace: str | Path | None = None) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from supsup_fin.errors import DataError
 from supsup_fin.forecaster.evaluate import Evaluation, evaluate
 from supsup_fin.forecaster.gating import RegimeGatedForecaster
 from supsup_fin.masks import FrozenNet, MaskBank
+from supsup_fin.monitor.reference import attach_references
 from supsup_fin.progress import report
 from supsup_fin.forecaster.prepare import FeatureSet, RegimeFit, build_features, fit_regimes, lineage_of
 from supsup_fin.regimes import RegimeModel
@@ -116,8 +117,12 @@ def train(group: list[Task], cfg: Config) -> MaskBits:
 
 
 @task(name="forecaster", cache_policy=NO_CACHE)
-def assemble(fs: dict[str, FeatureSet], rf: dict[str, RegimeFit], net: FrozenNet, bank: MaskBank, cfg: Config) -> RegimeGatedForecaster:
-    return build_forecaster(fs, rf, net, bank, cfg)
+def assemble(fs: dict[str, FeatureSet], rf: dict[str, RegimeFit], net: FrozenNet, bank: MaskBank, cfg: Config,
+             prices: dict[str, pd.DataFrame]) -> RegimeGatedForecaster:
+    """The forecaster, each market with its monitoring reference on its training rows."""
+    forecaster = build_forecaster(fs, rf, net, bank, cfg)
+    attach_references(forecaster, fs, rf, prices, cfg)
+    return forecaster
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)
@@ -192,8 +197,9 @@ def _retrain(cfg: Config, ws: Workspace, force: bool) -> dict[str, Any]:
     net = build_network(cfg, task_list[0].X.shape[1])
     bank = merge_banks(net, [carried, *[g.result() for g in groups]])
     t = lap("train_masks", t)
-    forecaster = assemble(fs, rf, net, bank, cfg)
-    ev = score(forecaster, fs, rf, {n: lp.frame for n, lp in loaded.items()})
+    prices = {n: lp.frame for n, lp in loaded.items()}
+    forecaster = assemble(fs, rf, net, bank, cfg, prices)
+    ev = score(forecaster, fs, rf, prices)
     t = lap("evaluate", t)
     run = record(cfg, ws, loaded, rf, ev, forecaster, dict(clock), force)
     lap("log_register", t)

@@ -1,4 +1,5 @@
-"""Scheduled deployments of the ``retrain`` and ``forecast`` flows on a real Prefect server.
+"""Scheduled deployments of the ``retrain`` and ``forecast`` flows on a real Prefect server (each
+scheduled forecast also scores the matured forecasts and raises alerts: :mod:`pipelines.monitor`).
 
 A temporary (ephemeral) Prefect server cannot run schedules, so :func:`prefect_server` starts
 ``prefect server start --host 127.0.0.1`` (state under the workspace) unless ``PREFECT_API_URL``
@@ -22,6 +23,7 @@ from prefect.schedules import Cron
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from pipelines._server import ServerError, drain_prefect_workers, prefect_server, stop_process_group
+from pipelines.automation import retrain_triggers
 from pipelines.forecast import forecast_flow
 from pipelines.retrain import retrain_flow, run_retrain
 from supsup_fin.config import Config, config_from_dict
@@ -44,13 +46,16 @@ def retrain_dask_flow(config: dict[str, Any], workspace: str | None = None) -> d
 
 
 def deployments(cfg: Config, workspace: Workspace) -> list[RunnerDeployment]:
-    """The ``retrain`` and ``forecast`` deployments with the config's crons and time zone."""
+    """The ``retrain`` and ``forecast`` deployments with the config's crons and time zone; with
+    ``monitor.retrain_on_alert`` the retrain deployment also runs on the monitoring pass's alert
+    events (:func:`pipelines.automation.retrain_triggers`)."""
     params = {"config": cfg.model_dump(mode="json"), "workspace": str(workspace.root)}
     sched = cfg.schedule
     retrain = retrain_dask_flow if cfg.runtime.task_runner == "dask" else retrain_flow
     return [
         f.to_deployment(name=f"{cfg.name}-{kind}", schedules=[Cron(cron, timezone=sched.timezone)],
-                        parameters=params, tags=["supsup-fin", kind], entrypoint_type=EntrypointType.MODULE_PATH)
+                        parameters=params, tags=["supsup-fin", kind], entrypoint_type=EntrypointType.MODULE_PATH,
+                        triggers=retrain_triggers(cfg) if kind == "retrain" else None)
         for f, kind, cron in ((retrain, "retrain", sched.retrain_cron), (forecast_flow, "forecast", sched.forecast_cron))
     ]
 

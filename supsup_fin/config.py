@@ -356,8 +356,10 @@ class MonitorConfig(_Section):
     reliability_bins: int = Field(10, ge=2, le=50, description="bins of the reliability table and ECE")
     drift_window: int = Field(60, ge=10, description="recent rows the feature and HMM drift checks read")
     psi_bins: int = Field(10, ge=2, le=50, description="training-quantile bins of the population stability index")
-    psi_threshold: float = Field(0.25, gt=0, description="an input feature's PSI (recent rows against training) "
-                                 "at or above this raises an alert")
+    psi_threshold: float = Field(0.25, gt=0, description="the lowest PSI (recent rows against training) of an "
+                                 "input feature that can raise an alert")
+    psi_quantile: float = Field(0.995, gt=0.5, lt=1, description="an input feature's PSI alerts at or above this "
+                                "quantile of its PSI over every drift_window of training rows (and psi_threshold)")
     hmm_quantile: float = Field(0.01, gt=0, lt=0.5, description="alert when the recent rows' mean filtered "
                                 "log-likelihood falls below this quantile of its training range")
     backfill: int = Field(0, ge=0, description="`monitor` without --backfill: forecast and score the champion on "

@@ -76,6 +76,11 @@ class Workspace:
         return self._dir("forecasts")
 
     @property
+    def monitor_dir(self) -> Path:
+        """The monitoring pass's state: the alerts table."""
+        return self._dir("monitor")
+
+    @property
     def backtests_dir(self) -> Path:
         """One folder per backtest's artifacts (tables, plots, tearsheet)."""
         return self._dir("backtests")

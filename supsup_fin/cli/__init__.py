@@ -115,13 +115,15 @@ def retrain(
 def forecast(
     config: ConfigOpt, market: Annotated[list[str] | None, typer.Option("--market", "-m", help="Only this market (repeatable).")] = None,
     store: Annotated[bool, typer.Option("--store", help="Also append to the forecasts table and log an MLflow run (idempotent).")] = False,
+    as_of: Annotated[str | None, typer.Option("--as-of", metavar="DATE", help="Forecast at the close of DATE (YYYY-MM-DD), "
+                                              "from each market's prices up to that date only.")] = None,
     as_json: JsonOpt = False, home: HomeOpt = None, verbose: VerboseOpt = False,
 ) -> None:
-    """Forecast the latest date of each market with the registered champion."""
+    """Forecast the latest date of each market (or --as-of DATE) with the registered champion."""
     from supsup_fin.live.forecast import forecast_markets, store_forecasts
 
     cfg, ws = load_config(config), Workspace.resolve(home)
-    rows = forecast_markets(cfg, ws, market or None)
+    rows = forecast_markets(cfg, ws, market or None, as_of)
     stored = store_forecasts(cfg, ws, rows) if store else None
     if as_json:
         print_json({"forecasts": rows, "stored": stored} if store else rows)
@@ -138,15 +140,22 @@ def masks(
     path: Annotated[Path | None, typer.Option("--path", help="A mask bank or forecaster directory instead of the registry.")] = None,
     version: Annotated[str, typer.Option("--version", help="Registry version number or alias.")] = "champion",
     overlap: Annotated[bool, typer.Option("--overlap", help="Also print the Jaccard overlap matrix.")] = False,
+    explain: Annotated[bool, typer.Option("--explain", help="Also show which inputs (feature, lag) each mask's input "
+                                          "layer keeps, and how each regime mask overlaps its market's ALL mask and "
+                                          "other markets' masks, against chance.")] = False,
     as_json: JsonOpt = False, home: HomeOpt = None, verbose: VerboseOpt = False,
 ) -> None:
-    """Inspect a mask bank: tasks, per-layer densities, storage, overlaps."""
-    from supsup_fin.forecaster.bank_info import describe_bank, open_bank
+    """Inspect a mask bank: tasks, per-layer densities, storage, overlaps, the inputs each mask reads."""
+    from supsup_fin.forecaster.bank_info import describe_bank, explain_tables, load_bank
+    from supsup_fin.masks.explain import explain_bank
 
     cfg = load_config(config) if config else load_config(demo_config_path())
-    bank, source = open_bank(cfg, Workspace.resolve(home), path=path, version=version)
+    opened = load_bank(cfg, Workspace.resolve(home), path=path, version=version)
+    bank, source = opened.bank, opened.source
     info = describe_bank(bank, overlap=overlap)
     info["source"] = source
+    if explain:
+        info["explain"] = explain_bank(bank, opened.feature_names, opened.lookback)
     if as_json:
         print_json(info)
         return
@@ -158,6 +167,20 @@ def masks(
               f"(dense float32 copies would take {info['bytes_dense_float32']} bytes)")
     if overlap and info["tasks"]:
         out.print(_overlap_table(info["overlap"]))
+    if explain and info["tasks"]:
+        shown = explain_tables(info["explain"])
+        if info["explain"]["inputs"] == "index":
+            out.print("[yellow]a bare mask bank names no features: inputs are shown by index (in0 ..); a forecaster "
+                      "directory or registry version names them by feature and lag[/yellow]")
+        out.print(table("What each mask's input layer reads: per feature (all lags), the kept fraction of its weights "
+                        "over the layer's density (1 = uniform); top: the input (feature@lag) kept most",
+                        shown["usage"], list(shown["usage"][0])))
+        out.print(shown["usage_note"])
+        if shown["overlap"]:
+            out.print(table("Each regime mask's overlap over all layers: Jaccard (chance: independent masks of these "
+                            "densities); more/less than ALL: the features it keeps more/less of than its market's ALL "
+                            f"mask, in density points ({shown['overlap_note']})", shown["overlap"],
+                            list(shown["overlap"][0])))
 
 
 def _overlap_table(overlap: dict[str, Any]) -> Table:
@@ -196,5 +219,5 @@ def _bare_flags(command: Any) -> None:
 
 
 # Further command groups register themselves on `app` when imported.
-from supsup_fin.cli import backtest as _backtest, data as _data, deploy as _deploy  # noqa: E402,F401
+from supsup_fin.cli import backtest as _backtest, data as _data, deploy as _deploy, monitor as _monitor  # noqa: E402,F401
 

@@ -51,28 +51,34 @@ def append_forecasts(workspace: Workspace, rows: list[dict[str, Any]]) -> pd.Dat
     missing = sorted({k for r in rows for k in KEY if k not in r})
     if missing:
         raise ValueError(f"forecast rows need the key columns {list(KEY)}; missing {missing}")
-    new = pd.DataFrame([_flat(r) for r in rows]).drop_duplicates(list(KEY), keep="first")
+    new = pd.DataFrame([_flat(r) for r in rows])
     new["model_version"] = new["model_version"].astype("int64")
-    path = table_path(workspace)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock", timeout=LOCK_TIMEOUT_S):
-        return _append_locked(workspace, path, new, len(rows))
+    return append_keyed(table_path(workspace), new, KEY, "forecasts table")
 
 
 LOCK_TIMEOUT_S = 120.0
 """Seconds an append waits for another writer of the same table before it gives up."""
 
 
-def _append_locked(workspace: Workspace, path: Path, new: pd.DataFrame, n_rows: int) -> pd.DataFrame:
-    old = read_forecasts(workspace)
-    if len(old):
-        seen = set(map(tuple, old[list(KEY)].astype({"model_version": "int64"}).itertuples(index=False)))
-        new = new[[tuple(k) not in seen for k in new[list(KEY)].itertuples(index=False)]]
-    if new.empty:
-        log.info("forecasts table: all %d rows already stored", n_rows)
-        return new
-    table = pd.concat([old, new], ignore_index=True) if len(old) else new.reset_index(drop=True)
-    with atomic_file(path) as tmp:
-        table.to_parquet(tmp, index=False)
-    log.info("forecasts table: %d new rows (%d in all) in %s", len(new), len(table), path)
+def append_keyed(path: Path, rows: pd.DataFrame, key: tuple[str, ...], what: str) -> pd.DataFrame:
+    """Append ``rows`` to the parquet table at ``path``, skipping those whose ``key`` it holds.
+
+    Idempotent (a stored key is never duplicated or overwritten), atomic (the new table is written
+    beside the old one, then renamed over it) and serialised across processes by a lock file
+    beside the table. Returns the rows added. The forecasts, scores and alerts tables are such tables.
+    """
+    new = rows.drop_duplicates(list(key), keep="first")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock", timeout=LOCK_TIMEOUT_S):
+        old = pd.read_parquet(path) if path.exists() else pd.DataFrame(columns=list(rows.columns))
+        if len(old):
+            seen = set(old[list(key)].astype(new[list(key)].dtypes.to_dict()).itertuples(index=False, name=None))
+            new = new[[k not in seen for k in new[list(key)].itertuples(index=False, name=None)]]
+        if new.empty:
+            log.info("%s: all %d rows already stored", what, len(rows))
+            return new.reset_index(drop=True)
+        table = pd.concat([old, new], ignore_index=True) if len(old) else new.reset_index(drop=True)
+        with atomic_file(path) as tmp:
+            table.to_parquet(tmp, index=False)
+    log.info("%s: %d new rows (%d in all) in %s", what, len(new), len(table), path)
     return new.reset_index(drop=True)

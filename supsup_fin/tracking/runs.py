@@ -15,6 +15,7 @@ import mlflow
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
+from supsup_fin._figures import save_png
 from supsup_fin.config import Config, TrackingConfig
 from supsup_fin.data import LoadedPrices
 from supsup_fin.errors import DataError
@@ -22,6 +23,7 @@ from supsup_fin.forecaster.evaluate import Evaluation
 from supsup_fin.forecaster.gating import RegimeGatedForecaster
 from supsup_fin.forecaster.persist import manifest_sha256
 from supsup_fin.forecaster.prepare import RegimeFit
+from supsup_fin.masks.explain import explain_bank, explain_figure, usage_frame
 from supsup_fin.regimes import plot_regimes
 from supsup_fin.tracking.describe import NOTE_TAG, changed_inputs, describe_model, log_prices, retrain_description
 from supsup_fin.tracking.model import log_forecaster, payload
@@ -179,7 +181,8 @@ def log_retrain(
 def _log_contents(cfg: Config, workspace: Workspace, loaded: dict[str, LoadedPrices], regimes: dict[str, RegimeFit],
                   evaluation: Evaluation, forecaster: RegimeGatedForecaster, timings: dict[str, float] | None,
                   params: dict[str, str], inputs: str) -> None:
-    """What every retrain run records: config, data (tags and datasets), metrics, report files."""
+    """What every retrain run records: config, data (tags and datasets), metrics, report files (among
+    them what each mask's input layer reads: ``mask_inputs.png``/``.csv``, and ``mask_overlap.csv``)."""
     mlflow.log_params(params)
     tags = {"supsup_fin.flow": "retrain", INPUTS_TAG: inputs, **run_tags()}
     for m, lp in loaded.items():
@@ -200,6 +203,10 @@ def _log_contents(cfg: Config, workspace: Workspace, loaded: dict[str, LoadedPri
         evaluation.markets.to_csv(tmp_path / "eval_markets.csv", index=False)
         for table, frame in _tables(forecaster).items():
             frame.to_csv(tmp_path / f"{table}.csv", index=False)
+        explained = explain_bank(forecaster.bank, forecaster.feature_names, forecaster.lookback)
+        save_png(explain_figure(explained), tmp_path / "mask_inputs.png")
+        usage_frame(explained).to_csv(tmp_path / "mask_inputs.csv", index=False)
+        pd.DataFrame(explained["overlap"]).to_csv(tmp_path / "mask_overlap.csv", index=False)
         mlflow.log_artifacts(tmp, artifact_path="report")
 
 

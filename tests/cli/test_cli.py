@@ -17,7 +17,7 @@ from supsup_fin.cli import app
 
 runner = CliRunner()
 COMMANDS = ["demo", "retrain", "forecast", "masks", "backtest", "ingest", "regimes", "models", "promote", "rollback",
-            "serve", "schedule", "ui"]
+            "serve", "schedule", "ui", "monitor"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -48,7 +48,8 @@ def test_run_records_config_metrics_data_and_artifacts(recorded: dict) -> None:
     assert run.data.tags["data.syn_a.hash"] == recorded["loaded"]["syn_a"].data_hash
     report = {f.path for f in client.list_artifacts(run.info.run_id, "report")}
     assert {"report/regimes_syn_a.png", "report/eval_tasks.csv", "report/hmm_syn_b.json", "report/selection.csv",
-            "report/calibration.csv", "report/masks.csv"} <= report
+            "report/calibration.csv", "report/masks.csv", "report/mask_inputs.png", "report/mask_inputs.csv",
+            "report/mask_overlap.csv"} <= report
     bank = {f.path for f in client.list_artifacts(run.info.run_id, "mask_bank")}
     assert {"mask_bank/masks.safetensors", "mask_bank/bank.json"} <= bank
     assert str(recorded["ws"].root) in recorded["run"].tracking_uri  # sqlite store inside the workspace
