@@ -338,10 +338,13 @@ class NoveltyConfig(_Section):
     """SupSup's new-task rule as a novel-regime detector (``monitor``)."""
 
     enabled: bool = Field(True, description="run the novel-regime check in each monitoring pass")
-    window: int = Field(20, ge=1, description="recent rows whose mean task-inference scores the rule reads")
-    quantile: float = Field(0.99, gt=0.5, lt=1, description="a score beyond this quantile of its training-row "
-                            "range says 'no mask fits'")
-    min_rows: int = Field(40, ge=10, description="matured novel rows needed to train a new mask")
+    window: int = Field(20, ge=1, description="recent rows whose mean task-inference scores and entropies the rule reads")
+    quantile: float = Field(0.99, gt=0.5, lt=1, description="the rule says 'no mask fits' when the best mask's entropy "
+                            "or the spread of the masks' scores leaves its training range: above this quantile or "
+                            "below 1 - quantile")
+    min_rows: int = Field(40, ge=10, description="matured novel rows needed to train a new mask (its calibration "
+                          "map needs 50 held-out rows, about 105 rows: until then the challenger answers the novel "
+                          "rows' class frequencies)")
     train_new_mask: bool = Field(True, description="when the rule and the HMM test both say novel, train a new "
                                  "mask on the novel rows and register it as a challenger")
 

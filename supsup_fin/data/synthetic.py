@@ -195,3 +195,64 @@ def generate_synthetic(
               "start": dates[0].strftime("%Y-%m-%d"), "end": dates[-1].strftime("%Y-%m-%d")}
     logger.debug("generated %d synthetic market(s) from preset %r, seed %d", n_markets, preset, seed)
     return SyntheticMarkets(prices=prices, regimes=regimes, params=params)
+
+
+@dataclass(frozen=True)
+class NewRegime:
+    """A regime the presets never produce: one AR(1) setting of daily log returns (``drift``, ``vol``, ``ar``)."""
+
+    drift: float
+    vol: float
+    ar: float = 0.0
+    name: str = "novel"
+
+    def __post_init__(self) -> None:
+        if not self.vol > 0 or not abs(self.ar) < 1:
+            raise ValueError(f"new regime {self.name!r}: vol must be > 0 and ar in (-1, 1), got vol {self.vol}, ar {self.ar}")
+
+
+def generate_switching(
+    preset: str,
+    new: NewRegime,
+    switch: str | pd.Timestamp,
+    n_markets: int = 1,
+    seed: int = 0,
+    start: str | pd.Timestamp = "2000-01-03",
+    end: str | pd.Timestamp = "2018-12-31",
+) -> SyntheticMarkets:
+    """Markets that follow ``preset`` until ``switch`` and the unseen regime ``new`` from then on.
+
+    Before the first business day on or after ``switch`` every market's prices are bitwise those
+    of :func:`generate_synthetic` with the same arguments; from it on, daily log returns follow
+    ``r_t = new.drift + new.ar * (r_{t-1} - m_{t-1}) + new.vol * eps_t`` (``m``: the previous
+    row's regime drift), with innovations drawn after the preset's from the same generator. The
+    true regime series gives the new regime the index ``3`` (after the preset's three);
+    ``params`` adds ``switch`` (the first new-regime date) and ``new_regime``.
+
+    Raises
+    ------
+    DataError
+        As :func:`generate_synthetic`, and when ``switch`` is not inside the date range.
+    """
+    base = generate_synthetic(preset, n_markets, seed, start, end)
+    dates = next(iter(base.prices.values())).index
+    at = int(dates.searchsorted(pd.Timestamp(switch)))
+    if not 0 < at < len(dates):
+        raise DataError(f"switch date {pd.Timestamp(switch).date()} must fall inside {dates[0].date()}.."
+                        f"{dates[-1].date()} after its first day")
+    spec = SYNTHETIC_PRESETS[preset]
+    prices: dict[str, pd.DataFrame] = {}
+    regimes: dict[str, pd.Series] = {}
+    for child, name in zip(np.random.SeedSequence(seed).spawn(n_markets), base.prices):
+        rng = np.random.default_rng(child)
+        z, r = _simulate(spec, len(dates), rng)  # the preset's path again, leaving rng past its draws
+        eps = rng.standard_normal(len(dates) - at)
+        prev, prev_mean = r[at - 1], spec.drift[z[at - 1]]
+        for i, t in enumerate(range(at, len(dates))):
+            r[t] = prev = new.drift + new.ar * (prev - prev_mean) + new.vol * eps[i]
+            prev_mean = new.drift
+        prices[name] = pd.DataFrame({"close": spec.start_price * np.exp(np.cumsum(r))}, index=dates)
+        regimes[name] = pd.Series(np.where(np.arange(len(dates)) < at, z, 3), index=dates, name="regime")
+    params = {**base.params, "switch": dates[at].strftime("%Y-%m-%d"),
+              "new_regime": {"name": new.name, "drift": new.drift, "vol": new.vol, "ar": new.ar}}
+    return SyntheticMarkets(prices=prices, regimes=regimes, params=params)

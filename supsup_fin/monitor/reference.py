@@ -12,7 +12,9 @@ stored as :attr:`~supsup_fin.forecaster.market_model.MarketModel.reference` in
   rows: feature name -> ``{"edges": [B - 1], "fractions": [B], "psi_window", "psi_quantiles"}``
   (:func:`supsup_fin.monitor.drift.feature_psi` bins recent rows on them);
 - ``hmm``: the training range of the HMM's mean predictive log-likelihood
-  (:func:`supsup_fin.monitor.hmm.loglik_reference`).
+  (:func:`supsup_fin.monitor.hmm.loglik_reference`);
+- ``novelty``: the training ranges of SupSup's novel-task statistics over the market's masks
+  (:func:`supsup_fin.monitor.novelty.novelty_reference`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from supsup_fin.errors import DataError
 from supsup_fin.forecaster.gating import RegimeGatedForecaster
 from supsup_fin.forecaster.prepare import FeatureSet, RegimeFit, train_slice
 from supsup_fin.monitor.hmm import GRID, loglik_reference
+from supsup_fin.monitor.novelty import novelty_reference
 
 
 def latest_inputs(X: np.ndarray, n_features: int) -> np.ndarray:
@@ -107,6 +110,7 @@ def training_reference(
         "features": feature_reference(latest_inputs(fs.X[rows], len(names)), names, cfg.monitor.psi_bins,
                                       cfg.monitor.drift_window),
         "hmm": loglik_reference(rf.model, train_slice(prices, cfg.segments), cfg.monitor.drift_window),
+        "novelty": novelty_reference(fc, market, fs.X[rows], cfg.monitor.novelty),
     }
 
 

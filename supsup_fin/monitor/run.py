@@ -28,6 +28,8 @@ from supsup_fin.live.forecast import champion, known_markets
 from supsup_fin.live.table import KEY, append_forecasts, read_forecasts
 from supsup_fin.monitor.alerts import Notify, alert_key, raise_alerts
 from supsup_fin.monitor.drift import drift_alerts, drift_checks
+from supsup_fin.monitor.new_mask import new_mask_challenger
+from supsup_fin.monitor.novelty import detect_novelty, novelty_alert
 from supsup_fin.monitor.plots import loss_gap_figure
 from supsup_fin.monitor.scoring import (
     REQUIRED,
@@ -40,6 +42,7 @@ from supsup_fin.monitor.scoring import (
 from supsup_fin.monitor.scoring import worse_than_prior as worse_than_prior_alerts
 from supsup_fin.progress import report
 from supsup_fin.tracking import connect, tracking_uri
+from supsup_fin.tracking.challenger import register_challenger, registered_challenger
 from supsup_fin.tracking.monitoring import log_monitor_run
 from supsup_fin.tracking.ui import run_url, ui_url
 from supsup_fin.workspace import Workspace
@@ -86,9 +89,41 @@ def drift(state: PassState) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]
     return rows, drift_alerts(rows, state.version)
 
 
+def novel_regime(state: PassState) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Per market: SupSup's new-task rule and the HMM test on the recent rows
+    (:func:`~supsup_fin.monitor.novelty.detect_novelty`). When both say novel, a new mask is
+    trained on the matured novel rows and registered as a challenger, once per novel run
+    (``monitor.novelty.train_new_mask``); each row says what happened (``challenger``)."""
+    cfg = state.cfg
+    if not cfg.monitor.novelty.enabled:
+        return [], []
+    rows, alerts = [], []
+    frames = {m: lp.frame for m, lp in state.prices.items()}
+    for market, frame in frames.items():
+        verdict = detect_novelty(state.forecaster, market, frame, cfg.monitor)
+        alert = novelty_alert(verdict, state.version)
+        alerts += [alert] if alert else []
+        verdict["challenger"] = _challenger(state, market, frame, frames, verdict) if verdict["novel"] else ""
+        rows.append(verdict)
+    return rows, alerts
+
+
+def _challenger(state: PassState, market: str, frame: pd.DataFrame, frames: dict[str, pd.DataFrame],
+                verdict: dict[str, Any]) -> str:
+    """Register the novel run's challenger unless it has one; what happened, in a few words."""
+    known = registered_challenger(state.cfg, state.ws, market, verdict["since"])
+    if known is not None:
+        return f"v{known}"
+    new = new_mask_challenger(state.forecaster, market, frame, verdict, state.cfg)
+    if new.status != "trained":
+        return new.message
+    return f"v{register_challenger(state.cfg, state.ws, new, verdict, frames).version} (new)"
+
+
 CHECKS: dict[str, Check] = {
     "worse_than_prior": worse_than_prior,
     "drift": drift,
+    "novel_regime": novel_regime,
 }
 """The pass's checks by name, run in this order."""
 

@@ -210,6 +210,32 @@ def _log_contents(cfg: Config, workspace: Workspace, loaded: dict[str, LoadedPri
         mlflow.log_artifacts(tmp, artifact_path="report")
 
 
+def log_version(client: MlflowClient, forecaster: RegimeGatedForecaster, prices: dict[str, pd.DataFrame],
+                name: str, tags: dict[str, str]) -> int:
+    """Save ``forecaster``, log it in the active run (the model, and its bank under ``mask_bank``),
+    register it as a new version of ``name`` and tag the version with its data range, markets,
+    carried masks, manifest hash and ``tags``. Returns the version; a failure while tagging
+    deletes it again."""
+    with tempfile.TemporaryDirectory() as tmp:
+        fdir = forecaster.save(Path(tmp) / "forecaster")
+        mlflow.log_artifacts(str(fdir / "bank"), artifact_path=MODEL_ARTIFACTS)
+        first = sorted(prices)[0]
+        manifest = manifest_sha256(fdir)
+        info = log_forecaster(forecaster, fdir, payload(first, prices[first], forecaster.min_rows), name)
+    version = int(info.registered_model_version)
+    try:
+        carried = [t for t in forecaster.bank.names if "carried_from" in forecaster.bank.meta(t)]
+        for k, v in {"data_start": str(min(p.index[0] for p in prices.values()).date()),
+                     "data_end": str(max(p.index[-1] for p in prices.values()).date()),
+                     "markets": ",".join(sorted(prices)), "carried_masks": str(len(carried)),
+                     MANIFEST_TAG: str(manifest), **tags}.items():
+            client.set_model_version_tag(name, str(version), k, v)
+    except BaseException:
+        delete_version(client, name, version)
+        raise
+    return version
+
+
 def _register(
     cfg: Config, client: MlflowClient, run_id: str, loaded: dict[str, LoadedPrices], regimes: dict[str, RegimeFit],
     forecaster: RegimeGatedForecaster, inputs: str, describe: Callable[..., str], *, score: float, baseline: float,
@@ -218,21 +244,10 @@ def _register(
     """Log the forecaster as a new version, decide its promotion and describe it (run, version, model)."""
     name, metric = cfg.tracking.model_name, cfg.tracking.metric
     fallback_tags, blockers = regime_fallbacks(regimes)
-    with tempfile.TemporaryDirectory() as tmp:
-        fdir = forecaster.save(Path(tmp) / "forecaster")
-        mlflow.log_artifacts(str(fdir / "bank"), artifact_path=MODEL_ARTIFACTS)
-        first = sorted(loaded)[0]
-        example = payload(first, loaded[first].frame, forecaster.min_rows)
-        manifest = manifest_sha256(fdir)
-        info = log_forecaster(forecaster, fdir, example, name)
-    version = int(info.registered_model_version)
+    version = log_version(client, forecaster, {m: lp.frame for m, lp in loaded.items()}, name,
+                          {INPUTS_TAG: inputs, **fallback_tags})
+    carried = [t for t in forecaster.bank.names if "carried_from" in forecaster.bank.meta(t)]
     try:
-        carried = [t for t in forecaster.bank.names if "carried_from" in forecaster.bank.meta(t)]
-        for k, v in {"data_start": str(min(lp.frame.index[0] for lp in loaded.values()).date()),
-                     "data_end": str(max(lp.as_of for lp in loaded.values()).date()),
-                     "markets": ",".join(sorted(loaded)), "carried_masks": str(len(carried)),
-                     MANIFEST_TAG: str(manifest), INPUTS_TAG: inputs, **fallback_tags}.items():
-            client.set_model_version_tag(name, str(version), k, v)
         decision = decide(client, name, version, metric, score, baseline, cfg.tracking.margin,
                           blockers=blockers, force=force)
         text = describe(decision)

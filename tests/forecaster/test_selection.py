@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from conftest import SEED, random_walk, small_config_dict
 from supsup_fin.config import config_from_dict

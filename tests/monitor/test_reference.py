@@ -45,7 +45,7 @@ def test_reference_bins_training_rows_in_equal_fractions(small_pipeline, monitor
     cfg = small_pipeline["cfg"]
     for market, fs in small_pipeline["features"].items():
         ref, rows = monitored.markets[market].reference, fs.rows("train")
-        assert set(ref) == {"train_end", "features", "hmm"}
+        assert set(ref) == {"train_end", "features", "hmm", "novelty"}
         assert ref["train_end"] == str(fs.dates[rows[-1]].date()) == "2012-12-24"
         assert list(ref["features"]) == list(cfg.features.names)
         bins = ref["features"]["ret_1"]
@@ -86,4 +86,4 @@ def test_retrain_assemble_attaches_every_markets_reference(small_pipeline, monke
     fc = pipelines.retrain.assemble.fn(sp["features"], sp["regimes"], sp["net"], sp["bank"], sp["cfg"], sp["prices"])
     assert fc is built
     assert {m: sorted(mm.reference) for m, mm in fc.markets.items()} == {
-        "syn_a": ["features", "hmm", "train_end"], "syn_b": ["features", "hmm", "train_end"]}
+        "syn_a": ["features", "hmm", "novelty", "train_end"], "syn_b": ["features", "hmm", "novelty", "train_end"]}
