@@ -112,14 +112,16 @@ class BuyAndHold(Strategy):
 
 @dataclass(frozen=True)
 class HmmRule(Strategy):
-    """Flat when the most probable next regime is the most turbulent one (the last), else long;
-    no signal (so flat, and counted) on a day without a finite posterior."""
+    """Flat when the most probable next regime is the most turbulent one (the highest return
+    variance, whatever ``regimes.order_by`` names and orders the states), else long; no signal
+    (so flat, and counted) on a day without a finite posterior."""
 
     name: str = "hmm_rule"
 
     def forecast(self, ctx: MarketWindow) -> Forecast:
         regime = most_probable_regime(ctx.posterior)
-        return Forecast.rule(np.where(regime < 0, np.nan, np.where(regime == ctx.posterior.shape[1] - 1, 0.0, 1.0)))
+        turbulent = int(ctx.fit.regimes.model.states_by("volatility")[-1])
+        return Forecast.rule(np.where(regime < 0, np.nan, np.where(regime == turbulent, 0.0, 1.0)))
 
 
 @dataclass(frozen=True)

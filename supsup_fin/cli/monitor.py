@@ -39,6 +39,12 @@ def show_monitor(rep: dict[str, Any], window: int) -> None:
     out.print(f"{rep['model_name']} v{rep['model_version']} (champion): {rep['backfilled']} forecasts backfilled, "
               f"{rep['scored']} scored now, {rep['pending']} waiting for their horizon"
               + (f", skipped: {skipped}" if skipped else ""), highlight=False)
+    checks = _check_rows(rep["checks"])
+    if checks:
+        out.print(table("Checks on each market's recent rows (drift: input features whose PSI passed their "
+                        "training-calibrated level, and the HMM's recent log-likelihood against its training "
+                        "range; novel regime: SupSup's rule and the HMM test, both needed)", checks,
+                        ["market", "features_drifted", "hmm_log_likelihood", "novel_regime", "challenger"]))
     lines = [("new " if a["new"] else "open") + f" {a['kind']}: {a['message']}" for a in rep["alerts_open"]]
     lines += [f"new  {a['kind']}: {a['message']}" for a in rep["alerts"] if a["model_version"] != rep["model_version"]]
     out.print(f"alerts: {len(lines) or 'none'}", highlight=False)
@@ -48,6 +54,30 @@ def show_monitor(rep: dict[str, Any], window: int) -> None:
               highlight=False, markup=False)
     out.print(f"MLflow run: {rep['run_url']}  (served by `supsup-fin ui`)", soft_wrap=True, highlight=False,
               markup=False)
+
+
+def _check_rows(checks: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One row per market from the drift and novel-regime check rows."""
+    rows: dict[str, dict[str, Any]] = {}
+    for r in checks.get("drift", []):
+        row = rows.setdefault(r["market"], {"market": r["market"]})
+        if r["check"] == "psi":
+            n, hits = row.get("_n", 0) + 1, row.get("_hits", []) + ([r["name"]] if r["breach"] else [])
+            row |= {"_n": n, "_hits": hits, "features_drifted": f"{len(hits)}/{n}" + (f": {', '.join(hits)}" if hits else "")}
+        elif r["check"] == "hmm":
+            row["hmm_log_likelihood"] = f"{r['value']:.3f} ({'below' if r['breach'] else 'above'} {r['threshold']:.3f})"
+        else:
+            row["features_drifted"] = r["detail"]
+    for v in checks.get("novel_regime", []):
+        row = rows.setdefault(v["market"], {"market": v["market"]})
+        if v["entropy"] is None:
+            row["novel_regime"] = "no training reference (retrain)"
+        else:
+            said = [k for k, on in (("rule", v["rule_novel"]), ("HMM", v["hmm_novel"])) if on]
+            row["novel_regime"] = f"novel since {v['since']}" if v["novel"] else \
+                f"no ({' and '.join(said) + ' only' if said else 'neither test fires'})"
+        row["challenger"] = v.get("challenger", "")
+    return [{k: val for k, val in r.items() if not k.startswith("_")} for r in rows.values()]
 
 
 @app.command()

@@ -124,8 +124,9 @@ def build_features(market: str, prices: pd.DataFrame, cfg: Config) -> FeatureSet
 def lineage_of(previous: RegimeModel | None, cfg: Config) -> RegimeModel | None:
     """``previous`` if a refit under ``cfg.regimes`` can continue its lineage, else ``None``.
 
-    A lineage keeps its observation model and volatility window; after a config change to either
-    the refit starts a fresh state search (and says so in the log).
+    A lineage keeps its observation model, volatility window and regime order (``order_by``: its
+    regimes' names); after a config change to any of them the refit starts a fresh state search
+    (and says so in the log).
     """
     if previous is None:
         return None
@@ -133,6 +134,10 @@ def lineage_of(previous: RegimeModel | None, cfg: Config) -> RegimeModel | None:
     if previous.observations != r.observations or previous.vol_window != r.vol_window:
         log.info("regime lineage restarts: the champion's HMM uses observations %r / vol_window %d, the "
                  "config %r / %d", previous.observations, previous.vol_window, r.observations, r.vol_window)
+        return None
+    if previous.order_by != r.order_by:
+        log.info("regime lineage restarts: the champion's HMM orders its regimes by %r (%s), the config "
+                 "by %r", previous.order_by, ", ".join(previous.names_), r.order_by)
         return None
     return previous
 
@@ -168,7 +173,7 @@ def fit_regimes(
         n_states=regimes.n_states, n_restarts=regimes.n_restarts, n_iter=regimes.n_iter,
         covariance_type=regimes.covariance_type, vol_window=regimes.vol_window,
         random_state=regimes.random_state, selection=regimes.selection,
-        observations=regimes.observations, sticky=regimes.sticky, market=market,
+        observations=regimes.observations, sticky=regimes.sticky, market=market, order_by=regimes.order_by,
     )
     try:
         model.fit(train, previous=previous)

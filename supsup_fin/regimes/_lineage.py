@@ -4,7 +4,9 @@ A refit on a new training window standardises its features with that window's me
 so the previous fit's parameters are first converted to the new units (:func:`rescale`). They
 then serve twice: as one more EM start (:func:`warm_start`), and as the targets the new states
 are matched to by the Hungarian algorithm (:func:`match_previous`), so regime ``k`` keeps its
-meaning and name across refits.
+meaning and name across refits. A lineage keeps its observations, volatility window and
+canonical order (``order_by``): the matching itself reads means and variances only, so it aligns
+a refit the same way whichever order the lineage's names follow.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class PreviousFit(Protocol):
 
     observations: str
     vol_window: int
+    order_by: str
     n_states_: int
     names_: list[str]
     covariance_type_: str
@@ -40,13 +43,17 @@ class PreviousFit(Protocol):
     feature_std_: np.ndarray
 
 
-def check_same_observations(previous: PreviousFit, observations: str, vol_window: int) -> None:
-    """Raise ``SupsupError`` unless ``previous`` uses these observations and volatility window."""
+def check_same_lineage(previous: PreviousFit, observations: str, vol_window: int, order_by: str) -> None:
+    """Raise ``SupsupError`` unless ``previous`` uses these observations, volatility window and order."""
     if previous.observations != observations or previous.vol_window != vol_window:
         raise SupsupError(
             f"RegimeModel.fit: previous= was fitted on observations {previous.observations!r} with "
             f"vol_window {previous.vol_window}, this model uses {observations!r} with "
             f"vol_window {vol_window}; a lineage keeps its observations")
+    if previous.order_by != order_by:
+        raise SupsupError(
+            f"RegimeModel.fit: previous= orders its regimes by {previous.order_by!r} "
+            f"({', '.join(previous.names_)}), this model by {order_by!r}; a lineage keeps its order")
 
 
 def rescale(means: np.ndarray, covars: np.ndarray, src: Units, dst: Units) -> tuple[np.ndarray, np.ndarray]:

@@ -19,6 +19,8 @@ from supsup_fin.regimes.observations import FEATURE_SETS
 
 FORMAT = "supsup-fin/regime-model"
 FORMAT_VERSION = 1
+DEFAULT_ORDER = "volatility"
+"""The ``order_by`` of a stored model whose hyperparameters name none."""
 
 FITTED: tuple[str, ...] = (
     "n_states_", "names_", "covariance_type_", "startprob_", "transmat_", "means_", "covars_",
@@ -43,11 +45,14 @@ def encode(params: Mapping[str, Any], fitted: Mapping[str, Any]) -> dict[str, An
     (state count as a string -> float, ``None`` for a count with no usable fit),
     ``permutation``, ``n_iter``, ``fallback``, ``n_train_rows``; and, written only when set,
     ``hyperparameters["market"]`` and ``fallback_reason`` (a dict without them is the format as it
-    was before they existed, and loads with ``None``).
+    was before they existed, and loads with ``None``), and ``hyperparameters["order_by"]`` unless it
+    is ``"volatility"`` (the only order before it existed, which a dict without it loads with).
     """
     params = dict(params)
     if params.get("market") is None:
         params.pop("market", None)
+    if params.get("order_by") == DEFAULT_ORDER:
+        params.pop("order_by")
     if isinstance(params["n_states"], tuple):
         params["n_states"] = list(params["n_states"])
     if not (params["random_state"] is None or is_int(params["random_state"])):
@@ -84,7 +89,8 @@ def encode(params: Mapping[str, Any], fitted: Mapping[str, Any]) -> dict[str, An
 
 
 def decode_hyperparameters(d: object, where: str) -> dict[str, Any]:
-    """Check the format and version of ``d``; return its ``__init__`` arguments.
+    """Check the format and version of ``d``; return its ``__init__`` arguments (``order_by``
+    :data:`DEFAULT_ORDER` when not stored).
 
     ``where`` starts every error message (``"RegimeModel.from_dict"``, after the market if known).
 
@@ -100,7 +106,7 @@ def decode_hyperparameters(d: object, where: str) -> dict[str, Any]:
         raise DataError(f"{where}: expected format_version {FORMAT_VERSION}, got {d.get('format_version')!r}")
     if not isinstance(d.get("hyperparameters"), Mapping):
         raise DataError(f"{where}: missing field 'hyperparameters'")
-    hp = dict(d["hyperparameters"])
+    hp = {"order_by": DEFAULT_ORDER, **d["hyperparameters"]}
     if isinstance(hp.get("n_states"), list):
         hp["n_states"] = tuple(hp["n_states"])
     return hp

@@ -1,7 +1,8 @@
 """``RegimeModel``: fit one market's Gaussian HMM and compute its regime posteriors.
 
 hmmlearn fits the parameters (see :mod:`supsup_fin.regimes._fit`), stored in canonical state
-order (ascending volatility, or the lineage's order on a refit); every probability is then
+order (ascending volatility or ascending mean return, by ``order_by``; the lineage's order on a
+refit, see :mod:`supsup_fin.regimes._canonical`); every probability is then
 computed by our own recursions in :mod:`supsup_fin.regimes._forward` from plain numpy
 parameters. Only :meth:`RegimeModel.filter_proba`, :meth:`RegimeModel.predict_next_proba`,
 :meth:`RegimeModel.predict_next_proba_last` and :meth:`RegimeModel.rolling_next_proba` may feed
@@ -20,7 +21,7 @@ import pandas as pd
 from supsup_fin._validate import is_int
 from supsup_fin.errors import DataError, SupsupError
 from supsup_fin.regimes import _forward, _lineage, _persist
-from supsup_fin.regimes._canonical import regime_names, volatility_order
+from supsup_fin.regimes._canonical import canonical_order, check_order, regime_names
 from supsup_fin.regimes._fit import EMSettings, RegimeFitError, fit_states
 from supsup_fin.regimes._hyperparams import PARAM_NAMES, restart_seeds, state_range
 from supsup_fin.regimes._stats import regime_table
@@ -37,6 +38,7 @@ from supsup_fin.regimes.observations import (
 log = logging.getLogger(__name__)
 
 _ROWS_PER_PARAMETER = 10  # fit needs >= 10 * n_states * d feature rows
+_PARAMS = (*PARAM_NAMES, "order_by")
 
 
 class NotFittedError(SupsupError):
@@ -78,12 +80,16 @@ class RegimeModel:
     market : str or None
         The market's name, used only in messages: every error, warning and fallback reason
         starts with ``market '<name>': `` when it is given. Stored by :meth:`to_dict`.
+    order_by : {"volatility", "mean"}
+        Canonical state order and names: ascending return variance, ``calm / normal /
+        turbulent`` (default), or ascending mean return, ``bear / sideways / bull`` (see
+        :func:`~supsup_fin.regimes._canonical.regime_names` for other state counts).
 
     Attributes
     ----------
     n_states_ : int
     names_ : list of str
-        Regime names; ascending volatility unless aligned to a previous fit.
+        Regime names in ``order_by``'s order, unless aligned to a previous fit (then its names).
     startprob_, transmat_ : numpy.ndarray, shapes [K] and [K, K]
     means_, covars_ : numpy.ndarray, shapes [K, d] and [K, d, d]
         In standardised feature units (d = 2, or 1 with ``observations="return"``).
@@ -103,7 +109,7 @@ class RegimeModel:
         Selection criterion per state count tried (``selection``'s BIC); without a range,
         the two-feature BIC of the one count.
     permutation_ : list of int or None
-        With ``previous``: ``permutation_[j]`` is the index, in this fit's ascending-volatility
+        With ``previous``: ``permutation_[j]`` is the index, in this fit's canonical (``order_by``)
         order, of the state stored at position ``j`` (aligned to the previous fit's state j).
     n_iter_ : int
         EM iterations of the kept restart.
@@ -133,6 +139,7 @@ class RegimeModel:
         observations: str = "return_vol",
         sticky: float = 0.0,
         market: str | None = None,
+        order_by: str = "volatility",
     ) -> None:
         self.n_states = n_states
         self.n_restarts = n_restarts
@@ -145,10 +152,11 @@ class RegimeModel:
         self.observations = observations
         self.sticky = sticky
         self.market = market
+        self.order_by = order_by
 
     def get_params(self) -> dict[str, Any]:
         """Hyperparameters as given to ``__init__``."""
-        return {name: getattr(self, name) for name in PARAM_NAMES}
+        return {name: getattr(self, name) for name in _PARAMS}
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
@@ -158,6 +166,11 @@ class RegimeModel:
         if not hasattr(self, "transmat_"):
             raise NotFittedError(f"{self._market()}This RegimeModel is not fitted yet: call fit(prices) "
                                  f"before {what}")
+
+    def _check_params(self) -> tuple[int, int]:
+        """Validate the hyperparameters (all but ``random_state``); the inclusive state-count range."""
+        check_order(self.order_by)
+        return state_range(self.get_params())
 
     def _market(self) -> str:
         """``"market '<name>': "``, the start of the model's messages, or ``""`` without a name."""
@@ -189,7 +202,8 @@ class RegimeModel:
         previous : RegimeModel, optional
             Earlier fit of the same market lineage (see :mod:`supsup_fin.regimes._lineage`):
             its state count is kept (``n_states`` is ignored, no fewer-state fallback) and the
-            new states are matched to its states, so regime ``k`` keeps its meaning and name.
+            new states are matched to its states, so regime ``k`` keeps its meaning and name
+            (``previous`` must share ``observations``, ``vol_window`` and ``order_by``).
             EM also runs once from ``previous``'s parameters beside the ``n_restarts`` k-means
             starts; it is kept when its likelihood beats theirs by more than one log-likelihood
             unit (so a refit on unchanged data reproduces the same fit).
@@ -199,7 +213,7 @@ class RegimeModel:
         RegimeModel
             ``self``.
         """
-        lo, hi = state_range(self.get_params())
+        lo, hi = self._check_params()
         where = f"{self._market()}RegimeModel.fit"
         if previous is not None:
             if not isinstance(previous, RegimeModel):
@@ -207,7 +221,7 @@ class RegimeModel:
                                   f"got {type(previous).__name__}")
             previous._check_fitted("using it as previous=")
             lo = hi = previous.n_states_
-            _lineage.check_same_observations(previous, self.observations, self.vol_window)
+            _lineage.check_same_lineage(previous, self.observations, self.vol_window, self.order_by)
         min_rows = _ROWS_PER_PARAMETER * hi * len(FEATURE_SETS[self.observations]) + self.vol_window
         states = f"{hi} states" if lo == hi else f"n_states range ({lo}, {hi}): {hi} states"
         validate_prices(prices, min_rows, f"{where} with {states}")
@@ -226,8 +240,8 @@ class RegimeModel:
             log.warning("%sHMM fit %s", self._market(), fallback)
             fallback = self._market() + fallback
 
-        order = volatility_order(res.means, res.covars)
-        names, permutation = regime_names(res.n_states), None
+        order = canonical_order(res.means, res.covars, self.order_by)
+        names, permutation = regime_names(res.n_states, self.order_by), None
         if previous is not None:
             perm = _lineage.match_previous(res.means[order], res.covars[order], (mean, std), previous)
             order, permutation, names = order[perm], [int(p) for p in perm], list(previous.names_)
@@ -443,6 +457,16 @@ class RegimeModel:
         proba = _forward.next_step(np.exp(log_last), self.transmat_)
         return self._frame(proba, index[int(regime_window) - 1:])
 
+    def states_by(self, key: str) -> np.ndarray:
+        """Indices ``[K]`` into ``names_`` by ascending return variance (``"volatility"``) or
+        ascending mean return (``"mean"``), whatever order the states are stored in.
+
+        ``states_by("volatility")[-1]`` is the most turbulent regime, ``states_by("mean")[0]`` the
+        most bearish, under either ``order_by``.
+        """
+        self._check_fitted("states_by")
+        return canonical_order(self.means_, self.covars_, check_order(key, "states_by key"))
+
     def regime_stats(self, prices: pd.DataFrame) -> pd.DataFrame:
         """Per-regime statistics of ``prices`` under smoothed-argmax labels.
 
@@ -499,7 +523,7 @@ class RegimeModel:
             params["market"] = market
         try:
             model = cls(**params)
-            state_range(model.get_params())
+            model._check_params()
         except (TypeError, SupsupError) as exc:
             raise DataError(f"{where}: bad 'hyperparameters': {exc}") from None
         where = f"{model._market()}RegimeModel.from_dict"

@@ -20,19 +20,23 @@ if TYPE_CHECKING:
     from supsup_fin.regimes.model import RegimeModel
 
 
-_PALETTES: dict[int, list[str]] = {
-    1: ["tab:gray"],
-    2: ["tab:green", "tab:red"],
-    3: ["tab:green", "tab:blue", "tab:red"],
-    4: ["tab:green", "tab:blue", "tab:orange", "tab:red"],
+_COLOURS: dict[str, str] = {
+    "calm": "tab:green", "normal": "tab:blue", "volatile": "tab:orange", "turbulent": "tab:red",
+    "bear": "tab:red", "sideways": "tab:gray", "bull": "tab:green",
 }
+"""Each named regime's colour, whatever its position: good times green, bad times red."""
 
 
-def _colours(k: int) -> list:
-    """Calm green to turbulent red (a continuous colormap beyond four regimes)."""
-    if k in _PALETTES:
-        return list(_PALETTES[k])
-    cmap = colormaps["RdYlGn_r"]
+def _colours(names: list[str]) -> list:
+    """One colour per regime name: :data:`_COLOURS` when every name has one, else a red-to-green
+    colormap along the names (``bear, sideways_1, .., bull``; ``regime_0 ..`` ascending
+    volatility runs green to red)."""
+    if all(n in _COLOURS for n in names):
+        return [_COLOURS[n] for n in names]
+    k = len(names)
+    if k == 1:
+        return ["tab:gray"]
+    cmap = colormaps["RdYlGn" if names[-1] == "bull" else "RdYlGn_r"]
     return [cmap(0.05 + 0.9 * i / (k - 1)) for i in range(k)]
 
 
@@ -57,7 +61,8 @@ def plot_regimes(
 
     Panels: (1) close on a log scale shaded by the filtered argmax regime (causal, what a
     decision at t could know); (2) the same shaded by the smoothed argmax (look-ahead
-    labels); (3) the filtered probabilities stacked.
+    labels); (3) the filtered probabilities stacked. Each regime is coloured by its name (see
+    :data:`_COLOURS`), so ``turbulent`` and ``bear`` are red in either order.
 
     Parameters
     ----------
@@ -79,7 +84,7 @@ def plot_regimes(
     smoothed = model.smooth_proba(prices)
     index = filtered.index
     close = prices["close"].loc[index]
-    colours = _colours(model.n_states_)
+    colours = _colours(list(model.names_))
 
     fig = Figure(figsize=(12, 8), layout="constrained")
     FigureCanvasAgg(fig)

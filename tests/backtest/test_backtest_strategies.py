@@ -72,7 +72,8 @@ def _window(posterior: np.ndarray, regimes: list[str], X: np.ndarray | None = No
     features = SimpleNamespace(market="m", class_edges=np.array([-0.01, 0.01]), prior=np.array([0.2, 0.3, 0.5]))
     window = Window(0, DAYS[0], DAYS[1], DAYS[-1])
     model = None if returns is None else SimpleNamespace(class_returns=returns)
-    fit = WindowFit(window, features, SimpleNamespace(names=regimes), np.arange(0), model=model)  # type: ignore[arg-type]
+    hmm = SimpleNamespace(states_by=lambda key: np.arange(len(regimes)))  # listed in ascending volatility
+    fit = WindowFit(window, features, SimpleNamespace(names=regimes, model=hmm), np.arange(0), model=model)  # type: ignore[arg-type]
     prices = pd.DataFrame({"close": [100.0, 102, 99, 99.5, 102, 103]}, index=DAYS)
     inputs = np.ones((len(DAYS), 2)) if X is None else X
     return MarketWindow(cfg, fit, prices, np.arange(1, 6), StandIn(frame, inputs, decision=decision),  # type: ignore[arg-type]
@@ -134,6 +135,15 @@ def test_hmm_rule_with_three_regimes_only_avoids_the_most_turbulent() -> None:
     post = np.array([[0.1, 0.6, 0.3], [0.2, 0.3, 0.5], [0.7, 0.2, 0.1], [0.0, 0.45, 0.55], [0.34, 0.33, 0.33]])
     fc = get_strategy("hmm_rule").forecast(_window(post, ["calm", "normal", "turbulent"]))
     np.testing.assert_array_equal(fc.signal, [1.0, 0.0, 1.0, 0.0, 1.0])
+
+
+def test_hmm_rule_avoids_the_most_turbulent_regime_under_the_mean_order_too() -> None:
+    """Ordered by mean, the most turbulent state is ``bear`` (first), not the last one (``bull``)."""
+    post = np.array([[0.1, 0.6, 0.3], [0.2, 0.3, 0.5], [0.7, 0.2, 0.1], [0.0, 0.45, 0.55], [0.34, 0.33, 0.33]])
+    ctx = _window(post, ["bear", "sideways", "bull"])
+    ctx.fit.regimes.model.states_by = lambda key: np.array([2, 1, 0])  # bull calmest, bear most volatile
+    fc = get_strategy("hmm_rule").forecast(ctx)
+    np.testing.assert_array_equal(fc.signal, [1.0, 1.0, 0.0, 1.0, 0.0])
 
 
 # -- dense_regime ---------------------------------------------------------------------------------
