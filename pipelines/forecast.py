@@ -29,8 +29,8 @@ def load_model(cfg: Config, ws: Workspace) -> tuple[Any, int]:
 
 
 @task(name="predict", cache_policy=NO_CACHE)
-def predict(model: Any, version: int, lp: LoadedPrices) -> dict[str, Any]:
-    return forecast_one(model, version, lp)
+def predict(model: Any, version: int, lp: LoadedPrices, cfg: Config) -> dict[str, Any]:
+    return forecast_one(model, version, lp, monitor=cfg.monitor)
 
 
 @task(name="store", cache_policy=NO_CACHE)
@@ -48,7 +48,7 @@ def forecast_flow(config: dict[str, Any], workspace: str | None = None) -> dict[
     model, version = load_model(cfg, ws)
     names = known_markets(model, version, [m.name for m in cfg.markets])
     loaded = ingest_all(cfg, ws.cache_dir, names)
-    predicted = [predict.submit(model, version, lp) for lp in loaded.values()]  # all markets at once
+    predicted = [predict.submit(model, version, lp, cfg) for lp in loaded.values()]  # all markets at once
     rows = [f.result() for f in predicted]
     stored = store(cfg, ws, rows)
     return {"model_version": version, "forecasts": rows, **stored, "monitor": monitor(cfg, ws, None, loaded)}

@@ -61,7 +61,8 @@ def _show_retrain(summary: dict[str, Any]) -> None:
 
 def _show_forecasts(rows: list[dict[str, Any]]) -> None:
     cols = ["market", "as_of", "target_date", *[k for k in rows[0] if k.startswith("p_")],
-            "expected_return", "position", "mode", "regime", "stale_days"] if rows else []
+            "expected_return", "position", "mode", "regime", "stale_days",
+            *(["novel_regime"] if any(r.get("novel_regime") for r in rows) else [])] if rows else []
     out.print(table("Forecasts from the champion (position: the decision layer's, in units of notional; "
                     "--json adds the class prior, regime posterior, masks and version)", rows, cols))
 

@@ -9,10 +9,11 @@ from typing import Any
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
-from supsup_fin.config import Config
+from supsup_fin.config import Config, MonitorConfig
 from supsup_fin.data import LoadedPrices, load_prices
 from supsup_fin.errors import DataError, RegistryError
 from supsup_fin.live.table import append_forecasts, table_path
+from supsup_fin.monitor.novelty import detect_novelty
 from supsup_fin.progress import report
 from supsup_fin.tracking import connect, load_champion, log_forecasts, payload
 from supsup_fin.tracking.model import predict_payload
@@ -27,7 +28,9 @@ def champion(cfg: Config, workspace: Workspace) -> tuple[Any, int]:
     return load_champion(cfg.tracking.model_name)
 
 
-def forecast_one(model: Any, version: int, lp: LoadedPrices, as_of: str | None = None) -> dict[str, Any]:
+def forecast_one(
+    model: Any, version: int, lp: LoadedPrices, as_of: str | None = None, monitor: MonitorConfig | None = None,
+) -> dict[str, Any]:
     """One forecast row for ``lp``'s market made at its last date, or at the close of ``as_of``.
 
     Keys: market, as_of, target_date, horizon, ``p_<class>``, ``prior_<class>`` (the training
@@ -40,10 +43,26 @@ def forecast_one(model: Any, version: int, lp: LoadedPrices, as_of: str | None =
     With ``as_of`` (``YYYY-MM-DD``) the forecast reads the prices up to that date only: it is the
     forecast a run at that day's close printed (``stale_days`` 0). A date that is not one of the
     market's trading dates raises :class:`DataError` naming the nearest earlier one.
+
+    With ``monitor`` the row also says whether the market is in a regime no mask of it knows:
+    ``novel_regime`` is ``"since YYYY-MM-DD"`` when SupSup's rule and the HMM test both fire on
+    the rows up to the forecast (:func:`~supsup_fin.monitor.novelty.detect_novelty`), else ``""``.
     """
-    if as_of is None:
-        return _forecast(model, version, lp, lp.frame, lp.stale_days)
-    return _forecast(model, version, lp, prices_upto(lp, as_of), 0)
+    prices = lp.frame if as_of is None else prices_upto(lp, as_of)
+    row = _forecast(model, version, lp, prices, lp.stale_days if as_of is None else 0)
+    if monitor is not None:
+        row["novel_regime"] = novel_regime(model.unwrap_python_model().forecaster, lp.market, prices, monitor)
+    return row
+
+
+def novel_regime(forecaster: Any, market: str, prices: pd.DataFrame, monitor: MonitorConfig) -> str:
+    """``"since YYYY-MM-DD"`` when ``market`` is in a regime none of its masks knows on ``prices``'
+    last date (:func:`~supsup_fin.monitor.novelty.detect_novelty`), else ``""`` (also when the
+    check is off, ``monitor.novelty.enabled``, or the model holds no novelty reference)."""
+    if not monitor.novelty.enabled:
+        return ""
+    verdict = detect_novelty(forecaster, market, prices, monitor)
+    return f"since {verdict['since']}" if verdict["novel"] else ""
 
 
 def backfill(
@@ -139,7 +158,7 @@ def forecast_markets(
     if lacking:
         raise RegistryError(f"champion v{version} has no masks for market(s) {lacking}; it knows {known}")
     names = known_markets(model, version, markets or [m.name for m in cfg.markets])
-    return [forecast_one(model, version, load_prices(cfg.market(n), cfg.data, workspace.cache_dir), as_of)
+    return [forecast_one(model, version, load_prices(cfg.market(n), cfg.data, workspace.cache_dir), as_of, cfg.monitor)
             for n in names]
 
 

@@ -21,6 +21,7 @@ from supsup_fin.monitor.novelty import (
     novelty_reference,
     novelty_series,
 )
+from supsup_fin.live.forecast import novel_regime
 from supsup_fin.monitor.reference import attach_references
 
 SWITCH = "2013-01-02"
@@ -34,10 +35,6 @@ def monitored(p: dict) -> RegimeGatedForecaster:
         dict(fc.markets), fc.net, fc.bank, feature_names=fc.feature_names, lookback=fc.lookback,
         horizon=fc.horizon, regime_window=fc.regime_window, mode=fc.mode, infer_window=fc.infer_window)
     attach_references(out, p["features"], p["regimes"], p["prices"], p["cfg"])
-    for name, fs in p["features"].items():
-        ref = novelty_reference(out, name, fs.X[fs.rows("train")], p["cfg"].monitor.novelty)
-        out.markets[name] = dataclasses.replace(out.markets[name], reference={**out.markets[name].reference,
-                                                                              "novelty": ref})
     return out
 
 
@@ -75,6 +72,10 @@ def test_the_continuation_of_training_is_not_novel_and_a_new_regime_is(small_pip
     assert verdict["log_likelihood"] < verdict["log_likelihood_threshold"]
     same_day = detect_novelty(fc, "syn_b", small_pipeline["prices"]["syn_b"].iloc[: at + 30], cfg)
     assert not same_day["novel"] and same_day["since"] is None
+    # what a forecast row says about it
+    assert novel_regime(fc, "syn_b", prices.iloc[: at + 30], cfg) == f"since {verdict['since']}"
+    assert novel_regime(fc, "syn_b", small_pipeline["prices"]["syn_b"].iloc[: at + 30], cfg) == ""
+    assert novel_regime(fc, "syn_b", prices.iloc[: at + 30], MonitorConfig(novelty={"enabled": False})) == ""
 
 
 def test_the_statistics_are_the_best_masks_entropy_and_the_score_spread(small_pipeline: dict, fc) -> None:
