@@ -81,7 +81,7 @@ def test_fail_on_alert_exits_3_while_a_check_fires_and_0_otherwise(registered: d
     matured = DAYS - HORIZON
     assert f"{matured} scored now, {HORIZON} waiting for their horizon" in quiet.stdout
     assert "alerts: none" in quiet.stdout and "MLflow run: http://" in quiet.stdout
-    (row,) = [ln for ln in quiet.stdout.splitlines() if ln.startswith("│ syn_a")]
+    row = next(ln for ln in quiet.stdout.splitlines() if ln.startswith("│ syn_a"))  # the scores table's
     cells = [c.strip() for c in row.split("│")]
     assert cells[2:5] == ["v1", str(matured), f"{-np.log(0.05):.4f}"]  # log loss: every day wrong at p = 0.05
 
@@ -111,7 +111,7 @@ def test_forecast_as_of_prints_the_backfilled_forecast_of_that_day(registered: d
     result = runner.invoke(app, ["forecast", "-c", _config(tmp_path), "--home", home, "-m", "syn_a",
                                  "--as-of", day["as_of"], "--json"])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout) == [day]
+    assert json.loads(result.stdout) == [day | {"novel_regime": ""}]  # a forecast also says whether the regime is novel
     missing = runner.invoke(app, ["forecast", "-c", _config(tmp_path), "--home", home, "--as-of", "2018-12-29"])
     assert missing.exit_code == 1
     assert missing.stderr.strip() == ("error: market 'syn_a' has no prices on 2018-12-29; the nearest earlier "

@@ -209,6 +209,7 @@ def started(argv: list[str]) -> subprocess.Popen:
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow  # ~65 s; the default suite checks the lock itself (tests/test_workspace.py)
 def test_two_retrains_at_once_one_waits(probe: Probe) -> None:
     procs = [started(probe.argv("retrain", "--json")) for _ in range(2)]
     outs = [p.communicate(timeout=900) for p in procs]
