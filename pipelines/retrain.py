@@ -43,6 +43,7 @@ from supsup_fin.forecaster.training import (
     build_forecaster,
     build_network,
     merge_banks,
+    resolve_device,
     reusable_masks,
     to_bits,
     train_group,
@@ -126,8 +127,9 @@ def assemble(fs: dict[str, FeatureSet], rf: dict[str, RegimeFit], net: FrozenNet
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)
-def score(forecaster: RegimeGatedForecaster, fs: dict[str, FeatureSet], rf: dict[str, RegimeFit], prices: dict[str, pd.DataFrame]) -> Evaluation:
-    return evaluate(forecaster, fs, rf, prices)
+def score(forecaster: RegimeGatedForecaster, fs: dict[str, FeatureSet], rf: dict[str, RegimeFit],
+          prices: dict[str, pd.DataFrame], cfg: Config) -> Evaluation:
+    return evaluate(forecaster, fs, rf, prices, device=resolve_device(cfg.runtime))
 
 
 @task(name="log-register-promote", cache_policy=NO_CACHE)
@@ -199,7 +201,7 @@ def _retrain(cfg: Config, ws: Workspace, force: bool) -> dict[str, Any]:
     t = lap("train_masks", t)
     prices = {n: lp.frame for n, lp in loaded.items()}
     forecaster = assemble(fs, rf, net, bank, cfg, prices)
-    ev = score(forecaster, fs, rf, prices)
+    ev = score(forecaster, fs, rf, prices, cfg)
     t = lap("evaluate", t)
     run = record(cfg, ws, loaded, rf, ev, forecaster, dict(clock), force)
     lap("log_register", t)

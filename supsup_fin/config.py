@@ -10,6 +10,7 @@ is in this one file, so the whole tree a user can write reads top to bottom in o
 from __future__ import annotations
 
 import datetime as dt
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -34,6 +35,17 @@ def _known_zone(v: str | None) -> str | None:
             raise ValueError(f"unknown IANA time zone {v!r} "
                              "(e.g. America/New_York, Europe/Berlin, Asia/Tokyo)") from None
     return v
+
+
+def _known_device(v: str) -> str:
+    """``v`` when it names a device ``runtime.device`` accepts; a ``ValueError`` otherwise."""
+    if not re.fullmatch(DEVICE_PATTERN, v):
+        raise ValueError(f"expected auto, cpu, cuda or cuda:N, got {v!r}")
+    return v
+
+
+DEVICE_PATTERN = r"auto|cpu|cuda(?::(\d+))?"
+"""The values ``runtime.device`` accepts."""
 
 
 class _Section(BaseModel):
@@ -331,7 +343,8 @@ class TrackingConfig(_Section):
     margin: float = Field(0.0, ge=0)
     uri: str | None = None
     keep_last: int = Field(10, ge=1, description="retention: keep the last N versions' artifacts (and every champion)")
-    carry_over: bool = Field(True, description="reuse the champion's masks whose market, regime, data and config are unchanged")
+    carry_over: bool = Field(True, description="reuse the champion's masks whose market, regime, data, config "
+                             "and training device are unchanged")
 
 
 class NoveltyConfig(_Section):
@@ -382,7 +395,9 @@ class ScheduleConfig(_Section):
 
 
 class RuntimeConfig(_Section):
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: str = Field("auto", description="where masks train and the net runs: auto (cuda when torch sees a "
+                        "CUDA device, else cpu), cpu, cuda or cuda:N")
+    _device = field_validator("device")(_known_device)
     threads: int | None = Field(None, ge=1)
     task_runner: Literal["threads", "dask"] = "threads"
     max_workers: int = Field(4, ge=1)

@@ -68,6 +68,8 @@ class DenseBank:
         Per net, float32 CPU weights, layer ``l`` shaped ``[sizes[l + 1], sizes[l]]``.
     final_loss : dict name -> float
         Each net's minibatch loss at the last training step (empty for hand-built banks).
+    device : torch.device
+        Where :meth:`logits` runs (:func:`train_dense`: where the nets trained); results come back on CPU.
     """
 
     sizes: tuple[int, ...]
@@ -76,6 +78,7 @@ class DenseBank:
     calibrators: dict[str, Any] = field(default_factory=dict)
     """name -> a calibration map (:class:`~supsup_fin.forecaster.calibration.Calibrator`) that
     :meth:`predict_proba` applies, fitted on held-out rows by the caller."""
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     def __post_init__(self) -> None:
         self.sizes = _check_sizes(self.sizes)
@@ -103,18 +106,18 @@ class DenseBank:
             raise KeyError(f"no dense net named {name!r}; the bank holds {self.names}") from None
 
     def logits(self, name: str, X: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """Float32 logits ``[N, classes]`` of ``X [N, in]`` through net ``name`` (CPU, no grad)."""
+        """Float32 CPU logits ``[N, classes]`` of ``X [N, in]`` through net ``name`` (run on :attr:`device`, no grad)."""
         weights = self._get(name)
         x = _as_float32(X, f"dense net {name!r}: X")
         if x.dim() != 2 or x.shape[1] != self.sizes[0]:
             raise DataError(f"dense net {name!r}: X must be shaped [N, {self.sizes[0]}], got {tuple(x.shape)}")
         with torch.no_grad():
-            h, last = x.to("cpu", torch.float32), len(weights) - 1
+            h, last = x.to(self.device, torch.float32), len(weights) - 1
             for i, w in enumerate(weights):
-                h = h @ w.t()
+                h = h @ w.to(self.device).t()
                 if i < last:
                     h = torch.relu(h)
-        return h
+        return h.cpu()
 
     def predict_proba(self, name: str, X: np.ndarray | torch.Tensor) -> np.ndarray:
         """Class probabilities ``[N, classes]`` (float64 softmax of the float32 logits, through the net's
@@ -169,7 +172,7 @@ def train_dense(
     init : mapping name -> list of tensors, optional
         Start these nets from the given weights (fine-tuning); the tensors are not modified.
     device : str or torch.device
-        Where to train; the bank's weights come back on CPU.
+        Where to train; the bank's weights come back on CPU, and its :meth:`~DenseBank.logits` run on ``device``.
     progress : callable(step, steps), optional
         Called every ~10% of the steps and at the end.
     holdout, checkpoints, patience : optional
@@ -205,7 +208,7 @@ def train_dense(
     final, losses = _train(data, start_weights, names, sizes, dev, steps, batch_size, lr, weight_decay, seed, progress,
                            selector)
     weights = {name: [layer[t].clone() for layer in final] for t, name in enumerate(names)}
-    return DenseBank(sizes, weights, dict(zip(names, losses)))
+    return DenseBank(sizes, weights, dict(zip(names, losses)), device=dev)
 
 
 def _train(

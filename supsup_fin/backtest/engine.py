@@ -11,7 +11,8 @@ the window's ``as_of`` only (:func:`~supsup_fin.backtest.fitting.fit_market`):
 4. the dense nets the strategies declare, trained on the same rows (the fine-tuned one
    continuing from its weights at the previous window).
 
-Then every strategy of :mod:`supsup_fin.backtest.strategies` forecasts each day of the window
+Masks, dense nets and every forecast run on ``runtime.device`` (the walk-forward's results come
+back to CPU). Then every strategy of :mod:`supsup_fin.backtest.strategies` forecasts each day of the window
 from data up to that day, and :mod:`supsup_fin.backtest.continual` re-scores every earlier
 window's task. :func:`run_window` returns all of a window's values (a :class:`WindowResult`);
 what the next window inherits is a :class:`History` built from them; :func:`run_walk_forward`
@@ -20,6 +21,7 @@ combines the windows into :class:`Forecasts`, which :mod:`supsup_fin.backtest.re
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -175,6 +177,8 @@ def run_window(cfg: Config, prices: dict[str, pd.DataFrame], w: Window, history:
     prices : market -> its whole price frame (each step reads only what its date allows).
     strategies : what to forecast with (see :func:`~supsup_fin.backtest.strategies.select`).
     prepared : market -> strategy name -> what the strategy's ``prepare`` computed.
+    device : where the masks and dense nets train and every forecast runs (the returned net and
+        banks are on CPU).
     """
     steps = 2 * len(prices) + 2  # fit each market, train the masks, the dense nets, forecast each market
 
@@ -187,7 +191,8 @@ def run_window(cfg: Config, prices: dict[str, pd.DataFrame], w: Window, history:
     step(len(prices), "train masks")
     tasks = window_tasks(fits, cfg, w.tag)
     net, bank = train_tasks(tasks, cfg, bank=history.bank) if tasks else (history.net, history.bank)
-    fits = {m: f.with_model(bank, net, cfg) for m, f in fits.items()}  # type: ignore[arg-type]
+    runs_on = copy.copy(net).to(device) if net is not None else None  # the window's forecasts run here
+    fits = {m: f.with_model(bank, runs_on, cfg) for m, f in fits.items()}  # type: ignore[arg-type]
     t2 = time.perf_counter()
     step(len(prices) + 1, "train dense nets")
     dense, weights = _train_dense(cfg, strategies, fits, frozenset(t.name for t in tasks), w, history, device)
@@ -198,10 +203,10 @@ def run_window(cfg: Config, prices: dict[str, pd.DataFrame], w: Window, history:
     for k, (market, fit) in enumerate(fits.items()):
         step(len(prices) + 2 + k, f"forecast {market}")
         seen = (*history.fits.get(market, ()), fit)
-        rows[market] = _forecast_market(cfg, prices[market], fit, strategies, net, bank,  # type: ignore[arg-type]
+        rows[market] = _forecast_market(cfg, prices[market], fit, strategies, runs_on, bank,  # type: ignore[arg-type]
                                         dense, prepared.get(market, {}))
         if len(fit.new_rows):
-            mask_acc[market] = continual.mask_accuracy_row(cfg, seen, net, bank, prices[market])  # type: ignore[arg-type]
+            mask_acc[market] = continual.mask_accuracy_row(cfg, seen, runs_on, bank, prices[market])  # type: ignore[arg-type]
         else:
             log.warning("window %d (%s): %s has no training rows after %s (its last price: %s); the window is "
                         "no task of its continual scores", w.index, w.tag, market, history.last_train(market),

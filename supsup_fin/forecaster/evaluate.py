@@ -80,8 +80,13 @@ class Evaluation:
 def evaluate(
     forecaster: RegimeGatedForecaster, features: dict[str, FeatureSet], regimes: dict[str, RegimeFit],
     prices: dict[str, pd.DataFrame], segments: tuple[str, ...] = ("valid", "test"),
+    device: str | torch.device | None = None,
 ) -> Evaluation:
-    """Score every task mask and every gate mode on each segment."""
+    """Score every task mask and every gate mode on each segment, the network run on ``device``
+    (``runtime.device`` resolved by :func:`~supsup_fin.forecaster.training.resolve_device`;
+    default: where ``forecaster``'s network is)."""
+    if device is not None:
+        forecaster = forecaster.to(device)
     task_rows, market_rows = [], []
     for market in sorted(features):
         fs, mm = features[market], forecaster.markets[market]
@@ -111,7 +116,8 @@ def evaluate(
                 if task is None or (regime != ALL and task == mm.all_mask):
                     continue
                 sel = np.ones(len(idx), bool) if regime == ALL else regime_of == names.index(regime)
-                logits = forecaster.net(x[sel], mask=forecaster.bank[task]) if sel.any() else torch.zeros(0, len(fs.prior))
+                logits = (forecaster.net(x[sel], mask=forecaster.bank[task]).cpu() if sel.any()
+                          else torch.zeros(0, len(fs.prior)))
                 cal = mm.calibrators.get(task)  # the mask's calibration map, as the forecaster applies it
                 if cal is None:
                     probs = torch.softmax(logits.double(), dim=1).numpy()

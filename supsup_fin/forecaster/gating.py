@@ -36,6 +36,7 @@ modes, computing the features and the rolling posterior once. Saving and loading
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -122,6 +123,16 @@ class RegimeGatedForecaster:
     @property
     def classes(self) -> list[str]:
         return class_names(len(next(iter(self.markets.values())).prior))
+
+    def to(self, device: str | torch.device) -> RegimeGatedForecaster:
+        """This forecaster running its network on ``device``: itself when the network is there, else
+        a shallow copy whose network's weights are moved (markets, bank and masks shared; results
+        still come back as CPU arrays). This forecaster is left as it was."""
+        if self.net.device == torch.device(device):
+            return self
+        out = copy.copy(self)
+        out.net = copy.copy(self.net).to(device)
+        return out
 
     def _regime_rows(self, market: str) -> int:
         return self.markets[market].regime.min_rows(self.regime_window)

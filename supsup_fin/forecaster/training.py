@@ -17,20 +17,21 @@ from supsup_fin.forecaster.choose import fit_selection
 from supsup_fin.forecaster.gating import MarketModel, RegimeGatedForecaster
 from supsup_fin.masks import FrozenNet, Mask, MaskBank, train_masks
 from supsup_fin.forecaster.prepare import FeatureSet, RegimeFit
-from supsup_fin.forecaster.mask_tasks import ALL, Task, task_name
+from supsup_fin.forecaster.mask_tasks import ALL, Task, device_label, task_name, training_device
 
 log = logging.getLogger(__name__)
 
 
 def resolve_device(runtime: RuntimeConfig) -> torch.device:
-    """``cuda`` when asked for or (``auto``) available, else ``cpu``; applies ``threads``."""
+    """The device the net runs on (:func:`~supsup_fin.forecaster.mask_tasks.training_device`), after
+    applying ``threads``; under ``auto`` the choice is logged (cuda: with the GPU's name)."""
     if runtime.threads:
         torch.set_num_threads(runtime.threads)
-    if runtime.device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("runtime.device is 'cuda' but torch sees no CUDA device")
-    if runtime.device == "cuda" or (runtime.device == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda")
-    return torch.device("cpu")
+    device = training_device(runtime)
+    if runtime.device == "auto":
+        log.info("runtime.device auto: %s", device_label(device) if device.type == "cuda"
+                 else "cpu (torch sees no CUDA device)")
+    return device
 
 
 def build_network(cfg: Config, in_dim: int) -> FrozenNet:
@@ -43,22 +44,28 @@ def reusable_masks(tasks: list[Task], previous: MaskBank | None, net: FrozenNet,
     """The masks of ``previous`` that ``tasks`` can reuse bit-identically, in ``tasks`` order.
 
     A mask is reused when ``previous`` was built on ``net`` and holds a mask of the same name
-    whose recorded market, regime, data hash and config hash equal the task's. Each reused mask
+    whose recorded market, regime, data hash, config hash and device equal the task's (a mask
+    recorded without a device is retrained: its device is unknown). Each reused mask
     gets ``carried_from=source`` in its metadata; its bits are the same tensor objects.
     """
     if previous is None or not previous.matches(net):
         if previous is not None:
             log.info("carry-over: the previous bank was built on another base network; retraining every mask")
         return MaskBank(net)
-    keys = ("market", "regime", "data_hash", "config_hash")
-    keep = {}
+    keys = ("market", "regime", "data_hash", "config_hash", "device")
+    keep, moved = {}, []
     for task in tasks:
         if task.name in previous:
             old = previous.meta(task.name)
             if all(old.get(k) == task.meta.get(k) for k in keys):
                 probs = [previous.probabilities(task.name)] if previous.has_probabilities(task.name) else []
                 keep[task.name] = (previous[task.name], {**old, "carried_from": source}, *probs)
+            elif all(old.get(k) == task.meta.get(k) for k in keys[:-1]):
+                moved.append((old.get("device", "an unrecorded device"), task.meta.get("device")))
     log.info("carry-over: %d of %d masks unchanged since %s", len(keep), len(tasks), source)
+    if moved:
+        log.info("carry-over: %d masks of %s were trained on %s, this retrain trains on %s: retraining them",
+                 len(moved), source, *moved[0])
     return merge_banks(net, keep)
 
 
@@ -102,13 +109,16 @@ def train_group(tasks: list[Task], cfg: Config, bank: MaskBank | None = None) ->
     """Train ``tasks``' masks together in one batched pass (appended to ``bank``).
 
     Rebuilds the frozen base from the config's seed and applies ``runtime.threads`` first, so a
-    Dask worker gives the same bits as the driver; only the returned bank needs to travel.
+    Dask worker gives the same bits as the driver; only the returned bank needs to travel. Each
+    mask's metadata records the device it trained on (``device``: its
+    :func:`~supsup_fin.forecaster.mask_tasks.device_label`).
     """
     net = build_network(cfg, tasks[0].X.shape[1])
     device = resolve_device(cfg.runtime)
+    label = device_label(device)
     t = cfg.training
     log.info("training %d masks together on %s (%s, density %.2f, %d steps)",
-             len(tasks), device, cfg.masks.method, cfg.masks.density, t.steps)
+             len(tasks), label, cfg.masks.method, cfg.masks.density, t.steps)
 
     def on_step(step: int, steps: int, losses: dict[str, float]) -> None:
         mean = sum(losses.values()) / max(len(losses), 1)
@@ -120,7 +130,7 @@ def train_group(tasks: list[Task], cfg: Config, bank: MaskBank | None = None) ->
         net, {task.name: (task.X, task.y) for task in tasks}, method=cfg.masks.method,
         density=cfg.masks.density, steps=t.steps, batch_size=t.batch_size, lr=t.lr,
         momentum=t.momentum, weight_decay=t.weight_decay, seed=t.seed, bank=bank,
-        device=device, progress=on_step, task_meta={task.name: task.meta for task in tasks},
+        device=device, progress=on_step, task_meta={task.name: {**task.meta, "device": label} for task in tasks},
         form_options=cfg.masks.form_options(), store_probabilities=cfg.masks.store_probabilities,
         holdout=holdout, checkpoints=t.checkpoints, patience=t.patience,
     )

@@ -108,7 +108,7 @@ def _tables(forecaster: RegimeGatedForecaster) -> dict[str, pd.DataFrame]:
                       for mode, v in sel.get("log_loss", {}).items()]
         calibration += [{"market": market, "map": key, "temperature": cal.temperature, "prior_weight": cal.weight}
                         for key, cal in mm.calibrators.items()]
-    keys = ("n_train", "selected_step", "steps", "carried_from")
+    keys = ("n_train", "selected_step", "steps", "carried_from", "device")
     masks = [{"task": t, **{k: forecaster.bank.meta(t).get(k) for k in keys}} for t in forecaster.bank.names]
     return {"selection": pd.DataFrame(selection), "calibration": pd.DataFrame(calibration),
             "masks": pd.DataFrame(masks)}

@@ -112,6 +112,8 @@ def slow(*args: str) -> object:
     slow("forecast", "-c", DEMO, "--market", "wti", "--json"), slow("masks", "--overlap"), slow("masks", "--json"),
     slow("models", "-c", DEMO), slow("ingest", "-c", DEMO), slow("ingest", "-c", DEMO, "--json"),
     slow("regimes", "-c", DEMO, "-m", "sp500", "--json"), slow("serve", "-c", DEMO, "--example"),
+    slow("monitor", "-c", DEMO, "--backfill", "30"), slow("monitor", "-c", DEMO, "--json"),
+    slow("masks", "--explain"), slow("forecast", "-c", DEMO, "--as-of", "2018-11-30", "--json"),
 ], ids=lambda args: " ".join(args))
 def test_readme_command(demo_home: tuple[Path, dict], args: list[str]) -> None:
     home, _ = demo_home
