@@ -52,14 +52,6 @@ def load_bank(cfg: Config, workspace: Workspace, *, path: Path | None = None, ve
     raise MaskFileError(f"{path}: neither a forecaster directory (forecaster.json) nor a mask bank (bank.json)")
 
 
-def open_bank(
-    cfg: Config, workspace: Workspace, *, path: Path | None = None, version: str = "champion"
-) -> tuple[MaskBank, str]:
-    """The bank in ``path`` (a forecaster or bank directory), else the registered ``version``'s, and its source."""
-    opened = load_bank(cfg, workspace, path=path, version=version)
-    return opened.bank, opened.source
-
-
 def describe_bank(bank: MaskBank, overlap: bool = False) -> dict[str, Any]:
     """JSON-able description: one entry per task, storage figures, optionally the Jaccard matrix."""
     tasks = []

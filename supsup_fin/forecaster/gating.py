@@ -147,7 +147,8 @@ class RegimeGatedForecaster:
         """Price rows a forecast needs: the longer of the feature (+ infer) window and the HMM window."""
         return max([self._feature_rows] + [self._regime_rows(m) for m in self.markets])
 
-    def _market(self, market: str) -> MarketModel:
+    def market_model(self, market: str) -> MarketModel:
+        """The model of ``market`` (:class:`DataError` naming the known markets if none)."""
         if market not in self.markets:
             raise DataError(f"unknown market {market!r}; this model knows {sorted(self.markets)}")
         return self.markets[market]
@@ -156,7 +157,7 @@ class RegimeGatedForecaster:
     def inputs(self, market: str, prices: pd.DataFrame) -> np.ndarray:
         """The network inputs of every row of ``prices``: ``[n, lookback * features]`` float,
         the market's scaled feature windows (NaN where a window is incomplete)."""
-        mm = self._market(market)
+        mm = self.market_model(market)
         raw = make_features(prices, self.feature_names, market=mm.name).to_numpy()
         return input_windows(mm.scaler.transform(raw), self.lookback)
 
@@ -299,7 +300,7 @@ class RegimeGatedForecaster:
         ``feature_warmup + lookback + infer_window - 1`` rows only (they are window-exact) and
         the HMM filter's last row only (:meth:`~supsup_fin.regimes.RegimeModel.predict_next_proba_last`).
         """
-        mm = self._market(market)
+        mm = self.market_model(market)
         mode = check_gate_mode(mm.gate_mode(mode or self.mode))
         columns, dates = price_arrays(prices, market)
         need = self.min_rows
@@ -401,7 +402,7 @@ class RegimeGatedForecaster:
         dict mode -> frame, in the order of ``modes`` (repeats collapse); under ``auto`` the frame's
         ``mode`` column names the market's chosen mode.
         """
-        mm = self._market(market)
+        mm = self.market_model(market)
         modes = list(dict.fromkeys(m if m == "auto" else check_gate_mode(m) for m in modes))
         runs = {m: check_gate_mode(mm.gate_mode(m)) for m in modes}
         prices = validate_frame(prices, market)

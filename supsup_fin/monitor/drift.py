@@ -135,9 +135,7 @@ def drift_checks(fc: RegimeGatedForecaster, market: str, prices: pd.DataFrame, c
         "value", "threshold", "breach", "window_start", "window_end", "detail"}``. A model
         without a reference gives one row, ``check`` ``"reference"``, never breached.
     """
-    if market not in fc.markets:
-        raise DataError(f"unknown market {market!r}; this model knows {sorted(fc.markets)}")
-    mm = fc.markets[market]
+    mm = fc.market_model(market)
     if not mm.reference:
         return [{"market": market, "check": "reference", "name": "reference", "value": None, "threshold": None,
                  "breach": False, "window_start": None, "window_end": None, "detail": NO_REFERENCE}]

@@ -48,7 +48,6 @@ from supsup_fin.forecaster.mask_tasks import Task, task_name, training_config_ha
 from supsup_fin.forecaster.selection import MIN_HOLDOUT_ROWS
 from supsup_fin.forecaster.training import build_network, train_group
 from supsup_fin.masks import MaskBank
-from supsup_fin.monitor.novelty import market_model
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +90,7 @@ def novel_rows(fc: RegimeGatedForecaster, market: str, prices: pd.DataFrame,
     stored edges), ``fwd`` ``[n]`` (forward log returns) and their dates: the rows on or after
     ``since`` with a complete input and a known target (``as_of + horizon`` within ``prices``).
     """
-    mm = market_model(fc, market)
+    mm = fc.market_model(market)
     X = fc.inputs(market, prices)
     fwd = forward_returns(prices, fc.horizon).to_numpy()
     y = classify(fwd, mm.class_edges)
@@ -108,7 +107,7 @@ def challenger_forecaster(fc: RegimeGatedForecaster, market: str, task: str, ban
     :class:`~supsup_fin.forecaster.market_model.MarketModel` fields (``calibrators``, ``prior``,
     ``class_returns``). Other markets are the same objects.
     """
-    mm = market_model(fc, market)
+    mm = fc.market_model(market)
     reference = {k: v for k, v in mm.reference.items() if k != "novelty"}
     routed = dataclasses.replace(mm, masks=dict.fromkeys(mm.regime.names_, task), all_mask=task, calibrators={},
                                  mode="market", selection={}, reference=reference)

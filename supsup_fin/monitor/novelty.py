@@ -46,18 +46,11 @@ from supsup_fin.forecaster.gating import MarketModel, RegimeGatedForecaster
 from supsup_fin.masks import row_task_scores
 from supsup_fin.monitor.hmm import GRID, loglik_series, reference_quantile
 
-__all__ = ["detect_novelty", "market_masks", "market_model", "novelty_alert", "novelty_reference", "novelty_series"]
+__all__ = ["detect_novelty", "market_masks", "novelty_alert", "novelty_reference", "novelty_series"]
 
 NO_REFERENCE = "retrain to enable the novel-regime check"
 FIGURES = ("entropy", "entropy_threshold", "flatness", "flatness_threshold", "log_likelihood", "log_likelihood_threshold")
 """The statistics and thresholds a verdict reports."""
-
-
-def market_model(fc: RegimeGatedForecaster, market: str) -> MarketModel:
-    """The forecaster's model of ``market`` (:class:`DataError` naming the known markets if none)."""
-    if market not in fc.markets:
-        raise DataError(f"unknown market {market!r}; this model knows {sorted(fc.markets)}")
-    return fc.markets[market]
 
 
 def market_masks(mm: MarketModel) -> list[str]:
@@ -118,7 +111,7 @@ def novelty_reference(fc: RegimeGatedForecaster, market: str, X_train: np.ndarra
     ``flatness[i]`` are the ``grid[i]`` quantiles of the statistics' ``window``-row means over
     the training rows (``flatness`` is None for a market with a single mask).
     """
-    masks = market_masks(market_model(fc, market))
+    masks = market_masks(fc.market_model(market))
     X = np.asarray(X_train, dtype=np.float32)
     ent, flat = _rolling_statistics(*_row_statistics(fc, masks, X), cfg.window)
     n = int(np.isfinite(ent).sum())
@@ -183,7 +176,7 @@ def novelty_series(fc: RegimeGatedForecaster, market: str, prices: pd.DataFrame,
     DataError
         When ``reference`` lacks either range or was computed for other masks than the market's.
     """
-    mm = market_model(fc, market)
+    mm = fc.market_model(market)
     why = _missing_reference(mm, reference)
     if why:
         raise DataError(why)
@@ -226,7 +219,7 @@ def detect_novelty(fc: RegimeGatedForecaster, market: str, prices: pd.DataFrame,
     no novelty or HMM reference, or one computed for other masks, gets ``novel`` False, the
     figures None and a ``detail`` saying to retrain.
     """
-    mm = market_model(fc, market)
+    mm = fc.market_model(market)
     as_of = str(prices.index[-1].date()) if len(prices) else None
     why = _missing_reference(mm, mm.reference)
     if why:

@@ -9,7 +9,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from supsup_fin.errors import DataError
-from supsup_fin.monitor.scoring import ece, reliability_table
+from supsup_fin.monitor.scoring import by_date, ece, reliability_table
 
 
 def loss_gap_figure(scores: pd.DataFrame, market: str, window: int) -> Figure:
@@ -42,7 +42,7 @@ def loss_gap_figure(scores: pd.DataFrame, market: str, window: int) -> Figure:
     FigureCanvasAgg(fig)
     ax = fig.subplots()
     for version, g in rows.groupby("model_version", sort=True):
-        g = g.assign(_date=pd.to_datetime(g["as_of"])).sort_values("_date", kind="stable")
+        g = by_date(g)
         gap = (g["log_loss"] - g["prior_log_loss"]).astype(np.float64).rolling(window, min_periods=1).mean()
         ax.plot(g["_date"].to_numpy(), gap.to_numpy(), marker=".", markersize=3, linewidth=1.2, label=f"v{version}")
     ax.axhline(0.0, color="grey", linewidth=0.8, linestyle="--", label="knowing nothing (class prior)")

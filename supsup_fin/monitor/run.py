@@ -34,6 +34,7 @@ from supsup_fin.monitor.plots import loss_gap_figure
 from supsup_fin.monitor.scoring import (
     REQUIRED,
     append_scores,
+    by_date,
     read_scores,
     reliability_table,
     rolling_summary,
@@ -254,7 +255,6 @@ def _reliability(scores: pd.DataFrame, version: int, names: list[str], window: i
     out = {}
     for m in names:
         mine = scores[(scores["market"] == m) & (scores["model_version"].astype("int64") == version)]
-        mine = mine.assign(_date=pd.to_datetime(mine["as_of"])).sort_values("_date", kind="stable").tail(window)
-        out[m] = reliability_table(mine, bins)
+        out[m] = reliability_table(by_date(mine, window), bins)
     return out
 

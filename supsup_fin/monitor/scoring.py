@@ -185,6 +185,12 @@ def _round(x: float, digits: int = 6) -> float | None:
     return None if pd.isna(x) else round(float(x), digits)
 
 
+def by_date(scores: pd.DataFrame, last: int | None = None) -> pd.DataFrame:
+    """``scores`` oldest first by ``as_of`` (a ``_date`` column added), only the ``last`` rows when given."""
+    out = scores.assign(_date=pd.to_datetime(scores["as_of"])).sort_values("_date", kind="stable")
+    return out if last is None else out.tail(last)
+
+
 def rolling_summary(scores: pd.DataFrame, window: int, bins: int) -> list[dict[str, Any]]:
     """Per (market, model_version), the scores of its last ``window`` matured forecasts (by as_of).
 
@@ -202,7 +208,7 @@ def rolling_summary(scores: pd.DataFrame, window: int, bins: int) -> list[dict[s
         raise DataError(f"rolling_summary: expected a window of at least 1 forecast, got {window}")
     out = []
     for (market, version), g in scores.groupby(["market", "model_version"], sort=True):
-        g = g.assign(_date=pd.to_datetime(g["as_of"])).sort_values("_date", kind="stable").tail(window)
+        g = by_date(g, window)
         gap = _round(g["log_loss"].mean() - g["prior_log_loss"].mean())
         positions = g["position_return"].astype(np.float64).dropna()
         out.append({
