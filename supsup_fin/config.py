@@ -227,6 +227,9 @@ class MasksConfig(_Section):
     method: Literal["edge_popup", "threshold", "hard_concrete"] = "edge_popup"
     density: float = Field(0.5, gt=0, le=1)
     erdos_renyi: bool = Field(False, description="edge_popup: Erdős–Rényi per-layer budget (same overall density)")
+    init_scale: float = Field(0.01, gt=0, le=10, description="edge_popup: initial scores uniform in ± init_scale / "
+                              "sqrt(fan_in); near zero, the first gradients decide the selection (1: the reference's "
+                              "Kaiming-uniform scores, which converge several times slower)")
     tau: float = Field(2.0 / 3.0, gt=0, description="hard_concrete: initial Gumbel-sigmoid temperature")
     tau_final: float | None = Field(None, gt=0, description="hard_concrete: final temperature (None: no annealing)")
     l0_lambda: float = Field(0.0, ge=0, description="hard_concrete: weight of the expected-L0 penalty λ·Σp")
@@ -252,7 +255,7 @@ class MasksConfig(_Section):
     def form_options(self) -> dict[str, Any]:
         """Options of the chosen form, as ``train_masks(form_options=...)`` takes them."""
         if self.method == "edge_popup":
-            return {"erdos_renyi": self.erdos_renyi}
+            return {"erdos_renyi": self.erdos_renyi, "init_scale": self.init_scale}
         if self.method == "hard_concrete":
             return {"tau": self.tau, "tau_final": self.tau_final, "l0_lambda": self.l0_lambda, "init_p": self.init_p}
         return {}
@@ -325,6 +328,10 @@ class BacktestConfig(_Section):
     dense_lr: float = Field(1e-3, gt=0, description="Adam learning rate of the dense baselines")
     steps: int | None = Field(None, ge=1, description="training steps of every refit's masks and dense nets "
                               "(None: training.steps); a step budget for long backtests")
+    batched: bool = Field(True, description="fit every window's HMMs in order, then train every window's masks and "
+                          "dense nets in one batched pass (each window still sees only its own past; with one "
+                          "torch thread on CPU the results are bit-identical to window by window); false: train "
+                          "window by window (less memory)")
     bootstrap: int = Field(1000, ge=100, description="stationary-bootstrap samples of each Sharpe CI")
 
     @model_validator(mode="after")

@@ -12,17 +12,17 @@ is elementwise, so a net's updates do not depend on which other nets share the b
 
 Same data, same steps as the mask trainer: each task draws ``batch_size`` rows with replacement
 per step from ``task_generator(seed, name, 1)`` -- the very rows ``train_masks`` draws for a
-task of that name and seed -- and the learning rate follows the same cosine schedule from
-``lr`` to 0 over ``steps``. A task with ``n <= batch_size`` rows uses all of them every step
-(``train_masks`` would sample ``batch_size`` with replacement instead). Fresh nets start from a
-Kaiming-uniform init for ReLU, ``U(±sqrt(6 / fan_in))``, drawn from
-``task_generator(seed, name, 0)``; so a net depends only on its own data, ``seed`` and name.
-Tasks drawing fewer rows (``n < batch_size``) are padded with rows of weight 0.
+task of that name and seed, also when a task has fewer than ``batch_size`` rows -- and the
+learning rate follows the same cosine schedule from ``lr`` to 0 over ``steps``. Fresh nets start
+from a Kaiming-uniform init for ReLU, ``U(±sqrt(6 / fan_in))``, drawn from
+``task_generator(seed, name, 0)``; so a net depends only on its own data, ``seed`` and name
+(``streams=`` gives a net the seed and name of another call: the walk-forward trains every
+window's nets in one call, each with its window's seed).
 
 Batched equals alone: on CPU with one torch thread, a task trained alone and in a batch gives
-bit-identical weights. With several threads MKL may split a lone task's matrix products
-differently from a batch's, so results agree to float rounding (~1e-8 after 50 steps), as they
-do on GPUs and where padding changes a task's minibatch length.
+bit-identical weights (every task's minibatch has the same length, so its matrix products are the
+same). With several threads MKL may split a lone task's matrix products differently from a
+batch's, so results agree to float rounding (~1e-8 after 50 steps), as they do on GPUs.
 
 The optimiser is ``torch.optim.Adam`` (``weight_decay`` is its L2 term, added to the gradient),
 not the masks' SGD: trained dense weights need an adaptive step to be a fair baseline at the
@@ -152,6 +152,7 @@ def train_dense(
     holdout: Mapping[str, TaskArrays] | None = None,
     checkpoints: Sequence[int] | None = None,
     patience: int = 3,
+    streams: Mapping[str, tuple[int, str]] | None = None,
 ) -> DenseBank:
     """Train one dense bias-free ReLU MLP per task, all tasks in one batched loop.
 
@@ -163,8 +164,7 @@ def train_dense(
     sizes : sequence of int
         Layer widths ``(in, hidden..., classes)``, as for :class:`~supsup_fin.masks.net.FrozenNet`.
     steps, batch_size : int
-        Optimiser steps (>= 1) and rows drawn per task and step (>= 1; with replacement, or the
-        whole task when it has ``n <= batch_size`` rows).
+        Optimiser steps (>= 1) and rows drawn per task and step (>= 1; with replacement).
     lr, weight_decay : float
         Adam's peak learning rate (cosine-annealed to 0 over ``steps``) and L2 coefficient.
     seed : int
@@ -179,6 +179,8 @@ def train_dense(
         Held-out rows per net: each net keeps its weights from the checkpoint with the best
         temperature-scaled held-out log-loss, as :func:`~supsup_fin.masks.train_masks` keeps
         masks (same grid and patience rules); nets without held-out rows train all ``steps``.
+    streams : mapping name -> (seed, stream name), optional
+        The seed and name that fix these nets' init and minibatches instead of ``(seed, name)``.
 
     Returns
     -------
@@ -191,10 +193,15 @@ def train_dense(
     for name in names:
         if not isinstance(name, str) or not name:
             raise DataError(f"task names must be non-empty strings, got {name!r}")
-    starts = dict(init or {})
-    unknown = sorted(set(starts) - set(names), key=str)
-    if unknown:
-        raise DataError(f"init names tasks that are not being trained: {unknown} (tasks: {names})")
+    starts, keys = dict(init or {}), dict(streams or {})
+    for what, given in (("init", starts), ("streams", keys)):
+        unknown = sorted(set(given) - set(names), key=str)
+        if unknown:
+            raise DataError(f"{what} names tasks that are not being trained: {unknown} (tasks: {names})")
+    for name, key in keys.items():
+        if not (isinstance(key, tuple) and len(key) == 2 and _is_int(key[0]) and key[0] >= 0 and isinstance(key[1], str)):
+            raise DataError(f"streams[{name!r}] must be (non-negative seed, name), got {key!r}")
+    stream_of = {n: keys.get(n, (seed, n)) for n in names}
     if not names:
         return DenseBank(sizes, {})
     data = {name: _validate_task(name, *tasks[name], sizes) for name in names}
@@ -205,8 +212,8 @@ def train_dense(
         selector = HeldOutSelector.for_tasks(names, holdout, lambda n, x, y: _validate_task(n, x, y, sizes),
                                              sizes[-1], steps, checkpoints, patience, dev, what="dense nets")
     logger.info("training %d dense nets %s on %s for %d steps: %s", len(names), sizes, dev, steps, names)
-    final, losses = _train(data, start_weights, names, sizes, dev, steps, batch_size, lr, weight_decay, seed, progress,
-                           selector)
+    final, losses = _train(data, start_weights, names, sizes, dev, steps, batch_size, lr, weight_decay, stream_of,
+                           progress, selector)
     weights = {name: [layer[t].clone() for layer in final] for t, name in enumerate(names)}
     return DenseBank(sizes, weights, dict(zip(names, losses)), device=dev)
 
@@ -221,29 +228,19 @@ def _train(
     batch_size: int,
     lr: float,
     weight_decay: float,
-    seed: int,
+    streams: dict[str, tuple[int, str]],
     progress: Callable[[int, int], None] | None,
     selector: HeldOutSelector | None = None,
 ) -> tuple[list[torch.Tensor], list[float]]:
     """The batched loop; returns CPU float32 weights ``[T, out, in]`` per layer (each net's best
     checkpoint's with a ``selector``) and last losses."""
     n_tasks = len(names)
-    params = [p.to(dev).requires_grad_(True) for p in _initial_weights(names, starts, sizes, seed)]
+    params = [p.to(dev).requires_grad_(True) for p in _initial_weights(names, starts, sizes, streams)]
     counts = [int(data[n][0].shape[0]) for n in names]
-    rows_per_task = [min(n, batch_size) for n in counts]
-    width = max(rows_per_task)
-    gens = [task_generator(seed, n, _STREAM_BATCHES) for n in names]
+    gens = [task_generator(*streams[n], _STREAM_BATCHES) for n in names]
     x_all = torch.cat([data[n][0] for n in names]).to(dev)
     y_all = torch.cat([data[n][1] for n in names]).to(dev)
-    offsets = np.cumsum([0, *counts[:-1]])
-    # Row weights: 1 / rows for real rows, 0 for padding, so a task's loss is its own mean.
-    row_weight = torch.zeros(n_tasks, width, dtype=torch.float32)
-    pad_index = torch.zeros(n_tasks, width, dtype=torch.int64)
-    for t, (b, off) in enumerate(zip(rows_per_task, offsets)):
-        row_weight[t, :b] = 1.0 / b
-        pad_index[t] = int(off)
-    row_weight = row_weight.to(dev)
-    padded = width != min(rows_per_task)
+    offsets = torch.tensor(np.cumsum([0, *counts[:-1]]), dtype=torch.int64).view(n_tasks, 1)
 
     opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     every = max(1, steps // 10)
@@ -251,15 +248,12 @@ def _train(
     for step in range(steps):
         for group in opt.param_groups:
             group["lr"] = 0.5 * lr * (1.0 + math.cos(math.pi * step / steps))
-        idx = pad_index.clone()
-        for t, (n, b, g) in enumerate(zip(counts, rows_per_task, gens)):
-            rows = torch.randint(n, (batch_size,), generator=g) if n > batch_size else torch.arange(n)
-            idx[t, :b] = rows + int(offsets[t])
-        idx = idx.view(-1).to(dev)
-        xb = x_all[idx].view(n_tasks, width, -1)
+        rows = torch.stack([torch.randint(n, (batch_size,), generator=g) for n, g in zip(counts, gens)])
+        idx = (rows + offsets).view(-1).to(dev)
+        xb = x_all[idx].view(n_tasks, batch_size, -1)
         logits = batched_dense_logits(params, xb)
-        ce = F.cross_entropy(logits.reshape(n_tasks * width, -1), y_all[idx], reduction="none").view(n_tasks, width)
-        loss_t = (ce * row_weight).sum(dim=1) if padded else ce.mean(dim=1)
+        ce = F.cross_entropy(logits.reshape(n_tasks * batch_size, -1), y_all[idx], reduction="none")
+        loss_t = ce.view(n_tasks, batch_size).mean(dim=1)
         opt.zero_grad(set_to_none=True)
         loss_t.sum().backward()
         opt.step()
@@ -294,7 +288,8 @@ def batched_dense_logits(weights: Sequence[torch.Tensor], x: torch.Tensor) -> to
 
 
 def _initial_weights(
-    names: list[str], starts: dict[str, list[torch.Tensor]], sizes: tuple[int, ...], seed: int
+    names: list[str], starts: dict[str, list[torch.Tensor]], sizes: tuple[int, ...],
+    streams: dict[str, tuple[int, str]],
 ) -> list[torch.Tensor]:
     """Stacked CPU float32 start weights ``[T, out, in]`` per layer."""
     per_task = []
@@ -302,7 +297,7 @@ def _initial_weights(
         if name in starts:
             per_task.append(starts[name])
             continue
-        g = task_generator(seed, name, _STREAM_INIT)
+        g = task_generator(*streams[name], _STREAM_INIT)
         layers = []
         for out_f, in_f in _shapes(sizes):
             bound = math.sqrt(6.0 / in_f)

@@ -11,6 +11,11 @@ the window's ``as_of`` only (:func:`~supsup_fin.backtest.fitting.fit_market`):
 4. the dense nets the strategies declare, trained on the same rows (the fine-tuned one
    continuing from its weights at the previous window).
 
+By default (``backtest.batched``) steps 1-2 run for every window first, in order, then steps 3-4
+for every window in one batched pass (a task's result does not depend on the tasks that share its
+pass; the fine-tuned nets alone continue window after window), then the forecasts below window by
+window; ``batched: false`` runs each window whole before the next.
+
 Masks, dense nets and every forecast run on ``runtime.device`` (the walk-forward's results come
 back to CPU). Then every strategy of :mod:`supsup_fin.backtest.strategies` forecasts each day of the window
 from data up to that day, and :mod:`supsup_fin.backtest.continual` re-scores every earlier
@@ -22,6 +27,7 @@ combines the windows into :class:`Forecasts`, which :mod:`supsup_fin.backtest.re
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -34,14 +40,15 @@ import torch
 from supsup_fin import progress
 from supsup_fin.backtest import continual
 from supsup_fin.backtest.dense import DenseBank, train_dense
-from supsup_fin.backtest.fitting import WindowFit, fit_market, forecaster_for, window_tasks
+from supsup_fin.backtest.fitting import WindowFit, fit_market, forecaster_for, window_tasks, windowed
 from supsup_fin.backtest.market_window import MarketWindow
-from supsup_fin.backtest.strategies import Strategy, dense_sets, finetune_net, select, warm_starts
+from supsup_fin.backtest.strategies import DenseTask, Strategy, dense_sets, finetune_net, select, warm_starts
 from supsup_fin.backtest.windows import Window, make_windows
 from supsup_fin.config import Config
 from supsup_fin.errors import DataError
 from supsup_fin.features import class_names
 from supsup_fin.forecaster.calibration import Calibrator
+from supsup_fin.forecaster.mask_tasks import Task
 from supsup_fin.forecaster.training import resolve_device, train_tasks
 from supsup_fin.masks import FrozenNet, MaskBank
 
@@ -128,10 +135,14 @@ class History:
 
     def after(self, result: WindowResult) -> History:
         """This history with ``result``'s window appended."""
-        fits = dict(self.fits)
-        for market, fit in result.fits.items():
-            fits[market] = (*fits.get(market, ()), fit)
-        return History(result.net, result.bank, fits, result.dense_weights)
+        return History(result.net, result.bank, self.with_fits(result.fits).fits, result.dense_weights)
+
+    def with_fits(self, fits: Mapping[str, WindowFit]) -> History:
+        """This history with one more window's market fits (the HMM lineage a window's fit reads)."""
+        out = dict(self.fits)
+        for market, fit in fits.items():
+            out[market] = (*out.get(market, ()), fit)
+        return dataclasses.replace(self, fits=out)
 
 
 def calendar_of(prices: dict[str, pd.DataFrame]) -> pd.DatetimeIndex:
@@ -143,7 +154,15 @@ def calendar_of(prices: dict[str, pd.DataFrame]) -> pd.DatetimeIndex:
 
 
 def run_walk_forward(cfg: Config, prices: dict[str, pd.DataFrame]) -> Forecasts:
-    """Run every window and collect each strategy's daily forecasts (see :class:`Forecasts`)."""
+    """Run every window and collect each strategy's daily forecasts (see :class:`Forecasts`).
+
+    With ``backtest.batched`` (the default) every window's HMMs are fitted first, in order (a
+    window's regimes are named after the previous window's), then every window's masks and dense
+    nets train in one batched pass, and then each window forecasts on the bank as it stood after
+    it. A window's tasks read only its own past either way and a task's result does not depend on
+    the tasks that share its pass, so the results are those of training window by window
+    (bit-identical on CPU with one torch thread); only the order of computation changes.
+    """
     missing = [m.name for m in cfg.markets if m.name not in prices]
     if missing:
         raise DataError(f"backtest: no prices for configured markets {missing}; got {sorted(prices)}")
@@ -153,18 +172,34 @@ def run_walk_forward(cfg: Config, prices: dict[str, pd.DataFrame]) -> Forecasts:
         cfg = cfg.model_copy(update={"training": cfg.training.model_copy(update={"steps": bt.steps})})
     strategies = select(bt.modes, bt.baselines)
     device = resolve_device(cfg.runtime)
-    log.info("backtest: %d windows from %s to %s, refit every %d days, %s window", len(windows),
-             windows[0].test_start.date(), windows[-1].test_end.date(), bt.retrain_every, bt.window)
+    log.info("backtest: %d windows from %s to %s, refit every %d days, %s window, %s", len(windows),
+             windows[0].test_start.date(), windows[-1].test_end.date(), bt.retrain_every, bt.window,
+             "one batched training pass" if bt.batched else "trained window by window")
     prepared = {m: {s.name: p for s in strategies if (p := s.prepare(cfg, m, prices[m])) is not None} for m in prices}
-    history, results = History(), []
-    for w in windows:
-        progress.report("walk-forward", w.index, len(windows), f"window {w.tag}")
-        result = run_window(cfg, prices, w, history, strategies, prepared, device)
-        log.info("window %d (%s): %d masks, %.1f s", w.index, w.tag, result.masks_trained, sum(result.seconds.values()))
-        results.append(result)
-        history = history.after(result)
-    progress.report("walk-forward", len(windows), len(windows), "done")
-    return _combine(cfg, prices, windows, results, history)
+    history, results, shared = History(), [], {}
+    if bt.batched:
+        total = 2 * len(windows) + 1  # fit each window, train them all, forecast each window
+        lineage, fitted = History(), []
+        for w in windows:
+            progress.report("walk-forward", w.index, total, f"fit {w.tag}")
+            fitted.append(_fit_window(cfg, prices, w, lineage))
+            lineage = lineage.with_fits(fitted[-1].fits)
+        progress.report("walk-forward", len(windows), total, "train every window")
+        trained, shared = _train_windows(cfg, fitted, strategies, history, device)
+        for k, (f, t) in enumerate(zip(fitted, trained)):
+            progress.report("walk-forward", len(windows) + 1 + k, total, f"forecast {f.window.tag}")
+            results.append(_forecast_window(cfg, prices, f, t, history, strategies, prepared, device))
+            history = history.after(results[-1])
+    else:
+        total = len(windows)
+        for w in windows:
+            progress.report("walk-forward", w.index, total, f"window {w.tag}")
+            results.append(run_window(cfg, prices, w, history, strategies, prepared, device))
+            history = history.after(results[-1])
+    progress.report("walk-forward", total, total, "done")
+    for r in results:
+        log.info("window %d (%s): %d masks, %.1f s", r.window.index, r.window.tag, r.masks_trained, sum(r.seconds.values()))
+    return _combine(cfg, prices, windows, results, history, shared)
 
 
 def run_window(cfg: Config, prices: dict[str, pd.DataFrame], w: Window, history: History,
@@ -180,28 +215,78 @@ def run_window(cfg: Config, prices: dict[str, pd.DataFrame], w: Window, history:
     device : where the masks and dense nets train and every forecast runs (the returned net and
         banks are on CPU).
     """
-    steps = 2 * len(prices) + 2  # fit each market, train the masks, the dense nets, forecast each market
+    fitted = _fit_window(cfg, prices, w, history)
+    (trained,), _ = _train_windows(cfg, [fitted], strategies, history, device)
+    return _forecast_window(cfg, prices, fitted, trained, history, strategies, prepared, device)
 
-    def step(done: int, what: str) -> None:
-        progress.report("window", done, steps, f"{w.tag}: {what}")
 
+@dataclass(frozen=True)
+class _Fitted:
+    """One window's market fits (before their masks exist) and the tasks they declare."""
+
+    window: Window
+    fits: dict[str, WindowFit]
+    tasks: list[Task]
+    seconds: float
+
+
+@dataclass(frozen=True)
+class _Trained:
+    """What training gave one window: the net, the bank as it stands after the window, the
+    window's dense nets and the warm-started nets' weights after it."""
+
+    net: FrozenNet | None
+    bank: MaskBank | None
+    dense: DenseBank | None
+    dense_weights: dict[str, list[torch.Tensor]]
+    seconds: dict[str, float]
+    """``train_masks`` / ``train_dense`` seconds spent on this window alone (0 in a shared pass)."""
+
+
+def _fit_window(cfg: Config, prices: dict[str, pd.DataFrame], w: Window, history: History) -> _Fitted:
+    """Every market's fit at ``w`` after ``history``'s fits, and the window's tasks."""
     t0 = time.perf_counter()
-    fits = _fit_markets(cfg, prices, w, history, lambda k, m: step(k, f"fit {m}"))
-    t1 = time.perf_counter()
-    step(len(prices), "train masks")
-    tasks = window_tasks(fits, cfg, w.tag)
+    fits = _fit_markets(cfg, prices, w, history,
+                        lambda k, m: progress.report("window", k, 2 * len(prices), f"{w.tag}: fit {m}"))
+    return _Fitted(w, fits, window_tasks(fits, cfg, w.tag), time.perf_counter() - t0)
+
+
+def _train_windows(cfg: Config, fitted: Sequence[_Fitted], strategies: Sequence[Strategy], history: History,
+                   device: str | torch.device) -> tuple[list[_Trained], dict[str, float]]:
+    """Train the masks and dense nets of ``fitted`` windows (in order, after ``history``) together.
+
+    Returns each window's :class:`_Trained` and, when more than one window shared the pass, the
+    pass's seconds per stage (``{}`` for a single window, whose seconds are its own).
+    """
+    t0 = time.perf_counter()
+    tasks = [t for f in fitted for t in f.tasks]
     net, bank = train_tasks(tasks, cfg, bank=history.bank) if tasks else (history.net, history.bank)
+    banks, names = [], list(history.bank.names) if history.bank is not None else []
+    for f in fitted:
+        names += [t.name for t in f.tasks]
+        banks.append(bank.subset(names) if bank is not None and f.tasks else (banks[-1] if banks else history.bank))
+    t1 = time.perf_counter()
+    dense = _train_dense(cfg, strategies, fitted, history, device)
+    seconds = {"train_masks": t1 - t0, "train_dense": time.perf_counter() - t1}
+    own = seconds if len(fitted) == 1 else {k: 0.0 for k in seconds}
+    trained = [_Trained(net if b is not None else history.net, b, d, wts, own)
+               for b, (d, wts) in zip(banks, dense)]
+    return trained, ({} if len(fitted) == 1 else seconds)
+
+
+def _forecast_window(cfg: Config, prices: dict[str, pd.DataFrame], fitted: _Fitted, trained: _Trained,
+                     history: History, strategies: Sequence[Strategy], prepared: Mapping[str, Mapping[str, object]],
+                     device: str | torch.device) -> WindowResult:
+    """The window's gated models on the bank after it, its forecasts and its continual scores."""
+    w, net, bank, dense = fitted.window, trained.net, trained.bank, trained.dense
+    t0 = time.perf_counter()
     runs_on = copy.copy(net).to(device) if net is not None else None  # the window's forecasts run here
-    fits = {m: f.with_model(bank, runs_on, cfg) for m, f in fits.items()}  # type: ignore[arg-type]
-    t2 = time.perf_counter()
-    step(len(prices) + 1, "train dense nets")
-    dense, weights = _train_dense(cfg, strategies, fits, frozenset(t.name for t in tasks), w, history, device)
+    fits = {m: f.with_model(bank, runs_on, cfg) for m, f in fitted.fits.items()}  # type: ignore[arg-type]
     finetune_acc = {m: continual.dense_accuracy_row(dense, finetune_net(m), (*history.fits.get(m, ()), f))
                     for m, f in fits.items() if dense is not None and finetune_net(m) in dense and len(f.new_rows)}
-    t3 = time.perf_counter()
     rows, mask_acc = {}, {}
     for k, (market, fit) in enumerate(fits.items()):
-        step(len(prices) + 2 + k, f"forecast {market}")
+        progress.report("window", len(prices) + k, 2 * len(prices), f"{w.tag}: forecast {market}")
         seen = (*history.fits.get(market, ()), fit)
         rows[market] = _forecast_market(cfg, prices[market], fit, strategies, runs_on, bank,  # type: ignore[arg-type]
                                         dense, prepared.get(market, {}))
@@ -211,10 +296,10 @@ def run_window(cfg: Config, prices: dict[str, pd.DataFrame], w: Window, history:
             log.warning("window %d (%s): %s has no training rows after %s (its last price: %s); the window is "
                         "no task of its continual scores", w.index, w.tag, market, history.last_train(market),
                         prices[market].index[-1].date())
-    t4 = time.perf_counter()
-    step(steps, "done")
-    seconds = dict(zip(STAGES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)))
-    return WindowResult(w, fits, len(tasks), net, bank, dense, weights, rows, mask_acc, finetune_acc, seconds)
+    progress.report("window", 2 * len(prices), 2 * len(prices), f"{w.tag}: done")
+    seconds = {"fit": fitted.seconds, **trained.seconds, "forecast": time.perf_counter() - t0}
+    return WindowResult(w, fits, len(fitted.tasks), net, bank, dense, trained.dense_weights, rows, mask_acc,
+                        finetune_acc, seconds)
 
 
 def _fit_markets(cfg: Config, prices: dict[str, pd.DataFrame], w: Window, history: History,
@@ -235,24 +320,50 @@ def _fit_markets(cfg: Config, prices: dict[str, pd.DataFrame], w: Window, histor
     return fits
 
 
-def _train_dense(cfg: Config, strategies: Sequence[Strategy], fits: dict[str, WindowFit], trained: frozenset[str],
-                 w: Window, history: History, device: str | torch.device,
-                 ) -> tuple[DenseBank | None, dict[str, list[torch.Tensor]]]:
-    """The window's dense nets (all in one batched call) and the warm-started nets' weights after it."""
-    if not any(s.trains_dense for s in strategies) or not fits:
-        return None, dict(history.dense_weights)
-    sets = {n: s for n, s in dense_sets(strategies, fits, trained).items() if len(s.y)}
+def _train_dense(cfg: Config, strategies: Sequence[Strategy], fitted: Sequence[_Fitted], history: History,
+                 device: str | torch.device) -> list[tuple[DenseBank | None, dict[str, list[torch.Tensor]]]]:
+    """Each window's dense nets and the warm-started nets' weights after it.
+
+    The nets trained from scratch of every window train in one batched call, each with its window's
+    seed (``training.seed + window index``) and its own name's random streams; the warm-started
+    (fine-tuned) nets continue from the previous window's weights, so they train window after
+    window. A net's result does not depend on which nets share its call.
+    """
+    if not any(s.trains_dense for s in strategies) or not any(f.fits for f in fitted):
+        return [(None, dict(history.dense_weights)) for _ in fitted]
     t = cfg.training
-    sizes = (next(iter(fits.values())).features.X.shape[1], *cfg.network.hidden, cfg.features.n_classes)
-    held = {n: (s.X_holdout, s.y_holdout) for n, s in sets.items() if s.y_holdout is not None}
-    bank = train_dense({n: (s.X, s.y) for n, s in sets.items()}, sizes, steps=t.steps, batch_size=t.batch_size,
-                       lr=cfg.backtest.dense_lr, seed=t.seed + w.index, init=warm_starts(sets, history.dense_weights),
-                       device=device, holdout=held or None, checkpoints=t.checkpoints, patience=t.patience)
-    for n, (Xh, yh) in held.items():
-        z = torch.log_softmax(bank.logits(n, Xh).double(), dim=1).numpy()
-        bank.calibrators[n] = Calibrator.fit(z, yh, sets[n].prior)
-    weights = {**history.dense_weights, **{n: bank.copy_of(n) for n, s in sets.items() if s.warm_start}}
-    return bank, weights
+    sets = [{n: s for n, s in dense_sets(strategies, f.fits, frozenset(x.name for x in f.tasks)).items() if len(s.y)}
+            for f in fitted]
+    first = next(fit for f in fitted for fit in f.fits.values())
+    sizes = (first.features.X.shape[1], *cfg.network.hidden, cfg.features.n_classes)
+    kw = {"steps": t.steps, "batch_size": t.batch_size, "lr": cfg.backtest.dense_lr, "device": device,
+          "checkpoints": t.checkpoints, "patience": t.patience}
+
+    def held(named: Mapping[str, DenseTask]) -> dict[str, tuple[np.ndarray, np.ndarray]] | None:
+        out = {n: (s.X_holdout, s.y_holdout) for n, s in named.items() if s.y_holdout is not None}
+        return out or None
+
+    fresh = {windowed(n, f.window.tag): s for f, by in zip(fitted, sets) for n, s in by.items() if not s.warm_start}
+    streams = {windowed(n, f.window.tag): (t.seed + f.window.index, n)
+               for f, by in zip(fitted, sets) for n, s in by.items() if not s.warm_start}
+    scratch = train_dense({n: (s.X, s.y) for n, s in fresh.items()}, sizes, seed=t.seed, streams=streams,
+                          holdout=held(fresh), **kw) if fresh else None
+    weights, out = dict(history.dense_weights), []
+    for f, by in zip(fitted, sets):
+        warm = {n: s for n, s in by.items() if s.warm_start}
+        tuned = train_dense({n: (s.X, s.y) for n, s in warm.items()}, sizes, seed=t.seed + f.window.index,
+                            init=warm_starts(warm, weights), holdout=held(warm), **kw) if warm else None
+        bank = DenseBank(sizes, {}, device=torch.device(device))
+        for n, s in by.items():
+            source, key = (tuned, n) if s.warm_start else (scratch, windowed(n, f.window.tag))
+            bank.weights[n] = source.weights[key]  # type: ignore[union-attr]
+            bank.final_loss[n] = source.final_loss[key]  # type: ignore[union-attr]
+            if s.y_holdout is not None:
+                z = torch.log_softmax(bank.logits(n, s.X_holdout).double(), dim=1).numpy()
+                bank.calibrators[n] = Calibrator.fit(z, s.y_holdout, s.prior)
+        weights = {**weights, **{n: bank.copy_of(n) for n, s in by.items() if s.warm_start}}
+        out.append((bank if by else None, dict(weights)))
+    return out
 
 
 def _forecast_market(cfg: Config, prices: pd.DataFrame, fit: WindowFit, strategies: Sequence[Strategy],
@@ -270,7 +381,7 @@ def _forecast_market(cfg: Config, prices: pd.DataFrame, fit: WindowFit, strategi
 
 
 def _combine(cfg: Config, prices: dict[str, pd.DataFrame], windows: list[Window], results: list[WindowResult],
-             history: History) -> Forecasts:
+             history: History, shared: Mapping[str, float]) -> Forecasts:
     """The windows' values as one :class:`Forecasts`."""
     parts = [frame for r in results for frame in r.rows.values()]
     if not parts:
@@ -287,7 +398,7 @@ def _combine(cfg: Config, prices: dict[str, pd.DataFrame], windows: list[Window]
             mask_rows.setdefault(m, []).append(row)
         for m, row in r.finetune_acc.items():
             finetune_rows.setdefault(m, []).append(row)
-    timings = {k: round(sum(r.seconds[k] for r in results), 2) for k in STAGES}
+    timings = {k: round(sum(r.seconds[k] for r in results) + shared.get(k, 0.0), 2) for k in STAGES}
     return Forecasts(rows, closes, asset, windows, fits, history.net, history.bank,  # type: ignore[arg-type]
                      {m: continual.square(v) for m, v in finetune_rows.items()},
                      {m: continual.square(v) for m, v in mask_rows.items()},

@@ -10,7 +10,7 @@ Public API::
     scores = row_task_scores(net, bank, ["a", "b"], X)     # [N, 2]: each row's first-round scores
     bank.save("bank_dir"); bank = MaskBank.load("bank_dir", net)
 
-Forms (``method=``): ``edge_popup`` (exact top-k density, option ``erdos_renyi``), ``threshold``,
+Forms (``method=``): ``edge_popup`` (exact top-k density, options ``erdos_renyi`` and ``init_scale``), ``threshold``,
 ``hard_concrete`` (options ``tau``, ``tau_final``, ``l0_lambda``, ``init_p``; with
 ``store_probabilities=True`` the bank keeps p as uint8 for ``predict_proba(..., "stochastic")``).
 """

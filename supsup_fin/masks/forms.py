@@ -137,18 +137,27 @@ class EdgePopup(MaskForm):
     for every layer, or with ``erdos_renyi=True`` the Erdős–Rényi budget
     ``d_l = min(1, ε (in_l + out_l) / (in_l out_l))`` with ε chosen so that the whole net keeps
     ``density`` of its weights (small layers denser, large layers sparser).
+
+    Initial scores are uniform in ``± init_scale / sqrt(fan_in)``. Top-k does not depend on the
+    scores' scale, only the step relative to it does: scores that start near zero (the default
+    0.01) let the first gradients decide the selection, where the reference's ``init_scale=1``
+    spends its first hundred steps undoing a random ranking (on 32 PermutedDigits tasks, 0.97
+    held-out accuracy in 50 full-batch steps instead of 300; docs/BENCHMARKS.md).
     """
 
     name = "edge_popup"
     straight_through = True
 
-    def __init__(self, erdos_renyi: bool = False) -> None:
+    def __init__(self, erdos_renyi: bool = False, init_scale: float = 0.01) -> None:
         if not isinstance(erdos_renyi, bool):
             raise ValueError(f"erdos_renyi must be a bool, got {erdos_renyi!r}")
+        if isinstance(init_scale, bool) or not isinstance(init_scale, (int, float)) or not 0 < init_scale <= 10:
+            raise ValueError(f"init_scale must be a number in (0, 10], got {init_scale!r}")
         self.erdos_renyi = erdos_renyi
+        self.init_scale = float(init_scale)
 
     def options(self) -> dict[str, object]:
-        return {"erdos_renyi": self.erdos_renyi}
+        return {"erdos_renyi": self.erdos_renyi, "init_scale": self.init_scale}
 
     def layer_densities(self, shapes: Sequence[tuple[int, int]], density: float) -> list[float]:
         if not self.erdos_renyi:
@@ -164,7 +173,7 @@ class EdgePopup(MaskForm):
                 )
 
     def init_scores(self, shape: tuple[int, int], density: float, generator: torch.Generator) -> torch.Tensor:
-        bound = _kaiming_uniform_bound(shape[1])
+        bound = self.init_scale * _kaiming_uniform_bound(shape[1])
         return (torch.rand(shape, generator=generator, dtype=torch.float32) * 2 - 1) * bound
 
     def hard(self, scores: torch.Tensor, density: float) -> torch.Tensor:

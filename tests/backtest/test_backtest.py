@@ -260,3 +260,23 @@ def test_oracle_rows_are_the_true_model_forecast_on_each_window(small_backtest) 
         y = np.digitize(fwd.reindex(got.index), edges)
         known = np.isfinite(fwd.reindex(got.index).to_numpy())
         np.testing.assert_array_equal(got["y"].to_numpy()[known], y[known])
+
+
+def test_one_batched_pass_equals_training_window_by_window(small_backtest) -> None:
+    """The default walk-forward fits every window's HMMs, then trains every window's masks and dense
+    nets in one batched pass; training window by window (``backtest.batched: false``) gives the same
+    bits, forecasts and continual scores (CPU, one torch thread, as the config sets)."""
+    cfg, prices, fc, report = small_backtest
+    assert cfg.backtest.batched and cfg.runtime.threads == 1
+    assert sum(1 for w in fc.window_log if w["masks_trained"]) >= 2  # several windows share the pass
+    one_by_one = cfg.model_copy(update={"backtest": cfg.backtest.model_copy(update={"batched": False})})
+    seq = run_walk_forward(one_by_one, prices)
+    assert fc.bank.names == seq.bank.names and len(fc.bank) > 4
+    for name in fc.bank.names:
+        assert all(torch.equal(a, b) for a, b in zip(fc.bank[name].layers, seq.bank[name].layers)), name
+        assert fc.bank.meta(name)["selected_step"] == seq.bank.meta(name)["selected_step"]
+    pd.testing.assert_frame_equal(fc.rows, seq.rows)  # every strategy's probabilities, incl. the dense nets
+    for market in fc.mask_acc:
+        np.testing.assert_array_equal(fc.mask_acc[market], seq.mask_acc[market])
+        np.testing.assert_array_equal(fc.dense_finetune_acc[market], seq.dense_finetune_acc[market])
+    pd.testing.assert_frame_equal(report.table, summarise(seq, one_by_one, prices).table)

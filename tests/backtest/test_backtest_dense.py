@@ -58,14 +58,29 @@ def test_a_task_trained_alone_equals_it_trained_among_others() -> None:
     assert not torch.equal(together.weights["m0"][0], together.weights["m1"][0])
 
 
-def test_tasks_smaller_than_the_batch_use_all_rows_and_stay_independent() -> None:
+def test_tasks_smaller_than_the_batch_sample_with_replacement_and_stay_independent() -> None:
     small, large = separable(20, SEED), separable(400, SEED + 1)
     kw = {"steps": 30, "batch_size": 64, "lr": 1e-2, "seed": SEED}
     together = train_dense({"small": small, "large": large}, SIZES, **kw)
     for name, data in (("small", small), ("large", large)):
         alone = train_dense({name: data}, SIZES, **kw)
-        for a, b in zip(alone.weights[name], together.weights[name]):
-            torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+        assert all(torch.equal(a, b) for a, b in zip(alone.weights[name], together.weights[name]))
+
+
+def test_streams_give_a_net_another_calls_seed_and_name() -> None:
+    """What the walk-forward relies on to train every window's nets in one call: a net keyed
+    ``a@w3`` with ``streams=(seed + 3, "a")`` is the net ``a`` of a call with ``seed + 3``."""
+    a, b = separable(200, SEED), separable(150, SEED + 1)
+    kw = {"steps": 20, "batch_size": 32, "lr": 1e-2}
+    one = train_dense({"a": a}, SIZES, seed=SEED + 3, **kw)
+    mixed = train_dense({"a@w3": a, "b@w0": b}, SIZES, seed=SEED, streams={"a@w3": (SEED + 3, "a")}, **kw)
+    assert all(torch.equal(x, y) for x, y in zip(one.weights["a"], mixed.weights["a@w3"]))
+    plain = train_dense({"b@w0": b}, SIZES, seed=SEED, **kw)  # without a stream: (seed, its own key)
+    assert all(torch.equal(x, y) for x, y in zip(plain.weights["b@w0"], mixed.weights["b@w0"]))
+    with pytest.raises(DataError, match="streams names tasks that are not being trained"):
+        train_dense({"a": a}, SIZES, seed=SEED, streams={"z": (0, "a")}, **kw)
+    with pytest.raises(DataError, match=r"streams\['a'\] must be \(non-negative seed, name\)"):
+        train_dense({"a": a}, SIZES, seed=SEED, streams={"a": (-1, "a")}, **kw)
 
 
 def test_deterministic_and_seeded() -> None:

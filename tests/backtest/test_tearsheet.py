@@ -153,10 +153,12 @@ def test_backtest_folder_is_named_by_config_and_utc_time_and_never_reused(tmp_pa
 def test_walk_forward_reports_each_window_and_each_market_step(written) -> None:
     walk = [r[1:] for r in written.reports if r[0] == "walk-forward"]
     tags = [w.tag for w in written.result.forecasts.windows]
-    assert walk == [(0, 2, f"window {tags[0]}"), (1, 2, f"window {tags[1]}"), (2, 2, "done")]
+    # every window fitted in order, all trained in one pass, then each forecast
+    assert walk == [(0, 5, f"fit {tags[0]}"), (1, 5, f"fit {tags[1]}"), (2, 5, "train every window"),
+                    (3, 5, f"forecast {tags[0]}"), (4, 5, f"forecast {tags[1]}"), (5, 5, "done")]
     steps = [r[1:] for r in written.reports if r[0] == "window"]
-    assert steps == [(i, 4, f"{tag}: {what}") for tag in tags for i, what in
-                     enumerate(["fit syn", "train masks", "train dense nets", "forecast syn", "done"])]
+    assert steps == ([(0, 2, f"{tag}: fit syn") for tag in tags]
+                     + [(i, 2, f"{tag}: {what}") for tag in tags for i, what in [(1, "forecast syn"), (2, "done")]])
 
 
 def test_the_strategies_shown_are_the_gated_one_the_best_baseline_buy_and_hold_and_the_oracle() -> None:

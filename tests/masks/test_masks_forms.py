@@ -36,7 +36,7 @@ def test_registry_lists_every_form_and_rejects_unknown_names_and_options():
     assert set(MASK_FORMS) == {"edge_popup", "threshold", "hard_concrete"}
     with pytest.raises(ValueError, match="edge_popup, hard_concrete, threshold"):
         get_form("bogus")
-    with pytest.raises(ValueError, match=r"no option\(s\) \['tau'\]; valid: \['erdos_renyi'\]"):
+    with pytest.raises(ValueError, match=r"no option\(s\) \['tau'\]; valid: \['erdos_renyi', 'init_scale'\]"):
         get_form("edge_popup", tau=1.0)
     assert get_form("hard_concrete", tau=1.0, tau_final=0.1).temperature(1.0) == pytest.approx(0.1)
 
@@ -61,7 +61,7 @@ def test_erdos_renyi_budget_is_exact_overall_and_per_layer():
                        form_options={"erdos_renyi": True})
     for (o, i), m, di in zip(net.shapes, bank["a"].layers, d):
         assert int(m.sum()) == kept_count(o * i, di)
-    assert bank.meta("a")["form_options"] == {"erdos_renyi": True}
+    assert bank.meta("a")["form_options"] == {"erdos_renyi": True, "init_scale": 0.01}
 
 
 @pytest.mark.parametrize("method", ["edge_popup", "threshold"])
@@ -182,7 +182,7 @@ def test_masks_config_keys_default_and_reach_the_form():
 
     cfg = MasksConfig()
     assert cfg.method == "edge_popup" and cfg.superfluous == 0 and not cfg.store_probabilities
-    assert get_form(cfg.method, **cfg.form_options()).options() == {"erdos_renyi": False}
+    assert get_form(cfg.method, **cfg.form_options()).options() == {"erdos_renyi": False, "init_scale": 0.01}
     hc = MasksConfig(method="hard_concrete", tau=1.0, tau_final=0.2, l0_lambda=1e-6)
     form = get_form(hc.method, **hc.form_options())
     assert isinstance(form, HardConcrete) and form.temperature(1.0) == pytest.approx(0.2)
