@@ -242,7 +242,10 @@ def _train(
     y_all = torch.cat([data[n][1] for n in names]).to(dev)
     offsets = torch.tensor(np.cumsum([0, *counts[:-1]]), dtype=torch.int64).view(n_tasks, 1)
 
-    opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    # The fused kernel is one pass over weights, gradients and both moments (the mask trainer's SGD
+    # is fused the same way); the per-tensor loop makes ~10 passes. Same update rule, elementwise.
+    fused = True if dev.type in ("cpu", "cuda") else None
+    opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=fused)
     every = max(1, steps // 10)
     loss_t = torch.zeros(n_tasks)
     for step in range(steps):
