@@ -1,23 +1,31 @@
-"""Continual learning on scikit-learn's shipped digits: PermutedDigits and SplitDigits.
+"""Continual learning on scikit-learn's shipped digits: supermasks against five other methods.
 
-    python benchmarks/cl_digits.py [--quick] [--out benchmarks/results/cl_digits.json]
+    python benchmarks/cl_digits.py [--quick] [--methods ...] [--out benchmarks/results/cl_comparison.json]
 
 PermutedDigits: 50 tasks, each a fixed permutation of the 64 pixels, 10 classes. SplitDigits:
 5 tasks of 2 digits each ((0, 1), (2, 3), ...), labels 0/1 within a task. Train/test split 70/30
 (stratified, fixed seed), pixels scaled to [0, 1] then standardised with statistics of the pooled
 training pixels (fixed, shared by every task and method; nothing is learned per task).
 
-SupSup: one edge-popup mask per task on a frozen 64→512→512→C net (~300k weights) with
-``--superfluous`` extra output units (default 100; SupSup's PermutedMNIST nets have 500 outputs
-for 10 classes): training pushes their logits down on each task's own mask, which is what makes
-one-shot task inference work (with ``--superfluous 0`` it finds 4 % of 50 tasks). Tasks appended
-to the bank in groups (``--group``) as a continual learner sees them; after each group every
-task seen so far is re-evaluated, giving the accuracy matrix R[i, j] (after group i, task j).
-Reported: average accuracy with task id, BWT = mean_j (R[last, j] − R[j's group, j]), task-
-inference accuracy without the id (one-shot; full test set of a task, and batches of 16), bytes
-stored. Baselines on the same architecture (dense, trainable, with biases, Adam): sequential
-fine-tuning of one net (forgetting), one net per task (upper bound and its storage), one mask
-shared by all tasks (trained jointly on every task's data).
+Methods (``benchmarks/cl_methods.py``, one protocol): supermasks (edge-popup; hard-concrete read
+deterministically and stochastically) on a frozen 64→H→H→C net (``--hidden``) with
+``--superfluous`` extra output units (default 100: what makes one-shot task inference work),
+fine-tuning of one dense 64→H→H→C net, multi-head (its trunk + a head per task), progressive nets
+(columns 64→``--column``→``--column``→C with lateral connections), adapters (the trunk frozen
+after task 0, a ``--bottleneck`` adapter per hidden layer + a head), expert gate (a dense
+64→H→H→C expert and a 64→``--code``→64 autoencoder per task). Dense nets have biases and train
+with Adam (lr 1e-3); masks with ``train_masks``' SGD defaults (lr ``--lr``). Every method gets the
+same ``--steps`` mini-batches of ``--batch`` rows per task.
+
+Tasks arrive in order; sequential learners take them one at a time, supermasks ``--group`` at a
+time (a mask's bits do not depend on its group). Each task is scored right after it is learned
+(R[j, j]) and every task seen so far after each group of ``--group`` (R[T, j]). At T tasks:
+average accuracy with the task id; without it where the method infers the task (its one-shot
+guess on the task's whole test set, then that task's prediction; also the hit rate on batches of
+16); BWT = mean over j < T of R[T, j] − R[j, j]; forgetting = mean over j < T of j's best earlier
+score (right after learning it or at an earlier group) minus R[T, j]; parameters and bytes the
+T-th task added, bytes stored in all; training seconds per task over the last group. The table
+shows T = 10 and T = 50 (SplitDigits: 5); the JSON and the plot hold every group's figures.
 """
 
 from __future__ import annotations
@@ -28,15 +36,28 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from supsup_fin.masks import FrozenNet, MaskBank, infer_task, train_masks
+from cl_methods import (  # noqa: E402
+    Adapters,
+    Budget,
+    ExpertGate,
+    FineTuning,
+    Learner,
+    MultiHead,
+    Progressive,
+    Supermasks,
+    accuracy,
+)
+
+Tasks = dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
 
 
 def load_split(seed: int = 0):
@@ -70,181 +91,218 @@ def split_tasks(seed: int = 0):
     return tasks, 2
 
 
-def accuracy(logits: torch.Tensor, y: np.ndarray) -> float:
-    return float((logits.argmax(1).numpy() == y).mean())
-
-
-def run_supsup(tasks, n_classes, hidden, args) -> dict:
-    net = FrozenNet((64, *hidden, n_classes), seed=0, superfluous=args.superfluous)
-    names = list(tasks)
-    groups = [names[i : i + args.group] for i in range(0, len(names), args.group)]
-    bank, r_diag, t0 = MaskBank(net), {}, time.perf_counter()
-    old_bits: dict[str, list[torch.Tensor]] = {}
-    for g in groups:
-        bank = train_masks(net, {n: tasks[n][:2] for n in g}, method="edge_popup", density=args.density,
-                           steps=args.steps, batch_size=args.batch, lr=args.lr, momentum=0.9,
-                           weight_decay=0.0, seed=0, bank=bank)
-        for n, layers in old_bits.items():  # appending never touches old masks
-            assert all(torch.equal(a, b) for a, b in zip(layers, bank[n].layers)), n
-        for n in g:
-            old_bits[n] = list(bank[n].layers)
-            r_diag[n] = accuracy(net(tasks[n][2], mask=bank[n]), tasks[n][3])
-    train_s = time.perf_counter() - t0
-    final = {n: accuracy(net(tasks[n][2], mask=bank[n]), tasks[n][3]) for n in names}
-    bwt = float(np.mean([final[n] - r_diag[n] for n in names]))
-    # Task inference without the id.
-    t1 = time.perf_counter()
-    full_ok = [infer_task(net, bank, tasks[n][2], objective=args.objective).task == n for n in names]
-    rng = np.random.default_rng(1)
-    b16_ok = []
-    for n in names:
-        xte = tasks[n][2]
-        order = rng.permutation(len(xte))
-        for b in range(min(args.batches16, len(xte) // 16)):
-            b16_ok.append(infer_task(net, bank, xte[order[16 * b : 16 * b + 16]], objective=args.objective).task == n)
-    infer_s = time.perf_counter() - t1
-    n_weights = sum(o * i for o, i in net.shapes)
+def methods(args: argparse.Namespace, n_in: int, n_classes: int) -> dict[str, Callable[[Budget], Learner]]:
+    """The compared methods by name, each built for one benchmark from the command line."""
+    hidden, depth = tuple(args.hidden), len(args.hidden)
+    sizes = (n_in, *hidden, n_classes)
     return {
-        "method": "supsup (edge_popup masks)", "avg_acc": float(np.mean(list(final.values()))),
-        "bwt": bwt, "min_acc": float(min(final.values())),
-        "infer_acc_full": float(np.mean(full_ok)), "infer_acc_b16": float(np.mean(b16_ok)),
-        "n_infer_b16": len(b16_ok), "bytes": bank.nbytes_bits(), "bits_per_weight_per_mask":
-        8 * bank.nbytes_bits() / (len(bank) * n_weights), "train_s": round(train_s, 1),
-        "infer_s": round(infer_s, 1), "n_weights": n_weights, "superfluous": args.superfluous,
-        "objective": args.objective,
-        "per_task_acc": final,
+        "edge_popup": lambda b: Supermasks(sizes, b, "edge_popup", args.superfluous, args.density, lr=args.lr,
+                                           form_options={"init_scale": args.init_scale}),
+        "hard_concrete": lambda b: Supermasks(sizes, b, "hard_concrete", args.superfluous, args.density, args.samples,
+                                              lr=args.hc_lr, weight_decay=0.0,
+                                              form_options={"tau_final": args.hc_tau_final}),
+        "fine_tuning": lambda b: FineTuning(sizes, b),
+        "multi_head": lambda b: MultiHead(sizes, b),
+        "progressive": lambda b: Progressive((n_in, *[args.column] * depth, n_classes), b),
+        "adapters": lambda b: Adapters(sizes, b, args.bottleneck),
+        "expert_gate": lambda b: ExpertGate(sizes, b, args.code),
     }
 
 
-class DenseStack(torch.nn.Module):
-    """T independent dense MLPs evaluated together (weights [T, out, in], biases [T, out])."""
-
-    def __init__(self, sizes, n_nets: int, seed: int) -> None:
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        self.w = torch.nn.ParameterList()
-        self.b = torch.nn.ParameterList()
-        for i in range(len(sizes) - 1):
-            bound = 1 / np.sqrt(sizes[i])
-            self.w.append(torch.nn.Parameter((torch.rand(n_nets, sizes[i + 1], sizes[i], generator=g) * 2 - 1) * bound))
-            self.b.append(torch.nn.Parameter((torch.rand(n_nets, 1, sizes[i + 1], generator=g) * 2 - 1) * bound))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x [T, B, in]
-        for i, (w, b) in enumerate(zip(self.w, self.b)):
-            x = torch.baddbmm(b, x, w.transpose(1, 2))
-            if i < len(self.w) - 1:
-                x = torch.relu(x)
-        return x
-
-
-def train_dense(model, xs, ys, steps, batch, lr, seed):
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    g = torch.Generator().manual_seed(seed)
-    xs, ys = [torch.from_numpy(x) for x in xs], [torch.from_numpy(y) for y in ys]
-    for _ in range(steps):
-        idx = [torch.randint(len(x), (batch,), generator=g) for x in xs]
-        xb = torch.stack([x[i] for x, i in zip(xs, idx)])
-        yb = torch.stack([y[i] for y, i in zip(ys, idx)])
-        out = model(xb)
-        loss = F.cross_entropy(out.reshape(-1, out.shape[-1]), yb.reshape(-1), reduction="sum") / batch
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-
-
-def dense_eval(model, k, x) -> torch.Tensor:
-    with torch.no_grad():
-        xx = torch.from_numpy(x).unsqueeze(0)
-        out = xx
-        for i, (w, b) in enumerate(zip(model.w, model.b)):
-            out = torch.baddbmm(b[k : k + 1], out, w[k : k + 1].transpose(1, 2))
-            if i < len(model.w) - 1:
-                out = torch.relu(out)
-        return out[0]
-
-
-def run_baselines(tasks, n_classes, hidden, args) -> list[dict]:
+def run_method(learner: Learner, tasks: Tasks, group: int, report_at: Sequence[int], batches16: int) -> list[dict]:
+    """Learn ``tasks`` in order and score them; one row per read-out of the learner."""
     names = list(tasks)
-    sizes = (64, *hidden, n_classes)
-    n_params = sum(sizes[i] * sizes[i + 1] + sizes[i + 1] for i in range(len(sizes) - 1))
-    rows = []
-    # One dense net per task (upper bound), trained together (independent parameters, Adam is elementwise).
-    t0 = time.perf_counter()
-    per_task = DenseStack(sizes, len(names), seed=0)
-    train_dense(per_task, [tasks[n][0] for n in names], [tasks[n][1] for n in names], args.dense_steps, 64, 1e-3, 0)
-    accs = [accuracy(dense_eval(per_task, k, tasks[n][2]), tasks[n][3]) for k, n in enumerate(names)]
-    rows.append({"method": "dense net per task (upper bound)", "avg_acc": float(np.mean(accs)), "bwt": 0.0,
-                 "bytes": 4 * n_params * len(names), "train_s": round(time.perf_counter() - t0, 1)})
-    # Sequential fine-tuning of one dense net.
-    t0 = time.perf_counter()
-    one = DenseStack(sizes, 1, seed=0)
-    r_diag = {}
-    for n in names:
-        train_dense(one, [tasks[n][0]], [tasks[n][1]], args.dense_steps, 64, 1e-3, 0)
-        r_diag[n] = accuracy(dense_eval(one, 0, tasks[n][2]), tasks[n][3])
-    final = {n: accuracy(dense_eval(one, 0, tasks[n][2]), tasks[n][3]) for n in names}
-    rows.append({"method": "sequential fine-tuning, one dense net", "avg_acc": float(np.mean(list(final.values()))),
-                 "bwt": float(np.mean([final[n] - r_diag[n] for n in names])), "bytes": 4 * n_params,
-                 "train_s": round(time.perf_counter() - t0, 1)})
-    # One mask shared by all tasks, trained jointly on the pooled data.
-    t0 = time.perf_counter()
-    net = FrozenNet(sizes, seed=0)
-    x_all = np.concatenate([tasks[n][0] for n in names])
-    y_all = np.concatenate([tasks[n][1] for n in names])
-    shared = train_masks(net, {"shared": (x_all, y_all)}, density=args.density, steps=args.steps,
-                         batch_size=args.batch, lr=args.lr, weight_decay=0.0)
-    accs = [accuracy(net(tasks[n][2], mask=shared["shared"]), tasks[n][3]) for n in names]
-    rows.append({"method": "one mask shared by all tasks", "avg_acc": float(np.mean(accs)), "bwt": 0.0,
-                 "bytes": shared.nbytes_bits(), "train_s": round(time.perf_counter() - t0, 1)})
-    return rows
+    diag = {v: {} for v in learner.variants}
+    seen_acc: dict[str, dict[int, dict[str, float]]] = {v: {} for v in learner.variants}
+    train_s, inferred = {}, {}
+    for start in range(0, len(names), group):
+        block = names[start : start + group]
+        for chunk in [block] if learner.batched else [[n] for n in block]:
+            t0 = time.perf_counter()
+            learner.learn({n: tasks[n][:2] for n in chunk})
+            dt = time.perf_counter() - t0
+            for n in chunk:
+                train_s[n] = dt / len(chunk)
+                for v in learner.variants:
+                    diag[v][n] = accuracy(learner.predict(n, tasks[n][2], v), tasks[n][3])
+        seen = names[: start + len(block)]
+        for v in learner.variants:
+            seen_acc[v][len(seen)] = {n: accuracy(learner.predict(n, tasks[n][2], v), tasks[n][3]) for n in seen}
+        if learner.infers_task and len(seen) in report_at:
+            inferred[len(seen)] = infer_all(learner, tasks, seen, batches16)
+    return [summarise(learner, v, names, diag[v], seen_acc[v], train_s, inferred, tasks, group)
+            for v in learner.variants]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="smoke run: 6 permuted tasks, few steps (< 1 min)")
-    ap.add_argument("--tasks", type=int, default=50)
-    ap.add_argument("--steps", type=int, default=300)
-    ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--lr", type=float, default=0.1)
-    ap.add_argument("--density", type=float, default=0.5)
-    ap.add_argument("--group", type=int, default=10, help="tasks appended to the bank at a time")
-    ap.add_argument("--superfluous", type=int, default=100,
-                    help="extra output units of the SupSup net (0: a plain C-way head)")
-    ap.add_argument("--objective", choices=("auto", "entropy", "superfluous"), default="auto",
-                    help="task-inference objective (auto: entropy H over every output)")
-    ap.add_argument("--hidden", type=int, nargs="+", default=[512, 512])
-    ap.add_argument("--batches16", type=int, default=4, help="batches of 16 per task for inference")
-    ap.add_argument("--dense-steps", type=int, default=200)
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/cl_digits.json"))
-    args = ap.parse_args()
-    if args.quick:
-        args.tasks, args.steps, args.group, args.batches16, args.dense_steps = 6, 60, 3, 3, 60
-        args.out = args.out.with_name(args.out.stem + "_quick.json")
-    torch.manual_seed(0)
-    t_start = time.perf_counter()
-    results = {}
-    for bench, (tasks, n_classes) in {
-        "PermutedDigits": permuted_tasks(args.tasks),
-        "SplitDigits": split_tasks(),
-    }.items():
-        group = args.group if bench == "PermutedDigits" else 1
-        sup = run_supsup(tasks, n_classes, args.hidden, argparse.Namespace(**{**vars(args), "group": group}))
-        rows = [sup, *run_baselines(tasks, n_classes, args.hidden, args)]
-        results[bench] = {"n_tasks": len(tasks), "n_classes": n_classes, "rows": rows}
-        print(f"\n{bench}: {len(tasks)} tasks, {n_classes} classes, net 64→{'→'.join(map(str, args.hidden))}→{n_classes}"
-              + (f" (+{args.superfluous} superfluous)" if args.superfluous else ""))
-        print("| method | avg acc (task id) | BWT | task inference, full batch | task inference, batches of 16 | bytes stored |")
-        print("|---|---:|---:|---:|---:|---:|")
+def infer_all(learner: Learner, tasks: Tasks, seen: list[str], batches16: int) -> dict:
+    """Each seen task's test set without its id: the guessed task, and hits on batches of 16."""
+    t0 = time.perf_counter()
+    guess = {n: learner.infer_task(tasks[n][2], seen) for n in seen}
+    full_s = (time.perf_counter() - t0) / len(seen)
+    rng = np.random.default_rng(1)
+    hits16 = []
+    for n in seen:
+        xte = tasks[n][2]
+        order = rng.permutation(len(xte))
+        hits16 += [learner.infer_task(xte[order[16 * b : 16 * b + 16]], seen) == n
+                   for b in range(min(batches16, len(xte) // 16))]
+    return {"guess": guess, "infer_s_per_batch": round(full_s, 4), "hits16": hits16}
+
+
+def summarise(learner: Learner, variant: str, names: list[str], diag: dict[str, float],
+              seen_acc: dict[int, dict[str, float]], train_s: dict[str, float], inferred: dict, tasks: Tasks,
+              group: int) -> dict:
+    """The figures of one read-out at every group boundary ``T`` (``curve``)."""
+    curve = []
+    for T, acc in seen_acc.items():
+        seen, old = names[:T], names[: T - 1]
+        best = {n: max([diag[n], *(a[n] for t, a in seen_acc.items() if t < T and n in a)]) for n in old}
+        fig = {
+            "tasks": T,
+            "avg_acc": float(np.mean(list(acc.values()))),
+            "min_acc": float(min(acc.values())),
+            "bwt": float(np.mean([acc[n] - diag[n] for n in old])) if old else 0.0,
+            "forgetting": float(np.mean([best[n] - acc[n] for n in old])) if old else 0.0,
+            "params_added": learner.params_added(seen[-1]),
+            "bytes_added": learner.bytes_added(seen[-1], variant),
+            "bytes_total": learner.shared_bytes + sum(learner.bytes_added(n, variant) for n in seen),
+            "train_s_per_task": float(np.mean([train_s[n] for n in names[max(0, T - group) : T]])),
+            "acc_no_id": None if learner.uses_task_id else float(np.mean(list(acc.values()))),
+        }
+        if T in inferred:
+            guess = inferred[T]["guess"]
+            fig["infer_acc_full"] = float(np.mean([guess[n] == n for n in seen]))
+            fig["infer_acc_b16"] = float(np.mean(inferred[T]["hits16"]))
+            fig["n_infer_b16"] = len(inferred[T]["hits16"])
+            fig["infer_s_per_batch"] = inferred[T]["infer_s_per_batch"]
+            fig["acc_no_id"] = float(np.mean([accuracy(learner.predict(guess[n], tasks[n][2], variant), tasks[n][3])
+                                              for n in seen]))
+        curve.append(fig)
+    label = learner.label + (f" ({variant})" if variant else "")
+    return {"method": label, "shared_params": learner.shared_params, "shared_bytes": learner.shared_bytes,
+            "train_s": round(sum(train_s.values()), 1), "curve": curve,
+            "per_task_acc": seen_acc[len(names)]}
+
+
+def _pct(x: float | None, signed: bool = False) -> str:
+    return "—" if x is None else f"{100 * x:+.1f}" if signed else f"{100 * x:.1f}"
+
+
+def _span(row: dict, key: str, at: Sequence[int], fmt: Callable[[float], str]) -> str:
+    """``a → b``: the figure at each of the ``at`` task counts (one value when they agree)."""
+    figs = {f["tasks"]: f for f in row["curve"]}
+    vals = [fmt(figs[t][key]) if t in figs and figs[t].get(key) is not None else "—" for t in at]
+    return vals[0] if len(set(vals)) == 1 else " → ".join(vals)
+
+
+def table(rows: list[dict], at: Sequence[int]) -> str:
+    head = " → ".join(map(str, at))
+    lines = [
+        f"| method (T = {head} tasks) | acc, task id (%) | acc, no id (%) | task inference, full / 16 rows (%) "
+        "| BWT (pt) | forgetting (pt) | params added by task T | bytes added by task T | bytes stored "
+        "| train s per task |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        inf = _span(r, "infer_acc_full", at, _pct)
+        inf16 = _span(r, "infer_acc_b16", at, _pct)
+        lines.append(
+            f"| {r['method']} | {_span(r, 'avg_acc', at, _pct)} | {_span(r, 'acc_no_id', at, _pct)} "
+            f"| {inf if inf == '—' else inf + ' / ' + inf16} | {_span(r, 'bwt', at, lambda x: _pct(x, True))} "
+            f"| {_span(r, 'forgetting', at, _pct)} | {_span(r, 'params_added', at, '{:,}'.format)} "
+            f"| {_span(r, 'bytes_added', at, '{:,}'.format)} | {_span(r, 'bytes_total', at, '{:,}'.format)} "
+            f"| {_span(r, 'train_s_per_task', at, '{:.2f}'.format)} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], bench: str, path: Path) -> None:
+    """Accuracy, forgetting, bytes stored and training time per task against the tasks seen."""
+    from matplotlib.figure import Figure
+
+    panels = [("avg_acc", "accuracy with task id", 100, False), ("forgetting", "forgetting (pt)", 100, False),
+              ("bytes_total", "bytes stored", 1, True), ("train_s_per_task", "training s per task", 1, True)]
+    fig = Figure(figsize=(11, 7.5), layout="constrained")
+    axes = fig.subplots(2, 2).ravel()
+    for ax, (key, title, scale, log) in zip(axes, panels):
         for r in rows:
-            inf = f"{100 * r['infer_acc_full']:.1f} %" if "infer_acc_full" in r else "—"
-            inf16 = f"{100 * r['infer_acc_b16']:.1f} % (n={r['n_infer_b16']})" if "infer_acc_b16" in r else "—"
-            print(f"| {r['method']} | {100 * r['avg_acc']:.2f} % | {100 * r['bwt']:+.2f} pt | {inf} | {inf16} | {r['bytes']:,} |")
-    doc = {"machine": f"{platform.machine()} {os.cpu_count()} cpus, python {platform.python_version()}, torch {torch.__version__}",
-           "command": " ".join(["python", *sys.argv]), "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            t = [f["tasks"] for f in r["curve"]]
+            ax.plot(t, [scale * f[key] for f in r["curve"]], marker="o", ms=3, label=r["method"])
+        ax.set_title(title)
+        ax.set_xlabel(f"{bench}: tasks seen")
+        if log:
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="smoke run: 6 permuted tasks, few steps")
+    ap.add_argument("--tasks", type=int, default=50)
+    ap.add_argument("--steps", type=int, default=300, help="mini-batches per task, every method")
+    ap.add_argument("--batch", type=int, default=128, help="rows per mini-batch, every method")
+    ap.add_argument("--lr", type=float, default=0.1, help="SGD learning rate of the masks")
+    ap.add_argument("--density", type=float, default=0.5)
+    ap.add_argument("--group", type=int, default=10, help="tasks per group (scored after each)")
+    ap.add_argument("--superfluous", type=int, default=100,
+                    help="extra output units of the supermask net (0: a plain C-way head)")
+    ap.add_argument("--init-scale", type=float, default=1.0,
+                    help="edge-popup initial score scale (1: the reference's; the package default 0.01 "
+                         "breaks one-shot task inference here)")
+    ap.add_argument("--hc-lr", type=float, default=300.0, help="SGD learning rate of the hard-concrete logits")
+    ap.add_argument("--hc-tau-final", type=float, default=0.1, help="hard-concrete final temperature")
+    ap.add_argument("--samples", type=int, default=16, help="masks drawn by stochastic hard-concrete")
+    ap.add_argument("--hidden", type=int, nargs="+", default=[256, 256])
+    ap.add_argument("--column", type=int, default=64, help="hidden width of a progressive column")
+    ap.add_argument("--bottleneck", type=int, default=16, help="adapter bottleneck width")
+    ap.add_argument("--code", type=int, default=16, help="expert-gate autoencoder code width")
+    ap.add_argument("--batches16", type=int, default=4, help="batches of 16 per task for inference")
+    ap.add_argument("--methods", nargs="+", default=None, help="a subset of the methods (default: all)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (1: a busy shared machine stalls 2 OpenMP threads)")
+    ap.add_argument("--plot", type=Path, default=Path("docs/cl_comparison.png"),
+                    help="the PermutedDigits figure (none with --quick)")
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/cl_comparison.json"))
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.tasks, args.steps, args.group, args.batches16 = 6, 60, 3, 2
+        args.out = args.out.with_name(args.out.stem + "_quick.json")
+        args.plot = None
+    torch.set_num_threads(args.threads)
+    t_start = time.perf_counter()
+    budget = Budget(steps=args.steps, batch=args.batch, seed=0)
+    results = {}
+    benches = {"PermutedDigits": permuted_tasks(args.tasks), "SplitDigits": split_tasks()}
+    for bench, (tasks, n_classes) in benches.items():
+        group = args.group if bench == "PermutedDigits" else 1
+        report_at = sorted({min(args.group, len(tasks)), len(tasks)})
+        registry = methods(args, 64, n_classes)
+        chosen = args.methods or list(registry)
+        unknown = sorted(set(chosen) - set(registry))
+        if unknown:
+            ap.error(f"unknown methods {unknown}; valid: {', '.join(registry)}")
+        rows = []
+        for name in chosen:
+            t0 = time.perf_counter()
+            rows += run_method(registry[name](budget), tasks, group, report_at, args.batches16)
+            print(f"{bench} {name}: {time.perf_counter() - t0:.0f} s", flush=True)
+        results[bench] = {"n_tasks": len(tasks), "n_classes": n_classes, "report_at": report_at, "rows": rows}
+        print(f"\n{bench}: {len(tasks)} tasks, {n_classes} classes, base net 64→{'→'.join(map(str, args.hidden))}→"
+              f"{n_classes} (supermasks: +{args.superfluous} superfluous outputs)\n{table(rows, report_at)}\n")
+        if bench == "PermutedDigits" and args.plot:
+            plot(rows, bench, args.plot)
+    doc = {"machine": f"{platform.machine()} {os.cpu_count()} cpus, python {platform.python_version()}, "
+                      f"torch {torch.__version__}, {torch.get_num_threads()} torch thread(s)",
+           "command": " ".join(["python", "benchmarks/cl_digits.py", *(sys.argv[1:] if argv is None else argv)]),
+           "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
            "wall_s": round(time.perf_counter() - t_start, 1), "results": results}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=2))
-    print(f"\nwall {doc['wall_s']} s; wrote {args.out}")
+    print(f"wall {doc['wall_s']} s; wrote {args.out}" + (f" and {args.plot}" if args.plot else ""))
+    return doc
 
 
 if __name__ == "__main__":
