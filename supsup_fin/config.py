@@ -227,9 +227,12 @@ class MasksConfig(_Section):
     method: Literal["edge_popup", "threshold", "hard_concrete"] = "edge_popup"
     density: float = Field(0.5, gt=0, le=1)
     erdos_renyi: bool = Field(False, description="edge_popup: Erdős–Rényi per-layer budget (same overall density)")
-    init_scale: float = Field(0.01, gt=0, le=10, description="edge_popup: initial scores uniform in ± init_scale / "
-                              "sqrt(fan_in); near zero, the first gradients decide the selection (1: the reference's "
-                              "Kaiming-uniform scores, which converge several times slower)")
+    init_scale: float | None = Field(
+        None, gt=0, le=10, description="edge_popup: initial scores uniform in ± init_scale / sqrt(fan_in). Near zero "
+        "(0.01) the first gradients decide the selection and training converges several times faster than from the "
+        "reference's Kaiming-uniform scores (1); but then every mask makes the same choice for the superfluous "
+        "outputs, and superfluous-unit task inference fails (24 % of 50 PermutedDigits tasks at 0.1, 100 % at 1). "
+        "None: 0.01 without superfluous outputs, 1 with them")
     tau: float = Field(2.0 / 3.0, gt=0, description="hard_concrete: initial Gumbel-sigmoid temperature")
     tau_final: float | None = Field(None, gt=0, description="hard_concrete: final temperature (None: no annealing)")
     l0_lambda: float = Field(0.0, ge=0, description="hard_concrete: weight of the expected-L0 penalty λ·Σp")
@@ -255,7 +258,8 @@ class MasksConfig(_Section):
     def form_options(self) -> dict[str, Any]:
         """Options of the chosen form, as ``train_masks(form_options=...)`` takes them."""
         if self.method == "edge_popup":
-            return {"erdos_renyi": self.erdos_renyi, "init_scale": self.init_scale}
+            scale = self.init_scale if self.init_scale is not None else (1.0 if self.superfluous else 0.01)
+            return {"erdos_renyi": self.erdos_renyi, "init_scale": scale}
         if self.method == "hard_concrete":
             return {"tau": self.tau, "tau_final": self.tau_final, "l0_lambda": self.l0_lambda, "init_p": self.init_p}
         return {}

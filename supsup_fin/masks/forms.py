@@ -142,7 +142,9 @@ class EdgePopup(MaskForm):
     scores' scale, only the step relative to it does: scores that start near zero (the default
     0.01) let the first gradients decide the selection, where the reference's ``init_scale=1``
     spends its first hundred steps undoing a random ranking (on 32 PermutedDigits tasks, 0.97
-    held-out accuracy in 50 full-batch steps instead of 300; docs/BENCHMARKS.md).
+    held-out accuracy in 50 full-batch steps instead of 300; docs/BENCHMARKS.md). With superfluous
+    output units, use 1: from near zero every task's mask makes the same choice for those units,
+    and superfluous-unit task inference no longer finds the task.
     """
 
     name = "edge_popup"
