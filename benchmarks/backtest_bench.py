@@ -83,6 +83,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="configs/demo.yaml")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--compare-sequential", action="store_true",
+                    help="also run the walk-forward window by window (backtest.batched false) in the same process "
+                         "and compare wall time, stages and every table with the batched run")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if args.threads:
@@ -119,6 +122,39 @@ def main() -> None:
         "checks": json.loads(pd.DataFrame(checks).to_json(orient="records")),
     }
     out.write_text(json.dumps(payload, indent=1, default=str))
+    print(f"wrote {out}")
+    if args.compare_sequential:
+        _compare_sequential(cfg, prices, res, elapsed, args.config)
+
+
+def _compare_sequential(cfg, prices, batched, batched_s: float, config: str) -> None:
+    """The same walk-forward window by window: wall time, stages and whether every table matches."""
+    one_by_one = cfg.model_copy(update={"backtest": cfg.backtest.model_copy(update={"batched": False})})
+    start = time.perf_counter()
+    seq = run_backtest(one_by_one, prices)
+    seq_s = time.perf_counter() - start
+    same = {}
+    for name in ("table", "continual", "storage"):
+        a, b = getattr(batched, name), getattr(seq, name)
+        same[name] = bool(a.equals(b))
+        if not same[name] and a.shape == b.shape:
+            num = a.select_dtypes("number")
+            same[f"{name}_max_abs_diff"] = float((num - b[num.columns]).abs().max().max())
+    rows_a, rows_b = batched.forecasts.rows, seq.forecasts.rows
+    same["forecast_rows"] = bool(rows_a.equals(rows_b))
+    bits = all(all(x.equal(y) for x, y in zip(batched.forecasts.bank[n].layers, seq.forecasts.bank[n].layers))
+               for n in batched.forecasts.bank.names) and batched.forecasts.bank.names == seq.forecasts.bank.names
+    record = {"benchmark": "backtest_batched_vs_sequential", "config": config, "torch_threads": torch.get_num_threads(),
+              "batched_s": round(batched_s, 1), "sequential_s": round(seq_s, 1),
+              "speed_up": round(seq_s / batched_s, 2), "batched_stages_s": batched.forecasts.timings,
+              "sequential_stages_s": seq.forecasts.timings, "mask_bits_identical": bool(bits), "identical": same}
+    print(f"\n== one batched pass vs window by window ({torch.get_num_threads()} torch threads)")
+    print(pd.DataFrame({"batched": [record["batched_s"], *batched.forecasts.timings.values()],
+                        "window by window": [record["sequential_s"], *seq.forecasts.timings.values()]},
+                       index=["wall (s)", *batched.forecasts.timings]).to_string())
+    print(f"speed-up {record['speed_up']}x; mask bits identical: {bits}; identical: {same}")
+    out = RESULTS / f"backtest_{cfg.name}_batched_vs_sequential.json"
+    out.write_text(json.dumps(record, indent=1))
     print(f"wrote {out}")
 
 
