@@ -106,7 +106,8 @@ class WindowResult:
     finetune_acc: dict[str, list[float]]
     """Market -> accuracy of its fine-tuned dense net (if trained now) on every task so far."""
     seconds: dict[str, float]
-    """Stage (:data:`STAGES`) -> wall seconds."""
+    """Stage (:data:`STAGES`) -> wall seconds (the training stages are 0 for windows that shared one
+    batched pass; :attr:`Forecasts.timings` adds the pass's seconds)."""
 
     def log_record(self) -> dict:
         """The window's row of ``Forecasts.window_log``."""
