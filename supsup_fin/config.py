@@ -229,10 +229,10 @@ class MasksConfig(_Section):
     erdos_renyi: bool = Field(False, description="edge_popup: Erdős–Rényi per-layer budget (same overall density)")
     init_scale: float | None = Field(
         None, gt=0, le=10, description="edge_popup: initial scores uniform in ± init_scale / sqrt(fan_in). Near zero "
-        "(0.01) the first gradients decide the selection and training converges several times faster than from the "
-        "reference's Kaiming-uniform scores (1); but then every mask makes the same choice for the superfluous "
-        "outputs, and superfluous-unit task inference fails (24 % of 50 PermutedDigits tasks at 0.1, 100 % at 1). "
-        "None: 0.01 without superfluous outputs, 1 with them")
+        "(0.01, the library's default) the first gradients decide the selection: several times faster to a given "
+        "accuracy, and a lower held-out log-loss on the demo's tasks (1.0572 vs 1.0618); but every mask then makes "
+        "the same choice for superfluous outputs (task inference by them fails), and the pipeline's novelty and "
+        "calibration checks have not been re-validated at 0.01. None: the reference's Kaiming-uniform scores (1)")
     tau: float = Field(2.0 / 3.0, gt=0, description="hard_concrete: initial Gumbel-sigmoid temperature")
     tau_final: float | None = Field(None, gt=0, description="hard_concrete: final temperature (None: no annealing)")
     l0_lambda: float = Field(0.0, ge=0, description="hard_concrete: weight of the expected-L0 penalty λ·Σp")
@@ -258,8 +258,7 @@ class MasksConfig(_Section):
     def form_options(self) -> dict[str, Any]:
         """Options of the chosen form, as ``train_masks(form_options=...)`` takes them."""
         if self.method == "edge_popup":
-            scale = self.init_scale if self.init_scale is not None else (1.0 if self.superfluous else 0.01)
-            return {"erdos_renyi": self.erdos_renyi, "init_scale": scale}
+            return {"erdos_renyi": self.erdos_renyi, "init_scale": 1.0 if self.init_scale is None else self.init_scale}
         if self.method == "hard_concrete":
             return {"tau": self.tau, "tau_final": self.tau_final, "l0_lambda": self.l0_lambda, "init_p": self.init_p}
         return {}

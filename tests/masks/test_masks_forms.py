@@ -182,10 +182,10 @@ def test_masks_config_keys_default_and_reach_the_form():
 
     cfg = MasksConfig()
     assert cfg.method == "edge_popup" and cfg.superfluous == 0 and not cfg.store_probabilities
-    assert get_form(cfg.method, **cfg.form_options()).options() == {"erdos_renyi": False, "init_scale": 0.01}
-    # superfluous-unit task inference needs the reference's scale; an explicit scale wins
-    assert MasksConfig(superfluous=20).form_options()["init_scale"] == 1.0
-    assert MasksConfig(superfluous=20, init_scale=0.1).form_options()["init_scale"] == 0.1
+    # the pipeline keeps the reference's scale unless asked; the library's default is 0.01
+    assert get_form(cfg.method, **cfg.form_options()).options() == {"erdos_renyi": False, "init_scale": 1.0}
+    assert MasksConfig(init_scale=0.01).form_options()["init_scale"] == 0.01
+    assert get_form("edge_popup").options()["init_scale"] == 0.01
     hc = MasksConfig(method="hard_concrete", tau=1.0, tau_final=0.2, l0_lambda=1e-6)
     form = get_form(hc.method, **hc.form_options())
     assert isinstance(form, HardConcrete) and form.temperature(1.0) == pytest.approx(0.2)
