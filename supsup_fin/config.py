@@ -230,7 +230,7 @@ class MasksConfig(_Section):
     init_scale: float | None = Field(
         None, gt=0, le=10, description="edge_popup: initial scores uniform in ± init_scale / sqrt(fan_in). Near zero "
         "(0.01, the library's default) the first gradients decide the selection: several times faster to a given "
-        "accuracy, and a lower held-out log-loss on the demo's tasks (1.0572 vs 1.0618); but every mask then makes "
+        "accuracy, and a lower held-out log-loss on the demo's tasks; but every mask then makes "
         "the same choice for superfluous outputs (task inference by them fails), and the pipeline's novelty and "
         "calibration checks have not been re-validated at 0.01. None: the reference's Kaiming-uniform scores (1)")
     tau: float = Field(2.0 / 3.0, gt=0, description="hard_concrete: initial Gumbel-sigmoid temperature")
