@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import tempfile
@@ -15,7 +14,6 @@ import mlflow
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from supsup_fin._figures import save_png
 from supsup_fin.config import Config, TrackingConfig
 from supsup_fin.data import LoadedPrices
 from supsup_fin.errors import DataError
@@ -23,9 +21,14 @@ from supsup_fin.forecaster.evaluate import Evaluation
 from supsup_fin.forecaster.gating import RegimeGatedForecaster
 from supsup_fin.forecaster.persist import manifest_sha256
 from supsup_fin.forecaster.prepare import RegimeFit
-from supsup_fin.masks.explain import explain_bank, explain_figure, usage_frame
-from supsup_fin.regimes import plot_regimes
-from supsup_fin.tracking.describe import NOTE_TAG, changed_inputs, describe_model, log_prices, retrain_description
+from supsup_fin.tracking.describe import (
+    NOTE_TAG,
+    changed_inputs,
+    describe_model,
+    log_prices,
+    market_names,
+    retrain_description,
+)
 from supsup_fin.tracking.model import log_forecaster, payload
 from supsup_fin.tracking.recovery import fail_abandoned_runs
 from supsup_fin.tracking.registry import (
@@ -38,6 +41,7 @@ from supsup_fin.tracking.registry import (
     inputs_sha256,
     unchanged_since,
 )
+from supsup_fin.tracking.report import figure_markets, write_report
 from supsup_fin.tracking.store import connect, run_tags, source_sha256, tracking_uri
 from supsup_fin.tracking.versions import MODEL_ARTIFACTS, prune
 from supsup_fin.workspace import Workspace
@@ -46,6 +50,11 @@ log = logging.getLogger(__name__)
 
 NOT_THE_MODEL = ("backtest.", "schedule.")
 """Config keys a retrain never reads: changing them alone leaves a retrain "unchanged"."""
+
+MARKET_KEYS = "markets."
+"""Config keys recorded as the table ``report/markets.csv`` rather than as run params: MLflow checks
+each batch of params against every param the run has, so eight keys for each of a thousand markets
+take minutes (and grow with the square of the count)."""
 
 _SCORES = ("accuracy", "baseline_accuracy", "log_loss", "baseline_log_loss", "brier", "baseline_brier")
 
@@ -98,22 +107,6 @@ def _selection_metrics(forecaster: RegimeGatedForecaster) -> dict[str, float]:
     return {k: float(v) for k, v in out.items() if pd.notna(v)}
 
 
-def _tables(forecaster: RegimeGatedForecaster) -> dict[str, pd.DataFrame]:
-    """The selection, calibration and per-mask figures as tables (``report/<name>.csv``)."""
-    selection, calibration = [], []
-    for market, mm in forecaster.markets.items():
-        sel = mm.selection or {}
-        selection += [{"market": market, "mode": mode, "log_loss": v, "prior_log_loss": sel.get("prior_log_loss"),
-                       "n_holdout": sel.get("n_holdout"), "chosen": mode == mm.mode}
-                      for mode, v in sel.get("log_loss", {}).items()]
-        calibration += [{"market": market, "map": key, "temperature": cal.temperature, "prior_weight": cal.weight}
-                        for key, cal in mm.calibrators.items()]
-    keys = ("n_train", "selected_step", "steps", "carried_from", "device")
-    masks = [{"task": t, **{k: forecaster.bank.meta(t).get(k) for k in keys}} for t in forecaster.bank.names]
-    return {"selection": pd.DataFrame(selection), "calibration": pd.DataFrame(calibration),
-            "masks": pd.DataFrame(masks)}
-
-
 def regime_fallbacks(regimes: dict[str, RegimeFit]) -> tuple[dict[str, str], list[str]]:
     """Per market, why its HMM fell back from the requested state counts (tags), and the
     blockers: markets whose HMM is degenerate (fewer states than asked, e.g. one regime)."""
@@ -150,29 +143,34 @@ def log_retrain(
             f"the valid segment gave no {metric} (score {score}, class prior {baseline}): no market has scored "
             f"rows in segments.valid ({cfg.segments.valid[0]}..{cfg.segments.valid[1]}); nothing registered")
     client = connect(cfg.tracking, workspace)
-    params, code = {k: str(v)[:500] for k, v in cfg.flat().items()}, source_sha256()
+    flat, code = cfg.flat(), source_sha256()
+    params = {k: str(v)[:500] for k, v in flat.items() if not k.startswith(MARKET_KEYS)}
     data_hashes = {m: lp.data_hash for m, lp in loaded.items()}
-    model_config = {k: v for k, v in cfg.flat().items() if not k.startswith(NOT_THE_MODEL)}
+    model_config = {k: v for k, v in flat.items() if not k.startswith(NOT_THE_MODEL)}
     inputs = inputs_sha256(data_hashes, model_config, code)
     same = None if force else unchanged_since(client, name, inputs)
-    changes = changed_inputs(client, name, data_hashes, {k: params[k] for k in model_config}, code, NOT_THE_MODEL)
+    changes = changed_inputs(client, name, data_hashes, {k: v for k, v in params.items() if k in model_config}, code,
+                             (*NOT_THE_MODEL, MARKET_KEYS))
     describe = partial(retrain_description, loaded, evaluation, mode=mode, horizon=cfg.features.horizon,
                        classes=forecaster.classes, changes=changes)
     with mlflow.start_run(run_name=f"retrain-{cfg.name}") as run:
-        _log_contents(cfg, workspace, loaded, regimes, evaluation, forecaster, timings, params, inputs)
-        if same is not None:
-            tags = client.get_model_version(name, str(same)).tags
-            decision = Decision(same, False, metric, score, baseline, same,
-                                float(tags["valid_score"]) if "valid_score" in tags else None,
-                                f"unchanged since v{same}: the same data, config and code as the champion; "
-                                "nothing registered")
-            mlflow.set_tags({"unchanged_since": str(same), **decision.as_tags(),
-                             NOTE_TAG: describe(decision, unchanged_since=same)})
-            log.info("model %s: %s", name, decision.reason)
-            return RunRecord(run.info.run_id, tracking_uri(cfg.tracking, workspace), name, same,
-                             aliases(client, name, same), decision, unchanged_since=same)
-        version, decision = _register(cfg, client, run.info.run_id, loaded, regimes, forecaster, inputs, describe,
-                                      score=score, baseline=baseline, force=force)
+        per_market = _log_contents(cfg, workspace, loaded, regimes, evaluation, forecaster, timings, params, inputs)
+        try:
+            if same is not None:
+                tags = client.get_model_version(name, str(same)).tags
+                decision = Decision(same, False, metric, score, baseline, same,
+                                    float(tags["valid_score"]) if "valid_score" in tags else None,
+                                    f"unchanged since v{same}: the same data, config and code as the champion; "
+                                    "nothing registered")
+                mlflow.set_tags({"unchanged_since": str(same), **decision.as_tags(),
+                                 NOTE_TAG: describe(decision, unchanged_since=same)})
+                log.info("model %s: %s", name, decision.reason)
+                return RunRecord(run.info.run_id, tracking_uri(cfg.tracking, workspace), name, same,
+                                 aliases(client, name, same), decision, unchanged_since=same)
+            version, decision = _register(cfg, client, run.info.run_id, loaded, regimes, forecaster, inputs,
+                                          describe, score=score, baseline=baseline, force=force)
+        finally:  # after the model: logging one copies every metric the run has by then, a query per metric
+            mlflow.log_metrics(per_market)
     prune(client, name, cfg.tracking.keep_last)
     return RunRecord(run.info.run_id, tracking_uri(cfg.tracking, workspace), name,
                      version, aliases(client, name, version), decision)
@@ -180,34 +178,31 @@ def log_retrain(
 
 def _log_contents(cfg: Config, workspace: Workspace, loaded: dict[str, LoadedPrices], regimes: dict[str, RegimeFit],
                   evaluation: Evaluation, forecaster: RegimeGatedForecaster, timings: dict[str, float] | None,
-                  params: dict[str, str], inputs: str) -> None:
-    """What every retrain run records: config, data (tags and datasets), metrics, report files (among
-    them what each mask's input layer reads: ``mask_inputs.png``/``.csv``, and ``mask_overlap.csv``)."""
+                  params: dict[str, str], inputs: str) -> dict[str, float]:
+    """What every retrain run records: config (the markets' in ``report/markets.csv``), data (tags and
+    datasets), the metrics of no single market, and the report files of :mod:`supsup_fin.tracking.report`
+    (figures for a bounded number of markets: tag ``report.figures``). Returns the per-market metrics
+    (``test/<market>/log_loss``...), for the caller to log once the model is logged."""
     mlflow.log_params(params)
     tags = {"supsup_fin.flow": "retrain", INPUTS_TAG: inputs, **run_tags()}
     for m, lp in loaded.items():
         tags |= {f"data.{m}.hash": lp.data_hash, f"data.{m}.source": lp.source,
                  f"data.{m}.as_of": str(lp.as_of.date()), f"data.{m}.rows": str(len(lp.frame))}
     tags |= {f"gate_mode.{m}": mm.mode for m, mm in forecaster.markets.items() if mm.mode is not None}
-    mlflow.set_tags(tags)
+    plotted = figure_markets(regimes)
+    mlflow.set_tags(tags | {"report.figures": f"{len(plotted)} of {len(regimes)} markets"})
     log_prices(loaded, cfg.markets, workspace.cache_dir, context="training")
-    mlflow.log_metrics(_metrics(evaluation, regimes, cfg.tracking.metric, cfg.gating.mode)
-                       | _selection_metrics(forecaster) | {f"time/{k}_s": v for k, v in (timings or {}).items()})
+    metrics = (_metrics(evaluation, regimes, cfg.tracking.metric, cfg.gating.mode) | _selection_metrics(forecaster)
+               | {f"time/{k}_s": v for k, v in (timings or {}).items()})
+    mlflow.log_metrics({k: v for k, v in metrics.items() if k.count("/") == 1})
     with tempfile.TemporaryDirectory() as tmp:
-        tmp_path = Path(tmp)
-        for market, rf in regimes.items():
-            plot_regimes(loaded[market].frame, rf.model, tmp_path / f"regimes_{market}.png", title=market)
-            (tmp_path / f"hmm_{market}.json").write_text(json.dumps(rf.model.to_dict(), indent=1))
-            (tmp_path / f"health_{market}.json").write_text(json.dumps(loaded[market].health.to_records(), indent=1, default=str))
-        evaluation.tasks.to_csv(tmp_path / "eval_tasks.csv", index=False)
-        evaluation.markets.to_csv(tmp_path / "eval_markets.csv", index=False)
-        for table, frame in _tables(forecaster).items():
-            frame.to_csv(tmp_path / f"{table}.csv", index=False)
-        explained = explain_bank(forecaster.bank, forecaster.feature_names, forecaster.lookback)
-        save_png(explain_figure(explained), tmp_path / "mask_inputs.png")
-        usage_frame(explained).to_csv(tmp_path / "mask_inputs.csv", index=False)
-        pd.DataFrame(explained["overlap"]).to_csv(tmp_path / "mask_overlap.csv", index=False)
+        write_report(Path(tmp), loaded, regimes, evaluation, forecaster, plotted)
+        pd.DataFrame([m.model_dump(mode="json") for m in cfg.markets]).to_csv(Path(tmp) / "markets.csv", index=False)
         mlflow.log_artifacts(tmp, artifact_path="report")
+    if len(plotted) < len(regimes):
+        log.info("report: figures for %d of %d markets; every market is a row of report/regimes.csv",
+                 len(plotted), len(regimes))
+    return {k: v for k, v in metrics.items() if k.count("/") > 1}
 
 
 def log_version(client: MlflowClient, forecaster: RegimeGatedForecaster, prices: dict[str, pd.DataFrame],
@@ -227,7 +222,7 @@ def log_version(client: MlflowClient, forecaster: RegimeGatedForecaster, prices:
         carried = [t for t in forecaster.bank.names if "carried_from" in forecaster.bank.meta(t)]
         for k, v in {"data_start": str(min(p.index[0] for p in prices.values()).date()),
                      "data_end": str(max(p.index[-1] for p in prices.values()).date()),
-                     "markets": ",".join(sorted(prices)), "carried_masks": str(len(carried)),
+                     "markets": market_names(prices, sep=","), "carried_masks": str(len(carried)),
                      MANIFEST_TAG: str(manifest), **tags}.items():
             client.set_model_version_tag(name, str(version), k, v)
     except BaseException:

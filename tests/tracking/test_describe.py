@@ -5,12 +5,20 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+from mlflow.data.dataset_source_registry import get_dataset_source_from_json
 
 import supsup_fin
 from supsup_fin.forecaster.evaluate import Evaluation
-from supsup_fin.tracking.describe import MAX_DESCRIPTION, decision_line, retrain_description
+from supsup_fin.tracking.describe import (
+    MAX_DESCRIPTION,
+    PricesDataset,
+    decision_line,
+    market_names,
+    retrain_description,
+)
 from supsup_fin.tracking.registry import Decision, inputs_sha256
 from supsup_fin.tracking.store import CODE_TAG, code_tags, source_sha256
 
@@ -42,6 +50,23 @@ def test_a_description_of_many_markets_fits_the_registry(small_pipeline: dict) -
     text = retrain_description(small_pipeline["loaded"], ev, KEPT, mode="auto", horizon=5, classes=["down", "up"])
     assert len(text) < MAX_DESCRIPTION and "| market_000 |" not in text
     assert "Per-market scores: `report/eval_markets.csv`." in text and text.startswith("Registered v3, kept v2")
+
+
+def test_the_prices_schema_is_mlflows_own_inference() -> None:
+    from mlflow.types.utils import _infer_schema
+
+    close = np.linspace(100.0, 120.0, 300)
+    frame = pd.DataFrame({"open": np.r_[np.nan, close[1:]], "close": close, "volume": np.arange(300.0)},
+                         index=pd.bdate_range("2010-01-04", periods=300, name="date"))
+    got = PricesDataset(frame, source=get_dataset_source_from_json('{"uri": "x"}', source_type="local"), name="m",
+                        digest="d").schema
+    assert got == _infer_schema(frame) and [c.required for c in got.inputs] == [False, True, True]
+
+
+def test_ten_thousand_market_names_are_the_first_twenty_and_a_count() -> None:
+    names = [f"m{i:05d}" for i in reversed(range(10_000))]
+    assert market_names(names, sep=",") == ",".join(f"m{i:05d}" for i in range(20)) + ",and 9980 more"
+    assert market_names(["wti", "sp500"]) == "sp500, wti"
 
 
 def test_the_inputs_hash_changes_with_each_of_data_config_and_code() -> None:

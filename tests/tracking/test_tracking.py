@@ -18,6 +18,7 @@ from supsup_fin.tracking import connect, forecasts_from_payload, load_champion, 
 from supsup_fin.tracking import runs as runs_module
 from supsup_fin.tracking.describe import describe_model, price_source
 from supsup_fin.tracking.registry import set_champion
+from supsup_fin.tracking.versions import logged_model_id
 from supsup_fin.workspace import Workspace
 
 
@@ -29,10 +30,20 @@ def _logged(p: dict, ws: Workspace) -> dict:
 
 @pytest.fixture(scope="module")
 def recorded(small_pipeline: dict, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
-    """One retrain recorded in a fresh store, for the tests that only read it."""
+    """One retrain recorded in a fresh store (its metric-history queries counted), for the tests that only read it."""
+    queried: list[str] = []
+    history = MlflowClient.get_metric_history
+
+    def counted(self: MlflowClient, run_id: str, key: str) -> list:
+        queried.append(key)
+        return history(self, run_id, key)
+
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        yield _logged(small_pipeline, Workspace.resolve(tmp_path_factory.mktemp("recorded") / "ws"))
+        with pytest.MonkeyPatch.context() as counting:
+            counting.setattr(MlflowClient, "get_metric_history", counted)
+            logged = _logged(small_pipeline, Workspace.resolve(tmp_path_factory.mktemp("recorded") / "ws"))
+        yield {**logged, "history_queries": queried}
 
 
 @pytest.fixture
@@ -47,9 +58,15 @@ def test_run_records_config_metrics_data_and_artifacts(recorded: dict) -> None:
     assert run.data.params["features.lookback"] == "8"
     assert run.data.tags["data.syn_a.hash"] == recorded["loaded"]["syn_a"].data_hash
     report = {f.path for f in client.list_artifacts(run.info.run_id, "report")}
-    assert {"report/regimes_syn_a.png", "report/eval_tasks.csv", "report/hmm_syn_b.json", "report/selection.csv",
-            "report/calibration.csv", "report/masks.csv", "report/mask_inputs.png", "report/mask_inputs.csv",
-            "report/mask_overlap.csv"} <= report
+    assert {"report/regimes_syn_a.png", "report/regimes_syn_b.png", "report/regimes.csv", "report/hmm.json",
+            "report/health.json", "report/eval_tasks.csv", "report/selection.csv", "report/calibration.csv",
+            "report/masks.csv", "report/mask_inputs.png", "report/mask_inputs.csv", "report/mask_overlap.csv"} <= report
+    assert run.data.tags["report.figures"] == "2 of 2 markets"
+    assert not [k for k in run.data.params if k.startswith("markets.")]  # one table, not 8 params per market
+    local = Path(client.download_artifacts(run.info.run_id, "report/markets.csv", str(recorded["ws"].root / "dl")))
+    markets = pd.read_csv(local)
+    assert markets[["name", "source", "dataset", "seed"]].values.tolist() == [["syn_a", "synthetic", "easy", 1],
+                                                                                ["syn_b", "synthetic", "hard", 2]]
     bank = {f.path for f in client.list_artifacts(run.info.run_id, "mask_bank")}
     assert {"mask_bank/masks.safetensors", "mask_bank/bank.json"} <= bank
     assert str(recorded["ws"].root) in recorded["run"].tracking_uri  # sqlite store inside the workspace
@@ -75,6 +92,16 @@ def test_metrics_are_grouped_by_their_path(recorded: dict) -> None:
     sections = {k.rpartition("/")[0] for k in metrics}
     assert sections == {"valid", "test", "time", *(f"{g}/{m}" for g in ("valid", "test", "selection", "hmm")
                                                    for m in ("syn_a", "syn_b"))}
+
+
+def test_the_model_is_logged_before_the_per_market_metrics_and_carries_them_all(recorded: dict) -> None:
+    """Logging a model reads the history of each metric the run has by then (one query each, 21 a
+    market): the per-market metrics come after it, and MLflow links them to the model as they come."""
+    client = MlflowClient(recorded["run"].tracking_uri)
+    version = client.get_model_version(recorded["cfg"].tracking.model_name, str(recorded["run"].version))
+    run = set(client.get_run(recorded["run"].run_id).data.metrics)
+    assert {m.key for m in client.get_logged_model(logged_model_id(version)).metrics} == run
+    assert sorted(recorded["history_queries"]) == sorted(k for k in run if k.count("/") == 1)
 
 
 def test_prices_are_run_inputs_without_their_rows(recorded: dict) -> None:
