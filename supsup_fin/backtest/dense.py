@@ -43,7 +43,7 @@ import torch.nn.functional as F
 
 from supsup_fin._validate import is_int as _is_int
 from supsup_fin.errors import DataError
-from supsup_fin.masks.early_stop import HeldOutSelector
+from supsup_fin.masks.early_stop import HeldOutSelector, kept_rows
 from supsup_fin.masks.net import as_tensor, mlp
 from supsup_fin.masks.train import task_generator
 
@@ -233,8 +233,10 @@ def _train(
     selector: HeldOutSelector | None = None,
 ) -> tuple[list[torch.Tensor], list[float]]:
     """The batched loop; returns CPU float32 weights ``[T, out, in]`` per layer (each net's best
-    checkpoint's with a ``selector``) and last losses."""
+    checkpoint's with a ``selector``) and last losses. With a ``selector`` a net whose choice is
+    final leaves the batch at that checkpoint (the others go on exactly as they would have)."""
     n_tasks = len(names)
+    active, losses = list(range(n_tasks)), [0.0] * n_tasks  # the net of each row of the batch
     params = [p.to(dev).requires_grad_(True) for p in _initial_weights(names, starts, sizes, streams)]
     counts = [int(data[n][0].shape[0]) for n in names]
     gens = [task_generator(*streams[n], _STREAM_BATCHES) for n in names]
@@ -253,10 +255,10 @@ def _train(
             group["lr"] = 0.5 * lr * (1.0 + math.cos(math.pi * step / steps))
         rows = torch.stack([torch.randint(n, (batch_size,), generator=g) for n, g in zip(counts, gens)])
         idx = (rows + offsets).view(-1).to(dev)
-        xb = x_all[idx].view(n_tasks, batch_size, -1)
+        xb = x_all[idx].view(len(active), batch_size, -1)
         logits = batched_dense_logits(params, xb)
-        ce = F.cross_entropy(logits.reshape(n_tasks * batch_size, -1), y_all[idx], reduction="none")
-        loss_t = ce.view(n_tasks, batch_size).mean(dim=1)
+        ce = F.cross_entropy(logits.reshape(len(active) * batch_size, -1), y_all[idx], reduction="none")
+        loss_t = ce.view(len(active), batch_size).mean(dim=1)
         opt.zero_grad(set_to_none=True)
         loss_t.sum().backward()
         opt.step()
@@ -264,15 +266,27 @@ def _train(
             progress(step + 1, steps)
         if selector is not None and selector.due(step + 1):
             current = [p.detach() for p in params]
-            selector.observe(step + 1, current, current)
+            selector.observe(step + 1, current, current, tasks=active)
             if selector.done:
                 break
+            live = [r for r, t in enumerate(active) if not selector.final(t)]
+            if len(live) < len(active):
+                for t, v in zip(active, loss_t.detach().cpu().tolist()):
+                    losses[t] = v
+                logger.debug("step %d: %d of %d nets final, training the other %d", step + 1, n_tasks - len(live),
+                             n_tasks, len(live))
+                keep = torch.tensor(live, dtype=torch.int64)
+                params, opt = kept_rows(params, opt, keep.to(dev))
+                active = [active[r] for r in live]
+                gens, counts, offsets = [gens[r] for r in live], [counts[r] for r in live], offsets[keep]
     if selector is None:
         final = [p.detach().to("cpu", torch.float32) for p in params]
     else:
         chosen = [selector.chosen(t)[0] for t in range(n_tasks)]
         final = [torch.stack([c[layer] for c in chosen]).to(torch.float32) for layer in range(len(params))]
-    return final, loss_t.detach().cpu().tolist()
+    for t, v in zip(active, loss_t.detach().cpu().tolist()):
+        losses[t] = v
+    return final, losses
 
 
 def batched_dense_logits(weights: Sequence[torch.Tensor], x: torch.Tensor) -> torch.Tensor:

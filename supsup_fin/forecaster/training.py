@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import torch
 
 from supsup_fin import progress
@@ -16,6 +17,7 @@ from supsup_fin.decision import DecisionRule
 from supsup_fin.forecaster.choose import fit_selection
 from supsup_fin.forecaster.gating import MarketModel, RegimeGatedForecaster
 from supsup_fin.masks import FrozenNet, Mask, MaskBank, train_masks
+from supsup_fin.masks.bank import pack_layer, unpack_layer
 from supsup_fin.forecaster.prepare import FeatureSet, RegimeFit
 from supsup_fin.forecaster.mask_tasks import ALL, Task, device_label, task_name, training_device
 
@@ -70,14 +72,16 @@ def reusable_masks(tasks: list[Task], previous: MaskBank | None, net: FrozenNet,
 
 
 MaskBits = dict[str, tuple]
-"""What travels back from a training worker: ``name -> (bool layers [out, in], metadata)`` or
-``(layers, metadata, keep probabilities per layer)`` for masks that store them (``Mask`` objects
-do not pickle; their layers do)."""
+"""What travels back from a training worker: ``name -> (packed layers, metadata)`` or ``(packed
+layers, metadata, keep probabilities per layer)`` for masks that store them. Each layer is its bits
+packed eight to a byte (:func:`~supsup_fin.masks.bank.pack_layer`, as the bank saves them): a
+market's four demo masks are 41 KB on the wire, not 337 KB of one byte per weight."""
 
 
 def to_bits(bank: MaskBank) -> MaskBits:
-    """A bank's masks as plain tensors and metadata (picklable; no base network)."""
-    return {n: (list(bank[n].layers), bank.meta(n), *([bank.probabilities(n)] if bank.has_probabilities(n) else []))
+    """A bank's masks as packed bits and metadata (picklable; no base network)."""
+    return {n: ([pack_layer(layer) for layer in bank[n].layers], bank.meta(n),
+                *([bank.probabilities(n)] if bank.has_probabilities(n) else []))
             for n in bank.names}
 
 
@@ -89,10 +93,16 @@ def merge_banks(net: FrozenNet, parts: list[MaskBank | MaskBits] | MaskBits) -> 
     out = MaskBank(net)
     for part in parts if isinstance(parts, list) else [parts]:
         if not isinstance(part, MaskBank):
-            part = MaskBank(net).extended({
-                n: (m if isinstance(m, Mask) else Mask(m), *rest) for n, (m, *rest) in part.items()})
+            part = MaskBank(net).extended({n: (_as_mask(m, out.shapes), *rest) for n, (m, *rest) in part.items()})
         out = out.merged(part)
     return out
+
+
+def _as_mask(layers: Mask | list, shapes: tuple[tuple[int, int], ...]) -> Mask:
+    """A :class:`Mask` from a mask, bool layers, or :func:`to_bits`' packed layers."""
+    if isinstance(layers, Mask):
+        return layers
+    return Mask([unpack_layer(b, s) if isinstance(b, np.ndarray) else b for b, s in zip(layers, shapes)])
 
 
 def training_groups(tasks: list[Task], runtime: RuntimeConfig) -> list[list[Task]]:

@@ -86,6 +86,8 @@ class HeldOutSelector:
         self.best_step = [0] * len(names)
         self.temperature = [1.0] * len(names)
         self._since = [0] * len(names)
+        self.final_step: list[int | None] = [None] * len(names)
+        """The checkpoint at which each task's choice became final (``None``: it never did)."""
         self._bits: list[list[torch.Tensor] | None] = [None] * len(names)
         self._probs: list[list[torch.Tensor] | None] = [None] * len(names)
 
@@ -115,26 +117,35 @@ class HeldOutSelector:
         """Every task's choice is final."""
         return all(s >= self.patience for s in self._since)
 
+    def final(self, t: int) -> bool:
+        """Whether task ``t``'s choice is final (``patience`` checkpoints without improvement)."""
+        return self._since[t] >= self.patience
+
     @torch.no_grad()
     def observe(
         self, step: int, effective: Sequence[torch.Tensor], keep: Sequence[torch.Tensor],
-        probs: Sequence[torch.Tensor] | None = None,
+        probs: Sequence[torch.Tensor] | None = None, tasks: Sequence[int] | None = None,
     ) -> None:
         """Score the nets whose weights are ``effective`` (``[T, out, in]`` per layer: ``W ⊙ M_t`` for
         masks, the weights themselves for dense nets) after ``step`` steps; for each task whose
-        checkpoint is its best so far, keep a CPU copy of its slice of ``keep`` (and ``probs``)."""
-        logits = mlp(self._x, list(effective))[..., : self.n_classes]
+        checkpoint is its best so far, keep a CPU copy of its slice of ``keep`` (and ``probs``).
+        ``tasks``: the task index of each of the ``T`` rows (default: every task, in order)."""
+        tasks = list(range(len(self.names))) if tasks is None else list(tasks)
+        x = self._x if len(tasks) == len(self.names) else self._x[torch.tensor(tasks, device=self._x.device)]
+        logits = mlp(x, list(effective))[..., : self.n_classes]
         logp = log_softmax(logits.double().cpu().numpy(), axis=2)
-        for t in range(len(self.names)):
+        for row, t in enumerate(tasks):
             if self._since[t] >= self.patience:
                 continue
-            temp, loss = temperature_nll(logp[t, : self.sizes[t]], self._y[t])
+            temp, loss = temperature_nll(logp[row, : self.sizes[t]], self._y[t])
             if loss < self.best_loss[t]:
                 self.best_loss[t], self.best_step[t], self.temperature[t], self._since[t] = loss, step, temp, 0
-                self._bits[t] = [m[t].detach().cpu().clone() for m in keep]
-                self._probs[t] = None if probs is None else [p[t].detach().cpu().clone() for p in probs]
+                self._bits[t] = [m[row].detach().cpu().clone() for m in keep]
+                self._probs[t] = None if probs is None else [p[row].detach().cpu().clone() for p in probs]
             else:
                 self._since[t] += 1
+                if self._since[t] >= self.patience:
+                    self.final_step[t] = step
 
     def chosen(self, t: int) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
         """Task ``t``'s kept tensors per layer (and keep probabilities, when observed)."""
@@ -142,3 +153,18 @@ class HeldOutSelector:
         if bits is None:
             raise RuntimeError(f"task {self.names[t]!r} was never scored on its held-out rows")
         return bits, self._probs[t]
+
+
+def kept_rows(params: list[torch.Tensor], opt: torch.optim.Optimizer,
+              rows: torch.Tensor) -> tuple[list[torch.Tensor], torch.optim.Optimizer]:
+    """The ``rows`` (tasks, the leading axis) of batched ``params`` as new leaves, and an optimiser of
+    ``opt``'s class that carries on from it: the same settings, each kept row's state (momentum,
+    Adam's moments) and the step counts. Every optimiser state is elementwise, so a kept row goes on
+    exactly as it would have in the full batch."""
+    kept = [p.detach()[rows].requires_grad_(True) for p in params]
+    new = type(opt)(kept, **{k: v for k, v in opt.param_groups[0].items() if k != "params"})
+    for old, p in zip(params, kept):
+        for key, value in opt.state.get(old, {}).items():
+            batched = isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == old.shape[0]
+            new.state[p][key] = value[rows] if batched else (value.clone() if isinstance(value, torch.Tensor) else value)
+    return kept, new

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from supsup_fin.masks.bank import MaskBank
-from supsup_fin.masks.early_stop import HeldOutSelector
+from supsup_fin.masks.early_stop import HeldOutSelector, kept_rows
 from supsup_fin.masks.forms import MaskForm, get_form
 from supsup_fin.masks.mask import Mask
 from supsup_fin.masks.fused import StepBuffers, batched_logits, supermask_logits
@@ -211,8 +211,12 @@ def _train_scores(
 ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None, dict[str, float]]:
     """Run the batched loop; returns CPU bool masks ``[T, out, in]`` per layer, keep
     probabilities (or ``None``) and the last losses. With a ``selector`` each task's masks
-    are those of its best checkpoint, and the loop ends once every task's choice is final."""
+    are those of its best checkpoint; a task whose choice is final leaves the batch at that
+    checkpoint (its scores, momentum, rows and random streams are dropped, every other task's
+    are kept, so no other task's bits change), and the loop ends once every task's is final."""
     n_tasks = len(names)
+    active = list(range(n_tasks))  # the task of each row of the batch
+    losses: dict[str, float] = {}
     weights = [w.to(dev) for w in net.weights]
     densities = form.layer_densities(net.shapes, density)
     init_gens = [task_generator(seed, n, _STREAM_INIT) for n in names]
@@ -229,7 +233,7 @@ def _train_scores(
     full_batch = batch_size is None
     if full_batch:  # every step sees every row of every task, in order
         batch_size = sizes[0]
-        xb_full = x_all.view(n_tasks, batch_size, -1)
+        xb_full, y_full = x_all.view(n_tasks, batch_size, -1), y_all
     offsets = torch.tensor(np.cumsum([0, *sizes[:-1]]), dtype=torch.int64).view(n_tasks, 1)
 
     # The fused kernel (CPU and CUDA) is one pass over scores, gradients and momentum instead of
@@ -241,11 +245,11 @@ def _train_scores(
         for group in opt.param_groups:
             group["lr"] = 0.5 * lr * (1.0 + math.cos(math.pi * step / steps))
         if full_batch:
-            xb, yb = xb_full, y_all
+            xb, yb = xb_full, y_full
         else:
             rows = torch.stack([torch.randint(n, (batch_size,), generator=g) for n, g in zip(sizes, batch_gens)])
             idx = (rows + offsets).view(-1).to(dev)
-            xb = x_all[idx].view(n_tasks, batch_size, -1)
+            xb = x_all[idx].view(len(active), batch_size, -1)
             yb = y_all[idx]
         if form.straight_through:
             logits = supermask_logits(weights, scores, xb, form, densities, buffers)
@@ -256,23 +260,41 @@ def _train_scores(
                 for s, d in zip(scores, densities)
             ]
             logits = batched_logits(weights, masks, xb)
-        ce = F.cross_entropy(logits.reshape(n_tasks * batch_size, -1), yb, reduction="none")
-        loss_t = ce.view(n_tasks, batch_size).mean(dim=1) + sum(form.penalty(s) for s in scores)
+        ce = F.cross_entropy(logits.reshape(len(active) * batch_size, -1), yb, reduction="none")
+        loss_t = ce.view(len(active), batch_size).mean(dim=1) + sum(form.penalty(s) for s in scores)
         opt.zero_grad(set_to_none=True)
         loss_t.sum().backward()
         opt.step()
         if progress is not None and ((step + 1) % _PROGRESS_EVERY == 0 or step + 1 == steps):
-            progress(step + 1, steps, dict(zip(names, loss_t.detach().cpu().tolist())))
+            progress(step + 1, steps, losses | _named(names, active, loss_t))
         if selector is not None and selector.due(step + 1):
             with torch.no_grad():
                 masks = [form.final_mask(s, d) for s, d in zip(scores, densities)]
                 selector.observe(step + 1, [w * m.to(w.dtype) for w, m in zip(weights, masks)], masks,
-                                 [form.probabilities(s) for s in scores] if store_probabilities else None)
+                                 [form.probabilities(s) for s in scores] if store_probabilities else None,
+                                 tasks=active)
             if selector.done:
                 logger.info("every task's held-out choice is final after %d of %d steps", step + 1, steps)
                 if progress is not None:
-                    progress(steps, steps, dict(zip(names, loss_t.detach().cpu().tolist())))
+                    progress(steps, steps, losses | _named(names, active, loss_t))
                 break
+            live = [r for r, t in enumerate(active) if not selector.final(t)]
+            if len(live) < len(active):  # the tasks whose choice is final leave the batch
+                losses |= {names[t]: v for t, v in zip(active, loss_t.detach().cpu().tolist()) if selector.final(t)}
+                logger.debug("step %d: %d of %d tasks final, training the other %d", step + 1,
+                             n_tasks - len(live), n_tasks, len(live))
+                keep = torch.tensor(live, dtype=torch.int64)
+                scores, opt = kept_rows(scores, opt, keep.to(dev))
+                for state in buffers.selection:
+                    for key in ("thr", "delta"):
+                        if state is not None and key in state:
+                            state[key] = state[key][keep.to(state[key].device)]
+                active = [active[r] for r in live]
+                batch_gens, noise_gens = [batch_gens[r] for r in live], [noise_gens[r] for r in live]
+                sizes, offsets = [sizes[r] for r in live], offsets[keep]
+                if full_batch:
+                    xb_full = xb_full[keep.to(dev)]
+                    y_full = y_full.view(-1, batch_size)[keep.to(dev)].reshape(-1)
     with torch.no_grad():
         if selector is None:
             final = [form.final_mask(s, d).cpu() for s, d in zip(scores, densities)]
@@ -282,7 +304,12 @@ def _train_scores(
             final = [torch.stack([bits[layer] for bits, _ in chosen]) for layer in range(len(scores))]
             probs = ([torch.stack([p[layer] for _, p in chosen]) for layer in range(len(scores))]
                      if store_probabilities else None)
-    return final, probs, dict(zip(names, loss_t.detach().cpu().tolist()))
+    return final, probs, losses | _named(names, active, loss_t)
+
+
+def _named(names: Sequence[str], active: Sequence[int], loss_t: torch.Tensor) -> dict[str, float]:
+    """The batch's per-row losses under their tasks' names."""
+    return {names[t]: v for t, v in zip(active, loss_t.detach().cpu().tolist())}
 
 
 def _check_hyperparameters(

@@ -58,6 +58,20 @@ def test_a_task_trained_alone_equals_it_trained_among_others() -> None:
     assert not torch.equal(together.weights["m0"][0], together.weights["m1"][0])
 
 
+def test_nets_leave_the_batch_when_their_held_out_choice_is_final_and_the_rest_are_unchanged(caplog) -> None:
+    rng = np.random.default_rng(SEED)
+    rows = {"a": separable(400, SEED), "noise": (rng.normal(size=(400, SIZES[0])).astype(np.float32),
+                                                 rng.integers(0, 3, 400)), "b": separable(400, SEED + 1)}
+    tasks, held = {n: (x[:300], y[:300]) for n, (x, y) in rows.items()}, {n: (x[300:], y[300:]) for n, (x, y) in rows.items()}
+    kw = {"steps": 80, "batch_size": 32, "lr": 1e-2, "seed": SEED, "checkpoints": [5, 10, 20, 40, 60], "patience": 1}
+    with caplog.at_level("DEBUG", logger="supsup_fin.backtest.dense"):
+        together = train_dense(tasks, SIZES, holdout=held, **kw)
+    assert any("nets final, training the other" in r.getMessage() for r in caplog.records)
+    for name in tasks:
+        alone = train_dense({name: tasks[name]}, SIZES, holdout={name: held[name]}, **kw)
+        assert all(torch.equal(a, b) for a, b in zip(alone.weights[name], together.weights[name])), name
+
+
 def test_tasks_smaller_than_the_batch_sample_with_replacement_and_stay_independent() -> None:
     small, large = separable(20, SEED), separable(400, SEED + 1)
     kw = {"steps": 30, "batch_size": 64, "lr": 1e-2, "seed": SEED}

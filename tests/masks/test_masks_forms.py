@@ -193,6 +193,24 @@ def test_masks_config_keys_default_and_reach_the_form():
         MasksConfig(tau=0.0)
 
 
+def test_worker_transport_packs_bits_and_restores_every_mask_bit_for_bit():
+    """to_bits sends eight bits a byte; merge_banks restores the same masks, names and metadata."""
+    import pickle
+
+    from supsup_fin.forecaster.training import merge_banks, to_bits
+
+    net = FrozenNet(SIZES, seed=SEED)
+    bank = train_masks(net, {f"t{k}": blobs(SEED + k, 200) for k in range(3)}, steps=5, batch_size=32)
+    wire = pickle.dumps(to_bits(bank), protocol=5)
+    unpacked = pickle.dumps({n: ([m.numpy() for m in bank[n].layers], bank.meta(n)) for n in bank.names}, protocol=5)
+    assert len(wire) < len(unpacked) / 4
+    back = merge_banks(net, pickle.loads(wire))
+    assert back.names == bank.names
+    for n in bank.names:
+        assert back.meta(n) == bank.meta(n)
+        assert all(torch.equal(a, b) for a, b in zip(back[n].layers, bank[n].layers))
+
+
 def test_keep_probabilities_survive_merges_carry_over_and_worker_transport():
     """Stored p travels with its mask: bank merges, the picklable worker form, champion carry-over."""
     import pickle

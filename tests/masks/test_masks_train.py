@@ -124,6 +124,32 @@ def test_a_task_trains_the_same_alone_or_in_a_group(net: FrozenNet, data, method
     assert alone.meta("a")["final_loss"] == group.meta("a")["final_loss"]
 
 
+@pytest.mark.parametrize(("method", "batch_size"), [("edge_popup", 32), ("edge_popup", None), ("hard_concrete", 32)])
+def test_tasks_leave_the_batch_when_final_without_changing_any_bits(net: FrozenNet, method: str, batch_size,
+                                                                     caplog) -> None:
+    """Held-out selection: a task whose choice is final stops training; the others' bits are as alone."""
+    rng = np.random.default_rng(SEED)
+
+    def split(x, y):
+        return (x[:240], y[:240]), (x[240:], y[240:])
+
+    noise = {f"noise{k}": (rng.normal(size=(300, 16)).astype(np.float32), rng.integers(0, 3, 300)) for k in range(2)}
+    rows = {"blobs": blobs(SEED + 7), **noise, "blobs2": blobs(SEED + 8)}
+    tasks, held = {n: split(*xy)[0] for n, xy in rows.items()}, {n: split(*xy)[1] for n, xy in rows.items()}
+    kw = {"method": method, "seed": SEED, "steps": 120, "batch_size": batch_size, "checkpoints": [5, 10, 20, 30, 45, 60, 90],
+          "patience": 2, "store_probabilities": method == "hard_concrete"}
+    with caplog.at_level("DEBUG", logger="supsup_fin.masks.train"):
+        group = train_masks(net, tasks, holdout=held, **kw)
+    assert any("tasks final, training the other" in r.getMessage() for r in caplog.records)
+    for name in tasks:
+        alone = train_masks(net, {name: tasks[name]}, holdout={name: held[name]}, **kw)
+        assert same_bits(alone[name], group[name]), name
+        for key in ("selected_step", "holdout_log_loss", "holdout_temperature", "final_loss"):
+            assert alone.meta(name)[key] == group.meta(name)[key], (name, key)
+        if kw["store_probabilities"]:
+            assert all(torch.equal(a, b) for a, b in zip(alone.probabilities(name), group.probabilities(name)))
+
+
 def test_progress_and_task_meta(net: FrozenNet, data) -> None:
     calls = []
     bank = train_masks(
