@@ -67,14 +67,9 @@ class FitResult:
 
 
 def _occupancy(x: np.ndarray, res: FitResult) -> np.ndarray:
-    """Smoothed expected number of rows per state ``[K]`` (our own forward-backward)."""
+    """Smoothed expected number of rows per state ``[K]``."""
     log_b = _forward.gaussian_log_densities(x, res.means, res.covars)
-    log_a = _forward.log_transmat(res.transmat)
-    with np.errstate(divide="ignore"):
-        log_start = np.log(res.startprob)
-    log_alpha, _ = _forward.forward(log_b, log_start, log_a)
-    gamma = _forward.smooth(log_alpha, _forward.backward(log_b, log_a))
-    return gamma.sum(axis=0)
+    return _forward.smoothed_proba(log_b, res.startprob, res.transmat).sum(axis=0)
 
 
 def degeneracy(x: np.ndarray, res: FitResult) -> str | None:

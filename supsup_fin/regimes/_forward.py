@@ -15,6 +15,7 @@ Shapes: ``n`` time steps, ``K`` states, ``d`` features, ``B`` parallel sequences
 from __future__ import annotations
 
 import numpy as np
+from hmmlearn.base import BaseHMM
 
 _LOG_2PI = float(np.log(2.0 * np.pi))
 
@@ -245,6 +246,41 @@ def smooth(log_alpha: np.ndarray, log_beta: np.ndarray) -> np.ndarray:
     """
     log_gamma, _ = _normalise(log_alpha + log_beta)
     return np.exp(log_gamma)
+
+
+class _GivenLogDensities(BaseHMM):
+    """hmmlearn's compiled forward-backward over emission log-densities computed elsewhere."""
+
+    def _compute_log_likelihood(self, X: np.ndarray) -> np.ndarray:
+        return X
+
+
+def smoothed_proba(log_b: np.ndarray, start: np.ndarray, transmat: np.ndarray) -> np.ndarray:
+    """Smoothed probabilities ``P(z_t | x_1..n)`` of one sequence, by hmmlearn's compiled
+    forward-backward (log space).
+
+    For smoothed posteriors only (training labels, state occupancy): they look ahead, so the
+    bitwise prefix-invariance of :func:`forward` is not needed, and the compiled recursion is
+    ~10x faster than :func:`forward` + :func:`backward`. Agrees with :func:`smooth` of those to
+    ~1e-12.
+
+    Parameters
+    ----------
+    log_b : numpy.ndarray
+        Shape ``[n, K]``, finite emission log-densities.
+    start : numpy.ndarray
+        Shape ``[K]``, the state distribution before the first observation.
+    transmat : numpy.ndarray
+        Shape ``[K, K]``, row-stochastic.
+
+    Returns
+    -------
+    numpy.ndarray
+        Shape ``[n, K]``, rows sum to 1.
+    """
+    hmm = _GivenLogDensities(n_components=len(start), implementation="log")
+    hmm.startprob_, hmm.transmat_ = np.asarray(start, dtype=float), np.asarray(transmat, dtype=float)
+    return hmm.predict_proba(log_b)
 
 
 def next_step(proba: np.ndarray, transmat: np.ndarray) -> np.ndarray:

@@ -423,12 +423,11 @@ class RegimeModel:
         Returns
         -------
         pandas.DataFrame
-            Shape ``[n - vol_window, K]``; the last row equals the filter's last row.
+            Shape ``[n - vol_window, K]``; the last row equals the filter's last row to ~1e-12
+            (the smoothing is hmmlearn's compiled forward-backward: :func:`_forward.smoothed_proba`).
         """
         log_b, index = self._log_densities(prices, "smooth_proba")
-        log_a = _forward.log_transmat(self.transmat_)
-        log_alpha, _ = _forward.forward(log_b, self._log_start(), log_a)
-        return self._frame(_forward.smooth(log_alpha, _forward.backward(log_b, log_a)), index)
+        return self._frame(_forward.smoothed_proba(log_b, self.stationary_, self.transmat_), index)
 
     def rolling_next_proba(self, prices: pd.DataFrame, regime_window: int) -> pd.DataFrame:
         """One-step forecasts, each from only the last ``regime_window`` feature rows.
