@@ -411,6 +411,10 @@ class RuntimeConfig(_Section):
     threads: int | None = Field(None, ge=1)
     task_runner: Literal["threads", "dask"] = "threads"
     max_workers: int = Field(4, ge=1)
+    fit_processes: int = Field(
+        0, ge=0, description="processes that fit a walk-forward's market HMMs side by side (0: one per CPU, up to "
+        "one per market, when there are 2 or more markets and 20 or more market-window fits, else none; 1: all "
+        "in this process)")
     training_groups: Literal["all", "market"] = Field(
         "all", description="train every mask in one batched group, or one group per market (dask: always market)")
     dask_address: str | None = Field(None, description="an existing Dask scheduler (tcp://...); None: a local cluster")

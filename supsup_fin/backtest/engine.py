@@ -26,11 +26,13 @@ combines the windows into :class:`Forecasts`, which :mod:`supsup_fin.backtest.re
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -38,6 +40,7 @@ import pandas as pd
 import torch
 
 from supsup_fin import progress
+from supsup_fin._pool import process_pool, worker_count
 from supsup_fin.backtest import continual
 from supsup_fin.backtest.dense import DenseBank, train_dense
 from supsup_fin.backtest.fitting import WindowFit, fit_market, forecaster_for, window_tasks, windowed
@@ -181,10 +184,11 @@ def run_walk_forward(cfg: Config, prices: dict[str, pd.DataFrame]) -> Forecasts:
     if bt.batched:
         total = 2 * len(windows) + 1  # fit each window, train them all, forecast each window
         lineage, fitted = History(), []
-        for w in windows:
-            progress.report("walk-forward", w.index, total, f"fit {w.tag}")
-            fitted.append(_fit_window(cfg, prices, w, lineage))
-            lineage = lineage.with_fits(fitted[-1].fits)
+        with _fit_pool(cfg, prices, windows) as pool:
+            for w in windows:
+                progress.report("walk-forward", w.index, total, f"fit {w.tag}")
+                fitted.append(_fit_window(cfg, prices, w, lineage, pool))
+                lineage = lineage.with_fits(fitted[-1].fits)
         progress.report("walk-forward", len(windows), total, "train every window")
         trained, shared = _train_windows(cfg, fitted, strategies, history, device)
         for k, (f, t) in enumerate(zip(fitted, trained)):
@@ -193,19 +197,41 @@ def run_walk_forward(cfg: Config, prices: dict[str, pd.DataFrame]) -> Forecasts:
             history = history.after(results[-1])
     else:
         total = len(windows)
-        for w in windows:
-            progress.report("walk-forward", w.index, total, f"window {w.tag}")
-            results.append(run_window(cfg, prices, w, history, strategies, prepared, device))
-            history = history.after(results[-1])
+        with _fit_pool(cfg, prices, windows) as pool:
+            for w in windows:
+                progress.report("walk-forward", w.index, total, f"window {w.tag}")
+                results.append(run_window(cfg, prices, w, history, strategies, prepared, device, pool))
+                history = history.after(results[-1])
     progress.report("walk-forward", total, total, "done")
     for r in results:
         log.info("window %d (%s): %d masks, %.1f s", r.window.index, r.window.tag, r.masks_trained, sum(r.seconds.values()))
     return _combine(cfg, prices, windows, results, history, shared)
 
 
+FIT_PROCESSES_FROM = 20
+"""Market-window fits from which ``runtime.fit_processes: 0`` fits in processes (each fit takes
+about a second on the demo's markets; a worker process takes about two to start)."""
+
+
+@contextlib.contextmanager
+def _fit_pool(cfg: Config, prices: Mapping[str, pd.DataFrame], windows: Sequence[Window]) -> Iterator[Executor | None]:
+    """The processes that fit the walk-forward's markets side by side (``runtime.fit_processes``),
+    or ``None``: fit in this process."""
+    wanted = cfg.runtime.fit_processes
+    if wanted == 0:
+        wanted = None if len(prices) >= 2 and len(prices) * len(windows) >= FIT_PROCESSES_FROM else 1
+    workers = worker_count(wanted, len(prices))
+    if workers == 1:
+        yield None
+        return
+    log.info("backtest: fitting the markets' HMMs in %d processes", workers)
+    with process_pool(workers) as pool:
+        yield pool
+
+
 def run_window(cfg: Config, prices: dict[str, pd.DataFrame], w: Window, history: History,
                strategies: Sequence[Strategy], prepared: Mapping[str, Mapping[str, object]],
-               device: str | torch.device) -> WindowResult:
+               device: str | torch.device, pool: Executor | None = None) -> WindowResult:
     """Fit, train and forecast one window after ``history``; see the module docstring.
 
     Parameters
@@ -215,8 +241,9 @@ def run_window(cfg: Config, prices: dict[str, pd.DataFrame], w: Window, history:
     prepared : market -> strategy name -> what the strategy's ``prepare`` computed.
     device : where the masks and dense nets train and every forecast runs (the returned net and
         banks are on CPU).
+    pool : processes that fit the markets side by side (``None``: in this process).
     """
-    fitted = _fit_window(cfg, prices, w, history)
+    fitted = _fit_window(cfg, prices, w, history, pool)
     (trained,), _ = _train_windows(cfg, [fitted], strategies, history, device)
     return _forecast_window(cfg, prices, fitted, trained, history, strategies, prepared, device)
 
@@ -244,11 +271,13 @@ class _Trained:
     """``train_masks`` / ``train_dense`` seconds spent on this window alone (0 in a shared pass)."""
 
 
-def _fit_window(cfg: Config, prices: dict[str, pd.DataFrame], w: Window, history: History) -> _Fitted:
-    """Every market's fit at ``w`` after ``history``'s fits, and the window's tasks."""
+def _fit_window(cfg: Config, prices: dict[str, pd.DataFrame], w: Window, history: History,
+                pool: Executor | None = None) -> _Fitted:
+    """Every market's fit at ``w`` after ``history``'s fits (in ``pool``'s processes side by side, if
+    given), and the window's tasks."""
     t0 = time.perf_counter()
     fits = _fit_markets(cfg, prices, w, history,
-                        lambda k, m: progress.report("window", k, 2 * len(prices), f"{w.tag}: fit {m}"))
+                        lambda k, m: progress.report("window", k, 2 * len(prices), f"{w.tag}: fit {m}"), pool)
     return _Fitted(w, fits, window_tasks(fits, cfg, w.tag), time.perf_counter() - t0)
 
 
@@ -304,16 +333,25 @@ def _forecast_window(cfg: Config, prices: dict[str, pd.DataFrame], fitted: _Fitt
 
 
 def _fit_markets(cfg: Config, prices: dict[str, pd.DataFrame], w: Window, history: History,
-                 starting: Callable[[int, str], None]) -> dict[str, WindowFit]:
+                 starting: Callable[[int, str], None], pool: Executor | None = None) -> dict[str, WindowFit]:
     """Every market's fit at ``w``; a market without enough history yet is skipped until it has.
-    ``starting(k, market)`` is called before the k-th market's fit."""
+    ``starting(k, market)`` is called before the k-th market's fit is collected. With a ``pool`` the
+    fits run in its processes side by side (the same fits: each is one process's deterministic code)."""
+    def fit(market: str) -> Callable[[], WindowFit]:
+        before = history.fits.get(market, ())
+        args = (cfg, prices[market], market, w, before[-1].regimes.model if before else None,
+                history.last_train(market))
+        return pool.submit(fit_market, *args).result if pool is not None else lambda: fit_market(*args)
+
+    longest_first = sorted(prices, key=lambda m: (-len(prices[m]), m))  # the slowest fits start first
+    pending = {market: fit(market) for market in longest_first}
     fits = {}
     for k, market in enumerate(sorted(prices)):
+        result = pending[market]
         starting(k, market)
         before = history.fits.get(market, ())
         try:
-            fits[market] = fit_market(cfg, prices[market], market, w, before[-1].regimes.model if before else None,
-                                      history.last_train(market))
+            fits[market] = result()
         except DataError as err:
             if before:
                 raise  # a market that has started trading in the backtest must keep fitting

@@ -131,13 +131,15 @@ class HeldOutSelector:
         checkpoint is its best so far, keep a CPU copy of its slice of ``keep`` (and ``probs``).
         ``tasks``: the task index of each of the ``T`` rows (default: every task, in order)."""
         tasks = list(range(len(self.names))) if tasks is None else list(tasks)
-        x = self._x if len(tasks) == len(self.names) else self._x[torch.tensor(tasks, device=self._x.device)]
-        logits = mlp(x, list(effective))[..., : self.n_classes]
-        logp = log_softmax(logits.double().cpu().numpy(), axis=2)
         for row, t in enumerate(tasks):
             if self._since[t] >= self.patience:
                 continue
-            temp, loss = temperature_nll(logp[row, : self.sizes[t]], self._y[t])
+            # task by task, on its own rows: padding every task to the longest held-out slice cost
+            # several times the arithmetic when regime tasks (a few hundred rows) share a pass with
+            # ALL tasks (thousands)
+            logits = mlp(self._x[t : t + 1, : self.sizes[t]], [e[row : row + 1] for e in effective])
+            logp = log_softmax(logits[0, :, : self.n_classes].double().cpu().numpy(), axis=1)
+            temp, loss = temperature_nll(logp, self._y[t])
             if loss < self.best_loss[t]:
                 self.best_loss[t], self.best_step[t], self.temperature[t], self._since[t] = loss, step, temp, 0
                 self._bits[t] = [m[row].detach().cpu().clone() for m in keep]

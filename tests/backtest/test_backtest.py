@@ -280,3 +280,42 @@ def test_one_batched_pass_equals_training_window_by_window(small_backtest) -> No
         np.testing.assert_array_equal(fc.mask_acc[market], seq.mask_acc[market])
         np.testing.assert_array_equal(fc.dense_finetune_acc[market], seq.dense_finetune_acc[market])
     pd.testing.assert_frame_equal(report.table, summarise(seq, one_by_one, prices).table)
+
+
+def test_markets_fitted_in_processes_equal_those_fitted_here_and_their_logs_reach_this_process(caplog, tmp_path) -> None:
+    """``runtime.fit_processes``: each window's markets fit in worker processes side by side; every
+    fit (HMM, regime posteriors, features, selection split) is the one this process computes, and the
+    workers' log records reach this process's loggers."""
+    import os
+
+    from supsup_fin.backtest import engine
+
+    tree = backtest_config_dict()
+    tree["markets"].append({"name": "syn2", "source": "synthetic", "dataset": "hard", "seed": 2})
+    cfg = config_from_dict(tree)
+    prices = {m.name: load_prices(m, cfg.data, tmp_path).frame for m in cfg.markets}
+    windows = engine.make_windows(engine.calendar_of(prices), cfg)
+
+    def fit_all(processes: int) -> list:
+        run = cfg.model_copy(update={"runtime": cfg.runtime.model_copy(update={"fit_processes": processes})})
+        lineage, out = engine.History(), []
+        with engine._fit_pool(run, prices, windows) as pool:
+            assert (pool is None) == (processes == 1)
+            for w in windows:
+                out.append(engine._fit_window(run, prices, w, lineage, pool))
+                lineage = lineage.with_fits(out[-1].fits)
+        return out
+
+    here = fit_all(1)
+    with caplog.at_level("DEBUG", logger="supsup_fin"):
+        there = fit_all(2)
+    assert any(r.process != os.getpid() and r.name.startswith("supsup_fin.") for r in caplog.records)
+    for a, b in zip(here, there):
+        assert list(a.fits) == list(b.fits) == ["syn", "syn2"] and [t.name for t in a.tasks] == [t.name for t in b.tasks]
+        for m in a.fits:
+            fa, fb = a.fits[m], b.fits[m]
+            assert fa.regimes.model.to_dict() == fb.regimes.model.to_dict()
+            np.testing.assert_array_equal(fa.regimes.next_proba, fb.regimes.next_proba)
+            np.testing.assert_array_equal(fa.regimes.train_labels, fb.regimes.train_labels)
+            np.testing.assert_array_equal(fa.features.X, fb.features.X)
+            np.testing.assert_array_equal(fa.new_rows, fb.new_rows)
