@@ -103,6 +103,18 @@ def top_k_rows(a: torch.Tensor, k: int, state: dict[str, torch.Tensor],
     return keep
 
 
+_ROW_STATE = ("thr", "delta")
+"""The per-row entries of a :func:`top_k_rows` state (the others are buffers, resized on use)."""
+
+
+def keep_state_rows(state: dict[str, torch.Tensor], rows: torch.Tensor) -> None:
+    """Keep only ``rows`` of a :func:`top_k_rows` state, in place: each kept row goes on exactly as
+    before (its path depends on its own entries only)."""
+    for key in _ROW_STATE:
+        if key in state:
+            state[key] = state[key][rows.to(state[key].device)]
+
+
 def reusable(store: dict[Any, torch.Tensor], key: Any, shape: Sequence[int], dtype: torch.dtype,
              device: torch.device) -> torch.Tensor:
     """``store[key]``: an uninitialised tensor of ``shape``, ``dtype`` and ``device``, kept between

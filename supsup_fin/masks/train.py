@@ -32,6 +32,7 @@ from supsup_fin.masks.bank import MaskBank
 from supsup_fin.masks.early_stop import HeldOutSelector, kept_rows
 from supsup_fin.masks.forms import MaskForm, get_form
 from supsup_fin.masks.mask import Mask
+from supsup_fin.masks._topk import keep_state_rows
 from supsup_fin.masks.fused import StepBuffers, batched_logits, supermask_logits
 from supsup_fin.masks.net import FrozenNet, as_tensor
 
@@ -286,9 +287,8 @@ def _train_scores(
                 keep = torch.tensor(live, dtype=torch.int64)
                 scores, opt = kept_rows(scores, opt, keep.to(dev))
                 for state in buffers.selection:
-                    for key in ("thr", "delta"):
-                        if state is not None and key in state:
-                            state[key] = state[key][keep.to(state[key].device)]
+                    if state is not None:
+                        keep_state_rows(state, keep)
                 active = [active[r] for r in live]
                 batch_gens, noise_gens = [batch_gens[r] for r in live], [noise_gens[r] for r in live]
                 sizes, offsets = [sizes[r] for r in live], offsets[keep]
