@@ -21,6 +21,8 @@ from supsup_fin.backtest.dense import DenseBank
 from supsup_fin.backtest.fitting import WindowFit, forecaster_for
 from supsup_fin.config import Config
 from supsup_fin.errors import DataError
+from supsup_fin.forecaster.gating import FrameInputs
+from supsup_fin.gate_modes import check_gate_mode
 from supsup_fin.masks import FrozenNet, MaskBank
 
 
@@ -35,24 +37,34 @@ def tasks(fits: Sequence[WindowFit]) -> list[WindowFit]:
 
 
 def mask_accuracy_row(cfg: Config, fits: Sequence[WindowFit], net: FrozenNet, bank: MaskBank,
-                      prices: pd.DataFrame) -> list[float]:
+                      prices: pd.DataFrame, inputs: dict[tuple[str, str], FrameInputs] | None = None) -> list[float]:
     """Accuracy of each of one market's tasks (:func:`tasks` of its window fits, oldest first) on its
     own rows, its gated masks re-run (mode :func:`continual_mode`) from ``net`` and ``bank`` as they
     stand now.
 
     ``prices`` is the market's whole frame; each forecast reads the rows up to its date.
+    ``inputs`` keeps each task's features and rolling regime posterior (keyed by market and window
+    tag) across calls: they depend on the window's model and prices only, so re-scoring after a
+    later window re-runs just the masks.
     Returns one accuracy per task (NaN where no row has a forecast and a known class).
     """
     mode = continual_mode(cfg)
+    inputs = {} if inputs is None else inputs
     row = []
     for fit in tasks(fits):
         market = fit.market
         dates, y = fit.features.dates[fit.new_rows], fit.features.y[fit.new_rows]
         forecaster = forecaster_for([fit], cfg, net, bank)
-        idx = prices.index.get_indexer(dates)
-        view = prices.iloc[max(0, idx[0] - forecaster.min_rows + 1): idx[-1] + 1]
-        f = forecaster.predict_frames(market, view, [mode])[mode].reindex(dates)
-        probs = f[[c for c in f.columns if c.startswith("p_")]].to_numpy()
+        key = (market, fit.window.tag)
+        if key not in inputs:
+            idx = prices.index.get_indexer(dates)
+            inputs[key] = forecaster.frame_inputs(market, prices.iloc[max(0, idx[0] - forecaster.min_rows + 1): idx[-1] + 1])
+        fi = inputs[key]
+        mm = forecaster.market_model(market)
+        probs = np.full((len(dates), len(forecaster.classes)), np.nan)
+        routed, _ = forecaster.route(mm, fi.X, fi.rows, fi.post[fi.rows], check_gate_mode(mm.gate_mode(mode)))
+        at = fi.dates[fi.rows].get_indexer(dates)
+        probs[at >= 0] = routed[at[at >= 0]]
         ok = np.isfinite(probs).all(axis=1) & (y >= 0)
         row.append(float((probs[ok].argmax(axis=1) == y[ok]).mean()) if ok.any() else np.nan)
     return row

@@ -51,6 +51,7 @@ from supsup_fin.config import Config
 from supsup_fin.errors import DataError
 from supsup_fin.features import class_names
 from supsup_fin.forecaster.calibration import Calibrator
+from supsup_fin.forecaster.gating import FrameInputs
 from supsup_fin.forecaster.mask_tasks import Task
 from supsup_fin.forecaster.training import resolve_device, train_tasks
 from supsup_fin.masks import FrozenNet, MaskBank
@@ -132,6 +133,9 @@ class History:
     fits: Mapping[str, tuple[WindowFit, ...]] = field(default_factory=dict)
     """Market -> its fits, window by window (the continual tasks; the last HMM names the next)."""
     dense_weights: Mapping[str, list[torch.Tensor]] = field(default_factory=dict)
+    scoring_inputs: dict[tuple[str, str], FrameInputs] = field(default_factory=dict)
+    """The continual scores' inputs per (market, window tag), computed once and shared by every
+    later window (a cache: see :func:`~supsup_fin.backtest.continual.mask_accuracy_row`)."""
 
     def last_train(self, market: str) -> pd.Timestamp | None:
         """The last training row's date of the market's windows so far."""
@@ -139,7 +143,8 @@ class History:
 
     def after(self, result: WindowResult) -> History:
         """This history with ``result``'s window appended."""
-        return History(result.net, result.bank, self.with_fits(result.fits).fits, result.dense_weights)
+        return History(result.net, result.bank, self.with_fits(result.fits).fits, result.dense_weights,
+                       self.scoring_inputs)
 
     def with_fits(self, fits: Mapping[str, WindowFit]) -> History:
         """This history with one more window's market fits (the HMM lineage a window's fit reads)."""
@@ -321,7 +326,8 @@ def _forecast_window(cfg: Config, prices: dict[str, pd.DataFrame], fitted: _Fitt
         rows[market] = _forecast_market(cfg, prices[market], fit, strategies, runs_on, bank,  # type: ignore[arg-type]
                                         dense, prepared.get(market, {}))
         if len(fit.new_rows):
-            mask_acc[market] = continual.mask_accuracy_row(cfg, seen, runs_on, bank, prices[market])  # type: ignore[arg-type]
+            mask_acc[market] = continual.mask_accuracy_row(cfg, seen, runs_on, bank, prices[market],  # type: ignore[arg-type]
+                                                             history.scoring_inputs)
         else:
             log.warning("window %d (%s): %s has no training rows after %s (its last price: %s); the window is "
                         "no task of its continual scores", w.index, w.tag, market, history.last_train(market),

@@ -42,6 +42,7 @@ import json
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,13 +67,26 @@ from supsup_fin.masks import FrozenNet, Mask, MaskBank, row_task_scores, sample_
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ABSURD_Z", "GATE_MODES", "INFER", "OOD_Z", "SOFT", "GateMode", "MarketModel", "RegimeGatedForecaster"]
+__all__ = ["ABSURD_Z", "GATE_MODES", "INFER", "FrameInputs", "OOD_Z", "SOFT", "GateMode", "MarketModel", "RegimeGatedForecaster"]
 
 OOD_Z = 10.0
 """A live input feature this many training standard deviations from its training mean flags the
 forecast ``out_of_distribution`` (:meth:`RegimeGatedForecaster.check_inputs`)."""
 ABSURD_Z = 50.0
 """Beyond this many, a live input feature is refused as a data error."""
+
+
+@dataclass(frozen=True)
+class FrameInputs:
+    """One market's forecast inputs for every row of a price frame (:meth:`RegimeGatedForecaster.frame_inputs`)."""
+
+    dates: pd.DatetimeIndex
+    X: np.ndarray
+    """``[n, in]`` network inputs (NaN where a feature window is incomplete)."""
+    post: np.ndarray
+    """``[n, K]`` one-step-ahead regime posterior (NaN before the HMM window is full)."""
+    rows: np.ndarray
+    """The rows with a forecast: enough history, finite inputs and posterior."""
 
 
 class RegimeGatedForecaster:
@@ -405,21 +419,29 @@ class RegimeGatedForecaster:
         mm = self.market_model(market)
         modes = list(dict.fromkeys(m if m == "auto" else check_gate_mode(m) for m in modes))
         runs = {m: check_gate_mode(mm.gate_mode(m)) for m in modes}
-        prices = validate_frame(prices, market)
-        X = self.inputs(market, prices)
-        post = mm.regime.rolling_next_proba(prices, self.regime_window).reindex(prices.index).to_numpy()
-        ok = np.arange(len(prices)) >= self.min_rows - 1
-        ok &= np.isfinite(X).all(axis=1) & np.isfinite(post).all(axis=1)
-        rows = np.flatnonzero(ok)
+        fi = self.frame_inputs(market, prices)
         out: dict[str, pd.DataFrame] = {}
         for mode in modes:
             same = next((m for m in out if runs[m] == runs[mode]), None)
             if same is not None:  # auto runs a mode already computed
                 out[mode] = out[same]
                 continue
-            probs, used = self.route(mm, X, rows, post[rows], runs[mode])
-            out[mode] = self._rows(mm, prices.index[rows], probs, post[rows], used, runs[mode])
+            probs, used = self.route(mm, fi.X, fi.rows, fi.post[fi.rows], runs[mode])
+            out[mode] = self._rows(mm, fi.dates[fi.rows], probs, fi.post[fi.rows], used, runs[mode])
         return out
+
+    def frame_inputs(self, market: str, prices: pd.DataFrame) -> FrameInputs:
+        """What :meth:`predict_frames` computes once for every mode: each row's network inputs and
+        regime posterior, and the rows that have a forecast. They depend on the market's model and
+        ``prices`` only (not on the bank), so a caller that re-runs the same rows on a grown bank
+        can keep them and call :meth:`route` itself."""
+        mm = self.market_model(market)
+        prices = validate_frame(prices, market)
+        X = self.inputs(market, prices)
+        post = mm.regime.rolling_next_proba(prices, self.regime_window).reindex(prices.index).to_numpy()
+        ok = np.arange(len(prices)) >= self.min_rows - 1
+        ok &= np.isfinite(X).all(axis=1) & np.isfinite(post).all(axis=1)
+        return FrameInputs(prices.index, X, post, np.flatnonzero(ok))
 
     # -- persistence (supsup_fin.forecaster.persist) -----------------------------------------
     def to_dict(self) -> dict[str, Any]:

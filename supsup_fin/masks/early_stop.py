@@ -15,8 +15,9 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import torch
 from scipy.optimize import minimize_scalar
-from scipy.special import log_softmax, logsumexp
+from scipy.special import log_softmax
 
+from supsup_fin._numeric import logsumexp_axis1
 from supsup_fin.errors import DataError
 from supsup_fin.masks.net import mlp
 
@@ -34,7 +35,7 @@ def temperature_nll(z: np.ndarray, y: np.ndarray) -> tuple[float, float]:
 
     def nll(log_t: float) -> float:
         s = z / np.exp(log_t)
-        return float((logsumexp(s, axis=1) - s[rows, y]).mean())
+        return float((logsumexp_axis1(s) - s[rows, y]).mean())
 
     res = minimize_scalar(nll, bounds=_LOG_T_BOUNDS, method="bounded", options={"xatol": 1e-4})
     return float(np.exp(res.x)), float(res.fun)

@@ -17,6 +17,8 @@ from __future__ import annotations
 import numpy as np
 from hmmlearn.base import BaseHMM
 
+from supsup_fin._numeric import logsumexp_axis1
+
 _LOG_2PI = float(np.log(2.0 * np.pi))
 
 
@@ -101,34 +103,15 @@ def gaussian_log_densities(x: np.ndarray, means: np.ndarray, covars: np.ndarray)
     return out
 
 
-def _logsumexp_axis1(terms: np.ndarray) -> np.ndarray:
-    """``log sum_i exp(terms[:, i, ...])`` by a fixed-order loop over axis 1.
-
-    ``terms`` has shape ``[B, K, ...]``; the result has shape ``[B, ...]``. Max and sum run
-    over explicit slices, so each output element depends on its own inputs only.
-    """
-    k = terms.shape[1]
-    m = terms[:, 0].copy()
-    for i in range(1, k):
-        np.maximum(m, terms[:, i], out=m)
-    shift = np.where(np.isfinite(m), m, 0.0)
-    e = np.exp(terms - shift[:, None])
-    acc = e[:, 0].copy()
-    for i in range(1, k):
-        acc += e[:, i]
-    with np.errstate(divide="ignore"):
-        return shift + np.log(acc)
-
-
 def _normalise(log_post: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Normalise ``[B, K]`` log weights over states; return them and their log-sum ``[B]``."""
-    total = _logsumexp_axis1(log_post)
+    total = logsumexp_axis1(log_post)
     return log_post - total[:, None], total
 
 
 def _predict_log(log_alpha: np.ndarray, log_a: np.ndarray) -> np.ndarray:
     """One-step prediction ``log sum_i alpha_i A_ij`` for ``[B, K]`` log alpha."""
-    return _logsumexp_axis1(log_alpha[:, :, None] + log_a[None, :, :])
+    return logsumexp_axis1(log_alpha[:, :, None] + log_a[None, :, :])
 
 
 def forward(
@@ -226,7 +209,7 @@ def backward(log_b: np.ndarray, log_a: np.ndarray) -> np.ndarray:
     log_a_t = np.ascontiguousarray(log_a.T)  # [j, i]: sum over the next state j
     for t in range(n - 2, -1, -1):
         nxt = log_b[t + 1 : t + 2] + state  # [1, K_j]
-        state, _ = _normalise(_logsumexp_axis1(nxt[:, :, None] + log_a_t[None, :, :]))
+        state, _ = _normalise(logsumexp_axis1(nxt[:, :, None] + log_a_t[None, :, :]))
         out[t] = state[0]
     return out
 
