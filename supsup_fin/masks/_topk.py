@@ -13,12 +13,14 @@ from typing import Any
 
 import torch
 
-# Band top-k (top_k_rows): tries before a full topk, widening factor per try, and the band's
-# population (1 / this of a row) above which it narrows. Below BAND_MIN_ROW weights per layer
-# a full topk costs less than the band's extra operations (the form then takes its plain path).
+# Band top-k (top_k_rows): tries before a full topk, widening factor per try, the band's
+# population (1 / this of a row) above which it narrows and the smallest factor it narrows by in
+# one step. Below BAND_MIN_ROW weights per layer a full topk costs less than the band's extra
+# operations (the form then takes its plain path).
 _BAND_TRIES = 3
 _BAND_WIDEN = 8.0
 _BAND_SHRINK_ABOVE = 200
+_BAND_SHRINK_MAX = 0.25
 BAND_MIN_ROW = 4096
 _FLOAT_EXACT = 2**24  # rows this long take a full topk: the band's float32 counts must be exact
 
@@ -43,9 +45,10 @@ def top_k_rows(a: torch.Tensor, k: int, state: dict[str, torch.Tensor],
     """Bool mask of the ``k`` largest entries of each row of ``a`` (``[T, n]``), reusing ``state``.
 
     Scores move a little per optimiser step, so the k-th largest value of a row moves a little
-    too. ``state`` holds each row's last k-th value ``thr`` and a half-width ``delta``: entries
-    above ``thr + delta`` are kept outright, and only the few inside the band
-    ``[thr - delta, thr + delta]`` are sorted to fill the rest. The band is checked to contain the
+    too, and smoothly. ``state`` holds each row's last k-th value ``thr``, its last move ``drift``
+    and a half-width ``delta``: the band is centred on ``c = thr + drift``, entries above
+    ``c + delta`` are kept outright, and only the few inside the band ``[c - delta, c + delta]``
+    are sorted to fill the rest. The band is checked to contain the
     k-th value (counts above and inside it), widened for the rows where it does not, and rows
     still missing it after a few tries (and the first call) take a full ``topk``. The kept set is
     the exact top-k either way; inside the band, ties go to the lower index. Every row is handled
@@ -58,16 +61,17 @@ def top_k_rows(a: torch.Tensor, k: int, state: dict[str, torch.Tensor],
     """
     n_rows, n = a.shape
     keep = reusable(state, "keep", a.shape, torch.bool, a.device)
-    thr, delta = state.get("thr"), state.get("delta")
-    if thr is None or delta is None or thr.shape != (n_rows,) or n >= _FLOAT_EXACT:
+    thr, delta, drift = state.get("thr"), state.get("delta"), state.get("drift")
+    if thr is None or delta is None or drift is None or thr.shape != (n_rows,) or n >= _FLOAT_EXACT:
         _exact_top_k(a, k, keep, torch.arange(n_rows, device=a.device), state)
         return keep
+    centre = thr + drift
     band = reusable(state, "band", a.shape, torch.bool, a.device)
     counts = (torch.empty_like(a) if scratch is None else scratch).view(n_rows, n)
     for _ in range(_BAND_TRIES):
-        hi = (thr + delta)[:, None]
+        hi = (centre + delta)[:, None]
         torch.gt(a, hi, out=keep)
-        torch.ge(a, (thr - delta)[:, None], out=band).logical_xor_(keep)  # keep is inside: [lo, hi] remains
+        torch.ge(a, (centre - delta)[:, None], out=band).logical_xor_(keep)  # keep is inside: [lo, hi] remains
         rows, cols = _sparse_nonzero(band)
         above = counts.copy_(keep.view(torch.uint8)).sum(dim=1).to(torch.int64)  # exact below 2**24
         inside = torch.bincount(rows, minlength=n_rows)
@@ -92,10 +96,15 @@ def top_k_rows(a: torch.Tensor, k: int, state: dict[str, torch.Tensor],
     # The new k-th value: the last band entry taken, or (none taken) the band's upper edge.
     taken = vals[(start + need - 1).clamp(0, len(vals) - 1)] if len(vals) else hi[:, 0]
     new_thr = torch.where(need > 0, taken, hi[:, 0])
-    # Next half-width: room for four times this step's move, shrinking only while the band holds
-    # more than ~0.5 % of the row (a retry costs more than a wider band).
-    shrink = torch.where(inside > n // _BAND_SHRINK_ABOVE, 0.8 * delta, delta)
-    state["delta"] = torch.maximum(4.0 * (new_thr - thr).abs(), shrink).clamp_(min=1e-12)
+    # Next band: centred on this step's move repeated (under momentum the k-th value drifts
+    # smoothly: scores that start near zero grow for tens of steps, and a band around the last
+    # value had to hold up to a fifth of the row to catch it), half-width room for four times
+    # this step's miss of the centre, shrinking only while the band holds more than ~0.5 % of
+    # the row (a retry costs more than a wider band).
+    target = n / _BAND_SHRINK_ABOVE
+    shrink = torch.where(inside > target, (target / inside.clamp(min=1)).clamp_(_BAND_SHRINK_MAX, 0.8) * delta, delta)
+    state["delta"] = torch.maximum(4.0 * (new_thr - centre).abs(), shrink).clamp_(min=1e-12)
+    state["drift"] = new_thr - thr
     state["thr"] = new_thr
     if not bool(ok.all()):
         bad = (~ok).nonzero(as_tuple=True)[0]
@@ -103,7 +112,7 @@ def top_k_rows(a: torch.Tensor, k: int, state: dict[str, torch.Tensor],
     return keep
 
 
-_ROW_STATE = ("thr", "delta")
+_ROW_STATE = ("thr", "delta", "drift")
 """The per-row entries of a :func:`top_k_rows` state (the others are buffers, resized on use)."""
 
 
@@ -151,6 +160,8 @@ def _exact_top_k(a: torch.Tensor, k: int, keep: torch.Tensor, rows: torch.Tensor
     if "thr" not in state or state["thr"].shape != (a.shape[0],):
         state["thr"] = torch.zeros(a.shape[0], dtype=a.dtype, device=a.device)
         state["delta"] = torch.zeros(a.shape[0], dtype=a.dtype, device=a.device)
+        state["drift"] = torch.zeros(a.shape[0], dtype=a.dtype, device=a.device)
     state["thr"][rows] = thr
     state["delta"][rows] = (thr.abs() * 1e-3).clamp_(min=1e-12)
+    state["drift"][rows] = 0.0
 
