@@ -142,7 +142,7 @@ def train_group(tasks: list[Task], cfg: Config, bank: MaskBank | None = None) ->
         momentum=t.momentum, weight_decay=t.weight_decay, seed=t.seed, bank=bank,
         device=device, progress=on_step, task_meta={task.name: {**task.meta, "device": label} for task in tasks},
         form_options=cfg.masks.form_options(), store_probabilities=cfg.masks.store_probabilities,
-        holdout=holdout, checkpoints=t.checkpoints, patience=t.patience,
+        holdout=holdout, checkpoints=t.checkpoints, patience=t.patience, compute_dtype=t.compute_dtype,
     )
 
 

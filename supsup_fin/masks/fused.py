@@ -34,6 +34,16 @@ class StepBuffers:
         self._tensors: dict[tuple[str, int], torch.Tensor] = {}
         self.selection: list[dict[str, torch.Tensor] | None] = [{} if reuse else None for _ in range(n_layers)]
 
+    def weight(self, layer: int, w: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """The frozen weight ``w`` of ``layer`` in ``dtype`` (converted once, kept if reusing)."""
+        key = ("weight", layer)
+        kept = self._tensors.get(key)
+        if kept is None or kept.dtype != dtype or kept.shape != w.shape or kept.device != w.device:
+            kept = w.to(dtype)
+            if self.reuse:
+                self._tensors[key] = kept
+        return kept
+
     def get(self, kind: str, layer: int, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
         """An uninitialised tensor of ``shape`` with ``like``'s dtype and device (kept if reusing)."""
         if not self.reuse:
@@ -53,19 +63,22 @@ class _SupermaskMLP(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, form, densities, weights, buffers, *scores):  # type: ignore[no-untyped-def]
-        h, last = x, len(weights) - 1
-        hs, wms, factors = [x], [], []
+    def forward(ctx, x, form, densities, weights, buffers, dtype, *scores):  # type: ignore[no-untyped-def]
         if buffers is None:
             buffers = StepBuffers(len(weights), reuse=False)
+        low = dtype != weights[0].dtype
+        h, last = (x.to(dtype) if low else x), len(weights) - 1
+        hs, wms, factors = [h], [], []
         for i, (w, s) in enumerate(zip(weights, scores)):
-            wm = form.masked_weight(s, densities[i], w, buffers.get("wm", i, s.shape, s), buffers.selection[i])
+            wc = buffers.weight(i, w, dtype) if low else w
+            wm = form.masked_weight(s, densities[i], wc, buffers.get("wm", i, s.shape, wc), buffers.selection[i])
             if i < last:
                 out = buffers.get("h", i, (h.shape[0], h.shape[1], wm.shape[1]), h)
                 h = torch.bmm(h, wm.transpose(1, 2), out=out).clamp_(min=0)
                 hs.append(h)
             else:  # the logits leave the node: a fresh tensor
                 h = torch.bmm(h, wm.transpose(1, 2))
+                h = h.to(x.dtype) if low else h
             wms.append(wm)
             factors.append(form.ste_factor(s, buffers.get("factor", i, s.shape, s)))
         ctx.weights, ctx.wms, ctx.hs, ctx.factors, ctx.buffers = weights, wms, hs, factors, buffers
@@ -75,18 +88,23 @@ class _SupermaskMLP(torch.autograd.Function):
     def backward(ctx, grad):  # type: ignore[no-untyped-def]
         weights, wms, hs, factors, buffers = ctx.weights, ctx.wms, ctx.hs, ctx.factors, ctx.buffers
         grads: list[torch.Tensor | None] = [None] * len(weights)
-        g = grad.contiguous()
+        low = hs[0].dtype != weights[0].dtype
+        g = grad.to(hs[0].dtype).contiguous()
         for i in range(len(weights) - 1, -1, -1):
             if i < len(weights) - 1:
                 g = g.mul_(hs[i + 1].sign_())  # h >= 0 after ReLU; h has served its weight gradient
-            gs = torch.bmm(g.transpose(1, 2), hs[i]).mul_(weights[i])  # ∂(W⊙M) ⊙ W = ∂M
+            if low:  # the product in the compute dtype, the score gradient in the weights' (fp32)
+                gw = torch.bmm(g.transpose(1, 2), hs[i], out=buffers.get("gw", i, wms[i].shape, g))
+                gs = torch.mul(gw, weights[i])  # ∂(W⊙M) ⊙ W = ∂M
+            else:
+                gs = torch.bmm(g.transpose(1, 2), hs[i]).mul_(weights[i])  # ∂(W⊙M) ⊙ W = ∂M
             if factors[i] is not None:
                 gs.mul_(factors[i])
             grads[i] = gs
             if i > 0:
                 g = torch.bmm(g, wms[i], out=buffers.get("g", i, (g.shape[0], g.shape[1], wms[i].shape[2]), g))
         del ctx.wms, ctx.hs, ctx.factors, ctx.buffers
-        return (None, None, None, None, None, *grads)
+        return (None, None, None, None, None, None, *grads)
 
 
 def supermask_logits(
@@ -96,14 +114,18 @@ def supermask_logits(
     form: MaskForm,
     densities: list[float],
     buffers: StepBuffers | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """Logits ``[T, B, outputs]`` of ``x [T, B, in]`` through straight-through masks of ``scores``.
 
     Gradients reach ``scores`` (list of ``[T, out, in]``) as through ``form.make_mask``. With
     ``buffers`` (a training loop's :class:`StepBuffers`) large intermediates are reused from the
-    previous call, so a call's graph must be used (or dropped) before the next call.
+    previous call, so a call's graph must be used (or dropped) before the next call. ``dtype``
+    is the compute dtype of the network's products (``W ⊙ M``, activations and their gradients);
+    with ``torch.bfloat16`` the GEMMs run in bf16 (fp32 accumulation) while the logits, the score
+    gradients and the scores stay in the weights' dtype.
     """
-    return _SupermaskMLP.apply(x, form, densities, weights, buffers, *scores)
+    return _SupermaskMLP.apply(x, form, densities, weights, buffers, dtype, *scores)
 
 
 def batched_logits(weights: list[torch.Tensor], masks: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:

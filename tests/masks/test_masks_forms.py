@@ -87,6 +87,15 @@ def test_straight_through_gradients_reach_scores_and_fused_path_matches_autograd
     assert all(a is not None and bool(a.abs().sum() > 0) for a in auto)  # gradients reach the scores
     for a, f in zip(auto, fused):
         torch.testing.assert_close(f, a, rtol=1e-5, atol=1e-7)
+    # bf16 products (8-bit mantissa), fp32 score gradients: the same direction (a pre-activation
+    # near zero may change its ReLU side in bf16, so entries differ by more than bf16's rounding)
+    s = [t.clone().requires_grad_(True) for t in scores]
+    out = supermask_logits(net.weights, s, x, form, dens, dtype=torch.bfloat16)
+    assert out.dtype == torch.float32
+    torch.nn.functional.cross_entropy(out.reshape(16, -1), y).backward()
+    for a, t in zip(auto, s):
+        assert t.grad.dtype == torch.float32
+        assert float(torch.nn.functional.cosine_similarity(t.grad.flatten(), a.flatten(), dim=0)) > 0.99
     if method == "edge_popup":  # through |score|: a weight's gradient carries the score's sign
         w, m = net.weights[0], form.hard(scores[0], 0.5)
         assert bool((auto[0] * torch.sign(scores[0]) * w != 0).any())

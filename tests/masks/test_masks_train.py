@@ -186,3 +186,35 @@ def test_bad_arguments_are_refused_with_the_task_named(net: FrozenNet, data) -> 
         train_masks(net, {"a": (x, y)}, density=1e-4)
     with pytest.raises(ValueError, match="bank was built"):
         train_masks(FrozenNet(SIZES, seed=1), {"a": (x, y)}, bank=train_masks(net, {}), **FAST)
+
+
+def test_bfloat16_compute_trains_exact_density_masks_that_learn_and_leave_the_base_untouched(net: FrozenNet, data) -> None:
+    """bf16 GEMMs (fp32 scores and optimiser): the same contracts as float32 training, other bits."""
+    before = [w.clone() for w in net.weights]
+    tasks = {"a": data["sp500/calm"], "b": data["sp500/ALL"]}
+    low = train_masks(net, tasks, density=0.3, steps=150, batch_size=64, seed=SEED, compute_dtype="bfloat16")
+    full = train_masks(net, tasks, density=0.3, steps=150, batch_size=64, seed=SEED)
+    assert all(torch.equal(w, b) for w, b in zip(net.weights, before))
+    for name, (x, y) in tasks.items():
+        for (o, i), m in zip(net.shapes, low[name].layers):
+            assert int(m.sum()) == round(0.3 * o * i)
+        assert low.meta(name)["compute_dtype"] == "bfloat16" and "compute_dtype" not in full.meta(name)
+        acc = {k: float((net(torch.from_numpy(x), mask=b[name]).argmax(1).numpy() == y).mean())
+               for k, b in (("low", low), ("full", full))}
+        assert acc["low"] > 0.9 and abs(acc["low"] - acc["full"]) < 0.05, acc
+    assert not all(same_bits(low[n], full[n]) for n in tasks)  # a different computation
+
+
+def test_bfloat16_task_trains_the_same_alone_or_in_a_group_on_one_thread(net: FrozenNet, data) -> None:
+    a, b = data["sp500/calm"], data["sp500/ALL"]
+    kw = {"seed": SEED, "steps": 40, "batch_size": 32, "compute_dtype": "bfloat16"}
+    alone = train_masks(net, {"a": a}, **kw)
+    group = train_masks(net, {"b": b, "a": a}, **kw)
+    assert same_bits(alone["a"], group["a"])
+
+
+def test_a_compute_dtype_that_is_not_offered_is_refused(net: FrozenNet, data) -> None:
+    with pytest.raises(ValueError, match=r"compute_dtype must be one of \['bfloat16', 'float32'\], got 'float16'"):
+        train_masks(net, {"a": data["sp500/calm"]}, compute_dtype="float16", **FAST)
+    with pytest.raises(ValueError, match="needs a straight-through form.*hard_concrete"):
+        train_masks(net, {"a": data["sp500/calm"]}, method="hard_concrete", compute_dtype="bfloat16", **FAST)
