@@ -102,14 +102,14 @@ def synthetic_tasks(sizes, n_tasks: int, rows: int, seed: int = 0, test: int = 0
     return out
 
 
-def step_time(net, tasks, batch, steps: int) -> float:
+def step_time(net, tasks, batch, steps: int, dtype: str = "float32") -> float:
     """Seconds per step of one ``train_masks`` call, from its progress callback (10 → steps)."""
     stamps = {}
 
     def progress(step, _steps, _losses):
         stamps[step] = time.perf_counter()
 
-    train_masks(net, tasks, steps=steps, batch_size=batch, progress=progress)
+    train_masks(net, tasks, steps=steps, batch_size=batch, progress=progress, compute_dtype=dtype)
     return (stamps[steps] - stamps[10]) / (steps - 10)
 
 
@@ -117,8 +117,9 @@ def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def measure_config(net_name: str, n_tasks: int, batch: str, steps: int, rounds: int) -> dict:
-    """Run in a subprocess: time the loop and the batched trainer, report peak RSS."""
+def measure_config(net_name: str, n_tasks: int, batch: str, steps: int, rounds: int, dtype: str = "float32") -> dict:
+    """Run in a subprocess: time the loop and the batched trainer, report peak RSS and, for the
+    batched trainer, the measured traffic of its per-weight work (:func:`per_weight_traffic`)."""
     sizes = NETS[net_name]
     net = FrozenNet(sizes, seed=0)
     data = synthetic_tasks(sizes, n_tasks, FULL_ROWS)
@@ -128,13 +129,79 @@ def measure_config(net_name: str, n_tasks: int, batch: str, steps: int, rounds: 
     n_loop = min(n_tasks, 4)
     loop_times, batched_times, rss_loop = [], [], 0.0
     for _ in range(rounds):
-        per = [step_time(net, {n: tasks[n]}, bs, steps) for n in list(tasks)[:n_loop]]
+        per = [step_time(net, {n: tasks[n]}, bs, steps, dtype) for n in list(tasks)[:n_loop]]
         loop_times.append(float(np.mean(per)) * n_tasks)
         rss_loop = max(rss_loop, rss_mb())
-        batched_times.append(step_time(net, tasks, bs, steps))
+        batched_times.append(step_time(net, tasks, bs, steps, dtype))
     return {"loop_s": min(loop_times), "batched_s": min(batched_times), "loop_rounds_s": loop_times,
             "batched_rounds_s": batched_times, "rss_base_mb": base, "rss_loop_mb": rss_loop,
-            "rss_batched_mb": rss_mb(), "loop_tasks_timed": n_loop}
+            "rss_batched_mb": rss_mb(), "loop_tasks_timed": n_loop,
+            "traffic": per_weight_traffic(net, tasks, bs, steps, dtype)}
+
+
+_GEMMS = {"aten::bmm", "aten::mm", "aten::addmm", "aten::matmul"}
+_ITEMSIZE = {"float": 4, "c10::BFloat16": 2, "c10::Half": 2, "double": 8, "bool": 1, "unsigned char": 1,
+             "signed char": 1, "long int": 8, "int": 4}
+_SMALL_OUTPUT = ("sum", "max", "min", "mean", "nonzero", "bincount", "count", "all", "any", "item", "topk", "sort")
+
+
+def per_weight_traffic(net, tasks, batch, steps: int, dtype: str) -> dict:
+    """Measured cost of a step's per-weight work, from a profile of steps 10 → ``steps``.
+
+    Every leaf ``aten`` op the trainer runs is recorded with its operands' shapes and dtypes and
+    sorted into GEMMs (a ``bmm``/``mm`` or inside one), per-weight ops (largest operand has a
+    layer's ``T·out·in`` elements: selecting the masks, ``W ⊙ M``, the straight-through products,
+    the optimiser) and the rest (activations, losses, bookkeeping). An op's bytes are those of its
+    tensor operands (read; ``out=`` operands are written) plus, for an in-place op, its first
+    operand again (written) or, for a functional elementwise op, an output the size of its
+    largest operand; reductions and index searches write little. The per-weight ops' achieved
+    bandwidth is their bytes over their own CPU time, to set beside the machine's copy bandwidth.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    stamps: dict[int, float] = {}
+    prof = profile(activities=[ProfilerActivity.CPU], record_shapes=True)
+
+    def progress(step, _steps, _losses):
+        stamps[step] = time.perf_counter()
+        if step == 10:
+            prof.start()
+
+    train_masks(net, tasks, steps=steps, batch_size=batch, progress=progress, compute_dtype=dtype)
+    prof.stop()
+    layer_sizes = {len(tasks) * o * i for o, i in net.shapes}
+
+    def operands(e) -> list[tuple[int, int]]:
+        return [(int(np.prod(shape)), _ITEMSIZE.get(dt, 4))
+                for shape, dt in zip(e.input_shapes, e.input_dtypes) if isinstance(shape, list) and len(shape)]
+
+    def per_weight(e) -> bool:
+        ops = operands(e)
+        return bool(ops) and max(n for n, _ in ops) in layer_sizes
+
+    seconds = {"gemm": 0.0, "per_weight": 0.0, "other": 0.0}
+    nbytes = 0
+    for e in prof.events():
+        if not e.name.startswith("aten::"):
+            continue
+        up, in_gemm = e, False
+        while up is not None and not in_gemm:
+            in_gemm, up = up.name in _GEMMS, up.cpu_parent
+        kind = "gemm" if in_gemm else ("per_weight" if per_weight(e) else "other")
+        seconds[kind] += e.self_cpu_time_total / 1e6
+        if kind != "per_weight" or any(c.name.startswith("aten::") and per_weight(c) for c in e.cpu_children):
+            continue  # the bytes are counted once, at the innermost op that moves them
+        sizes = [n * b for n, b in operands(e)]
+        written = sizes[0] if e.name.endswith("_") else 0
+        if not written and "out" not in e.name and not any(k in e.name for k in _SMALL_OUTPUT):
+            written = max(sizes)
+        nbytes += sum(sizes) + written
+    timed = steps - 10
+    weights = sum(o * i for o, i in net.shapes) * len(tasks)
+    return {"steps_profiled": timed, "step_s_profiled": (stamps[steps] - stamps[10]) / timed,
+            **{f"{k}_s_per_step": v / timed for k, v in seconds.items()},
+            "bytes_per_weight_per_step": nbytes / timed / weights,
+            "per_weight_gbs": nbytes / seconds["per_weight"] / 1e9 if seconds["per_weight"] else float("nan")}
 
 
 def machine_label() -> str:
@@ -142,15 +209,18 @@ def machine_label() -> str:
 
 
 def machine_limits() -> dict:
-    """Best-of fp32 GEMM GFLOP/s (2048² and 1024²) and copy bandwidth GB/s (256 MiB)."""
-    best = 0.0
-    for n in (1024, 2048):
-        a, b = torch.randn(n, n), torch.randn(n, n)
-        a @ b
-        for _ in range(6):
-            t = time.perf_counter()
+    """Best-of fp32 and bf16 GEMM GFLOP/s (2048² and 1024²) and copy bandwidth GB/s (256 MiB)."""
+    peaks = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        best = 0.0
+        for n in (1024, 2048):
+            a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
             a @ b
-            best = max(best, 2 * n**3 / (time.perf_counter() - t) / 1e9)
+            for _ in range(6):
+                t = time.perf_counter()
+                a @ b
+                best = max(best, 2 * n**3 / (time.perf_counter() - t) / 1e9)
+        peaks[dtype] = best
     src = torch.ones(64 * 2**20)
     dst = torch.empty_like(src)
     bw = 0.0
@@ -158,15 +228,15 @@ def machine_limits() -> dict:
         t = time.perf_counter()
         dst.copy_(src)
         bw = max(bw, 2 * src.numel() * 4 / (time.perf_counter() - t) / 1e9)
-    return {"gemm_gflops": best, "bandwidth_gbs": bw}
+    return {"gemm_gflops": peaks[torch.float32], "gemm_gflops_bfloat16": peaks[torch.bfloat16], "bandwidth_gbs": bw}
 
 
-def work(sizes, n_tasks: int, rows: int) -> tuple[float, float]:
+def work(sizes, n_tasks: int, rows: int, act_bytes: int = 4) -> tuple[float, float]:
     shapes = [(sizes[i + 1], sizes[i]) for i in range(len(sizes) - 1)]
     weights = sum(o * i for o, i in shapes)
     flops = n_tasks * rows * (4 * weights + 2 * sum(o * i for o, i in shapes[1:]))
     acts = n_tasks * rows * sum(sizes)
-    return flops, n_tasks * weights * 24 + acts * 12
+    return flops, n_tasks * weights * 24 + acts * 3 * act_bytes
 
 
 def parity(sizes, n_tasks: int, batch, steps: int) -> dict:
@@ -190,6 +260,23 @@ def parity(sizes, n_tasks: int, batch, steps: int) -> dict:
     return {"acc_batched": float(np.mean(a_b)), "acc_loop": float(np.mean(a_l)),
             "diff_pt": 100 * (float(np.mean(a_b)) - float(np.mean(a_l))), "bits_identical": same,
             "train_s_batched": t_batched, "train_s_loop": t_loop}
+
+
+def dtype_parity(sizes, n_tasks: int, batch, steps: int) -> dict:
+    """Train T tasks batched in float32 and in bfloat16 (same seeds and data); compare test accuracy."""
+    net = FrozenNet(sizes, seed=0)
+    data = synthetic_tasks(sizes, n_tasks, FULL_ROWS, seed=2, test=600)
+    tasks = {n: (d[0], d[1]) for n, d in data.items()}
+    acc, secs = {}, {}
+    for dtype in ("float32", "bfloat16"):
+        t0 = time.perf_counter()
+        bank = train_masks(net, tasks, steps=steps, batch_size=batch, compute_dtype=dtype)
+        secs[dtype] = time.perf_counter() - t0
+        acc[dtype] = np.array([float((net(d[2], mask=bank[n]).argmax(1).numpy() == d[3]).mean()) for n, d in data.items()])
+    diff = acc["bfloat16"] - acc["float32"]
+    return {"acc_float32": float(acc["float32"].mean()), "acc_bfloat16": float(acc["bfloat16"].mean()),
+            "diff_pt": 100 * float(diff.mean()), "diff_se_pt": 100 * float(diff.std(ddof=1) / np.sqrt(len(diff))),
+            "train_s_float32": secs["float32"], "train_s_bfloat16": secs["bfloat16"]}
 
 
 def storage() -> dict:
@@ -592,7 +679,10 @@ def main() -> None:
                     help="--time-to-accuracy: PermutedDigits, the demo's tasks, or both")
     ap.add_argument("--out", type=Path, help="JSON file (default benchmarks/results/masks_speed.json, or "
                     "masks_tta.json with --time-to-accuracy, masks_tta_PART.json with one --part; --quick adds _quick)")
-    ap.add_argument("--one", nargs=4, metavar=("NET", "T", "BATCH", "STEPS"), help=argparse.SUPPRESS)
+    ap.add_argument("--compute-dtypes", nargs="+", default=["float32"], choices=["float32", "bfloat16"],
+                    help="train_masks compute dtypes, each configuration timed in each (loop and batched alike); "
+                    "with both, held-out accuracy of bf16 against float32 training is compared too")
+    ap.add_argument("--one", nargs=5, metavar=("NET", "T", "BATCH", "STEPS", "DTYPE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     mode = ("tta" if args.part == "both" else f"tta_{args.part}") if args.time_to_accuracy else "speed"
     out = args.out or ROOT / f"benchmarks/results/masks_{mode}.json"
@@ -603,15 +693,15 @@ def main() -> None:
         return
     args.out = out
     if args.one:
-        net_name, t, batch, steps = args.one
-        print(json.dumps(measure_config(net_name, int(t), batch, int(steps), args.rounds)))
+        net_name, t, batch, steps, dtype = args.one
+        print(json.dumps(measure_config(net_name, int(t), batch, int(steps), args.rounds, dtype)))
         return
     t_start = time.perf_counter()
     limits = machine_limits()
-    print(f"fp32 GEMM peak {limits['gemm_gflops']:.0f} GFLOP/s, copy bandwidth {limits['bandwidth_gbs']:.1f} GB/s "
-          f"({torch.get_num_threads()} threads)")
+    print(f"GEMM peak fp32 {limits['gemm_gflops']:.0f} GFLOP/s, bf16 {limits['gemm_gflops_bfloat16']:.0f} GFLOP/s, "
+          f"copy bandwidth {limits['bandwidth_gbs']:.1f} GB/s ({torch.get_num_threads()} threads)")
     if args.quick:
-        plan = [("demo", t, b, 30, 1) for b in ("128", "full") for t in (1, 8)]
+        plan = [("demo", t, b, 30, 1, d) for b in ("128", "full") for t in (1, 8) for d in args.compute_dtypes]
     else:
         plan = []
         for net_name in args.nets:
@@ -620,28 +710,33 @@ def main() -> None:
                     if f"{net_name}:{b}:{t}" in args.skip:
                         continue  # e.g. wide, full batch, T=128: ~1.2 TFLOP per step; bounded below
                     big = net_name == "wide" and t >= 32 or t == 128
-                    plan.append((net_name, t, b, 20 if big else 30, 1 if big else args.rounds))
+                    plan += [(net_name, t, b, 20 if big else 30, 1 if big else args.rounds, d) for d in args.compute_dtypes]
     rows = []
-    for net_name, t, b, steps, rounds in plan:
-        cmd = [sys.executable, __file__, "--rounds", str(rounds), "--one", net_name, str(t), b, str(steps)]
+    for net_name, t, b, steps, rounds, dtype in plan:
+        cmd = [sys.executable, __file__, "--rounds", str(rounds), "--one", net_name, str(t), b, str(steps), dtype]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT)
         r = json.loads(proc.stdout.strip().splitlines()[-1])
         sizes = NETS[net_name]
         rows_per_task = 128 if b == "128" else FULL_ROWS
-        flops, nbytes = work(sizes, t, rows_per_task)
-        bound = max(flops / (limits["gemm_gflops"] * 1e9), nbytes / (limits["bandwidth_gbs"] * 1e9))
-        row = {"net": net_name, "sizes": list(sizes), "T": t, "batch": b, "steps_timed": steps - 10,
+        flops, nbytes = work(sizes, t, rows_per_task, 2 if dtype == "bfloat16" else 4)
+        peak = limits["gemm_gflops_bfloat16" if dtype == "bfloat16" else "gemm_gflops"]
+        bound = max(flops / (peak * 1e9), nbytes / (limits["bandwidth_gbs"] * 1e9))
+        row = {"net": net_name, "sizes": list(sizes), "T": t, "batch": b, "compute_dtype": dtype, "steps_timed": steps - 10,
                "rounds": rounds, **r, "speedup": r["loop_s"] / r["batched_s"],
                "gflops_batched": flops / r["batched_s"] / 1e9, "gflops_loop": flops / r["loop_s"] / 1e9,
-               "pct_peak_batched": 100 * flops / r["batched_s"] / 1e9 / limits["gemm_gflops"],
+               "pct_peak_batched": 100 * flops / r["batched_s"] / 1e9 / peak,
                "flops": flops, "bytes": nbytes, "roofline_s": bound, "batched_over_roofline": r["batched_s"] / bound,
-               "bound_by": "compute" if flops / (limits["gemm_gflops"] * 1e9) >= nbytes / (limits["bandwidth_gbs"] * 1e9) else "memory"}
+               "bound_by": "compute" if flops / (peak * 1e9) >= nbytes / (limits["bandwidth_gbs"] * 1e9) else "memory"}
         rows.append(row)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"limits": limits, "rows": rows, "partial": True}, indent=2))
-        print(f"{net_name:>5} T={t:<4} batch={b:<5} loop {1e3 * row['loop_s']:8.1f} ms  batched {1e3 * row['batched_s']:8.1f} ms  "
-              f"x{row['speedup']:5.2f}  {row['gflops_batched']:6.1f} GFLOP/s ({row['pct_peak_batched']:4.1f} % peak)  "
-              f"roofline {1e3 * bound:7.1f} ms ({row['bound_by']}) ratio {row['batched_over_roofline']:5.2f}  "
+        tr = r["traffic"]
+        print(f"{net_name:>5} T={t:<4} batch={b:<5} {dtype:<8} loop {1e3 * row['loop_s']:8.1f} ms  batched "
+              f"{1e3 * row['batched_s']:8.1f} ms  x{row['speedup']:5.2f}  {row['gflops_batched']:6.1f} GFLOP/s "
+              f"({row['pct_peak_batched']:4.1f} % peak)  roofline {1e3 * bound:7.1f} ms ({row['bound_by']}) ratio "
+              f"{row['batched_over_roofline']:5.2f}  profiled step: GEMMs {1e3 * tr['gemm_s_per_step']:.1f} ms, per-weight "
+              f"{1e3 * tr['per_weight_s_per_step']:.1f} ms ({tr['bytes_per_weight_per_step']:.0f} B/weight at "
+              f"{tr['per_weight_gbs']:.1f} GB/s), rest {1e3 * tr['other_s_per_step']:.1f} ms  "
               f"peak RSS {row['rss_batched_mb']:.0f} MB", flush=True)
     # Bound for the configuration not run.
     skipped = []
@@ -661,6 +756,15 @@ def main() -> None:
                    "short": [("demo", 8, 128, 300), ("demo", 32, 128, 100)], "none": []}[args.parity]
     if args.quick:
         parity_plan = [("demo", 8, 128, 60)]
+    dtype_rows = []
+    if "bfloat16" in args.compute_dtypes:
+        for net_name, t, batch, steps in ([("demo", 8, 128, 60)] if args.quick else [("demo", 32, 128, 300), ("demo", 32, None, 300)]):
+            p = {"net": net_name, "T": t, "batch": "full" if batch is None else batch, "steps": steps,
+                 **dtype_parity(NETS[net_name], t, batch, steps)}
+            dtype_rows.append(p)
+            print(f"bf16 vs float32 {net_name} T={t} batch={p['batch']} {steps} steps: test accuracy "
+                  f"{100 * p['acc_bfloat16']:.2f} % vs {100 * p['acc_float32']:.2f} % ({p['diff_pt']:+.2f} pt, paired "
+                  f"s.e. {p['diff_se_pt']:.2f}); training {p['train_s_bfloat16']:.1f} s vs {p['train_s_float32']:.1f} s", flush=True)
     for net_name, t, batch, steps in parity_plan:
         p = {"net": net_name, "T": t, "batch": "full" if batch is None else batch, "steps": steps,
              **parity(NETS[net_name], t, batch, steps)}
@@ -674,7 +778,7 @@ def main() -> None:
               f"{store['total_mb']:.2f} MB on disk")
     doc = {"machine": machine_label(),
            "threads": torch.get_num_threads(), "command": " ".join(["python", *sys.argv]), "limits": limits,
-           "rows": rows, "skipped": skipped, "parity": parity_rows, "storage": store,
+           "rows": rows, "skipped": skipped, "parity": parity_rows, "dtype_parity": dtype_rows, "storage": store,
            "wall_s": time.perf_counter() - t_start}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=2))
