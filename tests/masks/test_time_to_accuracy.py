@@ -22,6 +22,7 @@ from masks_speed import (
     digits_table,
     holdout_row_nll,
     paired_gap,
+    per_weight_traffic,
     plain_edge_popup,
     scored_checkpoints,
     smallest_reaching,
@@ -125,3 +126,16 @@ def test_paired_gap_averages_tasks_and_adds_their_variances() -> None:
     gap = paired_gap(a, b)
     assert gap["mean"] == 1.0
     assert gap["se"] == pytest.approx(np.sqrt(0 / 4 + 2.0 / 2) / 2)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_the_profiled_step_splits_into_gemms_and_per_weight_work_with_at_least_the_unavoidable_bytes(dtype) -> None:
+    """``masks_speed``'s per-weight measurement: GEMM time found, and per-weight ops that move at least
+    the 24 bytes per weight (scores and momentum read and written, the gradient) a step must move."""
+    net = FrozenNet((16, 128, 128, 3), seed=SEED)  # 16,384 weights a layer: the band top-k path
+    tasks = {f"t{k}": blobs(SEED + k, n=200) for k in range(3)}
+    t = per_weight_traffic(net, tasks, 32, 16, dtype)
+    assert t["steps_profiled"] == 6 and t["step_s_profiled"] > 0
+    assert t["gemm_s_per_step"] > 0 and t["per_weight_s_per_step"] > 0 and t["other_s_per_step"] > 0
+    assert 24 <= t["bytes_per_weight_per_step"] < 1000
+    assert t["per_weight_gbs"] > 0
