@@ -19,8 +19,14 @@ fresh subprocess (peak RSS is per configuration); the loop and the batched train
 ``--rounds`` times and the fastest round of each is kept (the machine is shared, so the fastest
 is the least disturbed).
 
-The same run measures the fp32 GEMM peak (best of 2048² matmuls) and the memory bandwidth (best
-of 256 MiB copies). Per step: FLOPs = T·B·(2Σ|W_l| forward + 2Σ|W_l| weight gradients +
+With ``--compute-dtypes float32 bfloat16`` every configuration is timed in both compute dtypes
+(``train_masks(compute_dtype=...)``, loop and batched alike), and the held-out accuracy of bf16
+training is compared with float32's on 32 tasks (:func:`dtype_parity`). Each configuration also
+profiles the batched trainer (:func:`per_weight_traffic`): the time of its GEMMs, of its per-weight
+ops and of the rest, and the per-weight ops' bytes per weight per step and achieved bandwidth.
+
+The same run measures the fp32 and bf16 GEMM peaks (best of 2048² matmuls) and the memory bandwidth
+(best of 256 MiB copies). Per step: FLOPs = T·B·(2Σ|W_l| forward + 2Σ|W_l| weight gradients +
 2Σ_{l>0}|W_l| input gradients); bytes = the unavoidable traffic of the mask parameters, 24 bytes
 per weight per task (read scores, read and write the momentum buffer, write scores, write and
 read their gradient) plus 12 bytes per activation (write, read forward, read backward). Roofline
