@@ -22,7 +22,6 @@ from supsup_fin.backtest.fitting import WindowFit, forecaster_for
 from supsup_fin.config import Config
 from supsup_fin.errors import DataError
 from supsup_fin.forecaster.gating import FrameInputs
-from supsup_fin.gate_modes import check_gate_mode
 from supsup_fin.masks import FrozenNet, MaskBank
 
 
@@ -60,9 +59,8 @@ def mask_accuracy_row(cfg: Config, fits: Sequence[WindowFit], net: FrozenNet, ba
             idx = prices.index.get_indexer(dates)
             inputs[key] = forecaster.frame_inputs(market, prices.iloc[max(0, idx[0] - forecaster.min_rows + 1): idx[-1] + 1])
         fi = inputs[key]
-        mm = forecaster.market_model(market)
         probs = np.full((len(dates), len(forecaster.classes)), np.nan)
-        routed, _ = forecaster.route(mm, fi.X, fi.rows, fi.post[fi.rows], check_gate_mode(mm.gate_mode(mode)))
+        routed, _ = forecaster.route_frame(market, fi, mode)
         at = fi.dates[fi.rows].get_indexer(dates)
         probs[at >= 0] = routed[at[at >= 0]]
         ok = np.isfinite(probs).all(axis=1) & (y >= 0)

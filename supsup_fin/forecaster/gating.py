@@ -426,15 +426,21 @@ class RegimeGatedForecaster:
             if same is not None:  # auto runs a mode already computed
                 out[mode] = out[same]
                 continue
-            probs, used = self.route(mm, fi.X, fi.rows, fi.post[fi.rows], runs[mode])
+            probs, used = self.route_frame(market, fi, runs[mode])
             out[mode] = self._rows(mm, fi.dates[fi.rows], probs, fi.post[fi.rows], used, runs[mode])
         return out
+
+    def route_frame(self, market: str, fi: FrameInputs, mode: str) -> tuple[np.ndarray, list[dict]]:
+        """:meth:`route` over the forecast rows of ``fi`` (:meth:`frame_inputs`) under ``mode``
+        (``auto``: the market's chosen mode): probabilities ``[len(fi.rows), C]`` and the masks used."""
+        mm = self.market_model(market)
+        return self.route(mm, fi.X, fi.rows, fi.post[fi.rows], check_gate_mode(mm.gate_mode(mode)))
 
     def frame_inputs(self, market: str, prices: pd.DataFrame) -> FrameInputs:
         """What :meth:`predict_frames` computes once for every mode: each row's network inputs and
         regime posterior, and the rows that have a forecast. They depend on the market's model and
         ``prices`` only (not on the bank), so a caller that re-runs the same rows on a grown bank
-        can keep them and call :meth:`route` itself."""
+        can keep them and call :meth:`route_frame` itself."""
         mm = self.market_model(market)
         prices = validate_frame(prices, market)
         X = self.inputs(market, prices)

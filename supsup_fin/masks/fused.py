@@ -95,7 +95,7 @@ class _SupermaskMLP(torch.autograd.Function):
                 g = g.mul_(hs[i + 1].sign_())  # h >= 0 after ReLU; h has served its weight gradient
             if low:  # the product in the compute dtype, the score gradient in the weights' (fp32)
                 gw = torch.bmm(g.transpose(1, 2), hs[i], out=buffers.get("gw", i, wms[i].shape, g))
-                gs = gw.float().mul_(weights[i])  # ∂(W⊙M) ⊙ W = ∂M (2x faster than a mixed-dtype mul)
+                gs = gw.to(weights[i].dtype).mul_(weights[i])  # ∂(W⊙M) ⊙ W = ∂M (2x a mixed-dtype mul's speed)
             else:
                 gs = torch.bmm(g.transpose(1, 2), hs[i]).mul_(weights[i])  # ∂(W⊙M) ⊙ W = ∂M
             if factors[i] is not None:
