@@ -72,6 +72,7 @@ import json
 import math
 import os
 import platform
+import re
 import resource
 import subprocess
 import sys
@@ -89,7 +90,7 @@ from scipy.special import logsumexp
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from supsup_fin.masks import FrozenNet, Mask, train_masks
+from supsup_fin.masks import FrozenNet, Mask, _native, train_masks
 from supsup_fin.masks.early_stop import HeldOutSelector, default_grid, temperature_nll
 
 NETS = {"demo": (64, 256, 256, 3), "wide": (64, 1024, 1024, 10)}
@@ -188,6 +189,10 @@ def per_weight_traffic(net, tasks, batch, steps: int, dtype: str) -> dict:
     seconds = {"gemm": 0.0, "per_weight": 0.0, "other": 0.0}
     nbytes = 0
     for e in prof.events():
+        if e.name.startswith(_native.PROFILE_PREFIX):  # a fused kernel: per-weight, its bytes in its name
+            seconds["per_weight"] += e.self_cpu_time_total / 1e6
+            nbytes += int(re.search(r"bytes=(\d+)", e.name).group(1))
+            continue
         if not e.name.startswith("aten::"):
             continue
         up, in_gemm = e, False
@@ -688,6 +693,10 @@ def main() -> None:
     ap.add_argument("--compute-dtypes", nargs="+", default=["float32"], choices=["float32", "bfloat16"],
                     help="train_masks compute dtypes, each configuration timed in each (loop and batched alike); "
                     "with both, held-out accuracy of bf16 against float32 training is compared too")
+    ap.add_argument("--kernels", nargs="+", default=["native" if _native.built() else "torch"],
+                    choices=["native", "torch"],
+                    help="the per-weight work by the fused C kernels (native, the default where built) or by torch "
+                    "ops (same bits); with both, each configuration is timed both ways")
     ap.add_argument("--one", nargs=5, metavar=("NET", "T", "BATCH", "STEPS", "DTYPE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     mode = ("tta" if args.part == "both" else f"tta_{args.part}") if args.time_to_accuracy else "speed"
@@ -700,6 +709,8 @@ def main() -> None:
     args.out = out
     if args.one:
         net_name, t, batch, steps, dtype = args.one
+        if os.environ.get("SUPSUP_FIN_NATIVE") != "0" and not _native.active():
+            sys.exit("the fused kernels are not built: reinstall the package with a C compiler, or --kernels torch")
         print(json.dumps(measure_config(net_name, int(t), batch, int(steps), args.rounds, dtype)))
         return
     t_start = time.perf_counter()
@@ -707,7 +718,8 @@ def main() -> None:
     print(f"GEMM peak fp32 {limits['gemm_gflops']:.0f} GFLOP/s, bf16 {limits['gemm_gflops_bfloat16']:.0f} GFLOP/s, "
           f"copy bandwidth {limits['bandwidth_gbs']:.1f} GB/s ({torch.get_num_threads()} threads)")
     if args.quick:
-        plan = [("demo", t, b, 30, 1, d) for b in ("128", "full") for t in (1, 8) for d in args.compute_dtypes]
+        plan = [("demo", t, b, 30, 1, d, k) for b in ("128", "full") for t in (1, 8) for d in args.compute_dtypes
+                for k in args.kernels]
     else:
         plan = []
         for net_name in args.nets:
@@ -716,18 +728,21 @@ def main() -> None:
                     if f"{net_name}:{b}:{t}" in args.skip:
                         continue  # e.g. wide, full batch, T=128: ~1.2 TFLOP per step; bounded below
                     big = net_name == "wide" and t >= 32 or t == 128
-                    plan += [(net_name, t, b, 20 if big else 30, 1 if big else args.rounds, d) for d in args.compute_dtypes]
+                    plan += [(net_name, t, b, 20 if big else 30, 1 if big else args.rounds, d, k)
+                             for d in args.compute_dtypes for k in args.kernels]
     rows = []
-    for net_name, t, b, steps, rounds, dtype in plan:
+    for net_name, t, b, steps, rounds, dtype, kernels in plan:
         cmd = [sys.executable, __file__, "--rounds", str(rounds), "--one", net_name, str(t), b, str(steps), dtype]
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT)
+        env = {**os.environ, "SUPSUP_FIN_NATIVE": "1" if kernels == "native" else "0"}
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT, env=env)
         r = json.loads(proc.stdout.strip().splitlines()[-1])
         sizes = NETS[net_name]
         rows_per_task = 128 if b == "128" else FULL_ROWS
         flops, nbytes = work(sizes, t, rows_per_task, 2 if dtype == "bfloat16" else 4)
         peak = limits["gemm_gflops_bfloat16" if dtype == "bfloat16" else "gemm_gflops"]
         bound = max(flops / (peak * 1e9), nbytes / (limits["bandwidth_gbs"] * 1e9))
-        row = {"net": net_name, "sizes": list(sizes), "T": t, "batch": b, "compute_dtype": dtype, "steps_timed": steps - 10,
+        row = {"net": net_name, "sizes": list(sizes), "T": t, "batch": b, "compute_dtype": dtype, "kernels": kernels,
+               "steps_timed": steps - 10,
                "rounds": rounds, **r, "speedup": r["loop_s"] / r["batched_s"],
                "gflops_batched": flops / r["batched_s"] / 1e9, "gflops_loop": flops / r["loop_s"] / 1e9,
                "pct_peak_batched": 100 * flops / r["batched_s"] / 1e9 / peak,
@@ -737,7 +752,7 @@ def main() -> None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"limits": limits, "rows": rows, "partial": True}, indent=2))
         tr = r["traffic"]
-        print(f"{net_name:>5} T={t:<4} batch={b:<5} {dtype:<8} loop {1e3 * row['loop_s']:8.1f} ms  batched "
+        print(f"{net_name:>5} T={t:<4} batch={b:<5} {dtype:<8} {kernels:<6} loop {1e3 * row['loop_s']:8.1f} ms  batched "
               f"{1e3 * row['batched_s']:8.1f} ms  x{row['speedup']:5.2f}  {row['gflops_batched']:6.1f} GFLOP/s "
               f"({row['pct_peak_batched']:4.1f} % peak)  roofline {1e3 * bound:7.1f} ms ({row['bound_by']}) ratio "
               f"{row['batched_over_roofline']:5.2f}  profiled step: GEMMs {1e3 * tr['gemm_s_per_step']:.1f} ms, per-weight "

@@ -42,6 +42,13 @@ def blobs(seed: int, n: int = 240, classes: int = 3, dim: int = 16) -> tuple[np.
     return (centers[y] + rng.normal(size=(n, dim))).astype(np.float32), y
 
 
+def same_bits(a, b) -> bool:
+    """Whether two masks (anything with ``.layers``) hold the same bits, layer by layer."""
+    import torch
+
+    return all(torch.equal(p, q) for p, q in zip(a.layers, b.layers))
+
+
 def random_walk(n: int, seed: int = SEED, start: str = "2000-01-03", vol: float = 0.01) -> pd.DataFrame:
     """A close-only prices frame of ``n`` business days."""
     r = np.random.default_rng(seed).normal(0.0002, vol, n)

@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from supsup_fin.masks import _native
+
 # Band top-k (top_k_rows): tries before a full topk, widening factor per try, the band's
 # population (1 / this of a row) above which it narrows and the smallest factor it narrows by in
 # one step. Below BAND_MIN_ROW weights per layer a full topk costs less than the band's extra
@@ -32,10 +34,17 @@ def masked_top_k(
 
     ``scores``, ``weight`` and ``out`` are ``[T, out, in]``; each task keeps the ``k`` largest
     ``|scores|`` of its layer, exactly (see :func:`top_k_rows`, whose band lives in ``state``).
+    On CPU with the fused kernels built (:mod:`~supsup_fin.masks._native`), one pass over the
+    scores writes ``out`` and finds the band; otherwise torch ops do, with the same bits.
     """
-    n = scores.shape[1] * scores.shape[2]
-    magnitude = torch.abs(scores.detach(), out=reusable(state, "abs", scores.shape, scores.dtype, scores.device))
-    keep = top_k_rows(magnitude.view(scores.shape[0], n), k, state, scratch=out)
+    n_rows, n = scores.shape[0], scores.shape[1] * scores.shape[2]
+    flat = scores.detach().view(n_rows, n)
+    if (_native.serves(flat, weight, out) and flat.dtype == torch.float32 and weight.dtype == out.dtype
+            and weight.dtype in (torch.float32, torch.bfloat16)):
+        _band_top_k(_WrittenSelection(flat, weight.reshape(n), out.view(n_rows, n), state), k, state)
+        return out
+    magnitude = torch.abs(flat, out=reusable(state, "abs", flat.shape, flat.dtype, flat.device))
+    keep = top_k_rows(magnitude, k, state, scratch=out)
     # bool -> float copies are 10x slower than uint8 -> float here; the bytes are the same.
     return out.copy_(keep.view(torch.uint8).view_as(scores)).mul_(weight)
 
@@ -55,26 +64,82 @@ def top_k_rows(a: torch.Tensor, k: int, state: dict[str, torch.Tensor],
     on its own (its path depends on its own state only), so a task's mask does not depend on the
     other rows.
 
-    The returned mask is a buffer of ``state``, overwritten by the next call. ``scratch`` (float,
-    ``a.numel()`` elements) serves the counts: summing a bool tensor casts it to int64 first,
+    The returned mask is a buffer of ``state``, overwritten by the next call. ``scratch`` (float32,
+    ``a.numel()`` elements; otherwise a buffer of ``state``) serves the counts: summing a bool tensor casts it to int64 first,
     10x slower than a uint8 -> float copy and a float sum here.
     """
-    n_rows, n = a.shape
-    keep = reusable(state, "keep", a.shape, torch.bool, a.device)
+    selection = _KeptSelection(a, state, scratch)
+    _band_top_k(selection, k, state)
+    return selection.keep
+
+
+class _KeptSelection:
+    """The band top-k's passes as torch ops over magnitudes ``a [T, n]``, into a bool ``keep``."""
+
+    def __init__(self, a: torch.Tensor, state: dict[str, torch.Tensor], scratch: torch.Tensor | None) -> None:
+        self.a, self.shape, self.device = a, a.shape, a.device
+        self.keep = reusable(state, "keep", a.shape, torch.bool, a.device)
+        self.band_mask = reusable(state, "band", a.shape, torch.bool, a.device)
+        # float32 counts are exact below 2**24 (a bf16 scratch, e.g. a bf16 W ⊙ M buffer, is not)
+        exact = scratch is not None and scratch.dtype == torch.float32 and scratch.numel() == a.numel()
+        self.counts = scratch.view(a.shape) if exact else reusable(state, "counts", a.shape, torch.float32, a.device)
+
+    def band(self, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Keep ``a > hi``; the counts kept and inside ``[lo, hi]`` per row, the band's rows, cols, values."""
+        torch.gt(self.a, hi[:, None], out=self.keep)
+        torch.ge(self.a, lo[:, None], out=self.band_mask).logical_xor_(self.keep)  # keep is inside: [lo, hi] remains
+        rows, cols = _sparse_nonzero(self.band_mask)
+        above = self.counts.copy_(self.keep.view(torch.uint8)).sum(dim=1).to(torch.int64)  # exact below 2**24
+        inside = torch.bincount(rows, minlength=self.shape[0])
+        return above, inside, rows, cols, self.a[rows, cols]
+
+    def magnitudes(self, rows: torch.Tensor) -> torch.Tensor:
+        return self.a[rows]
+
+    def take(self, rows: torch.Tensor, cols: torch.Tensor) -> None:
+        self.keep[rows, cols] = True
+
+    def take_rows(self, rows: torch.Tensor, keep: torch.Tensor) -> None:
+        self.keep[rows] = keep
+
+
+class _WrittenSelection:
+    """The band top-k's passes by the fused kernel over scores ``s [T, n]``, writing ``W ⊙ M`` into
+    ``out [T, n]`` directly (``weight [n]``)."""
+
+    def __init__(self, s: torch.Tensor, weight: torch.Tensor, out: torch.Tensor,
+                 state: dict[str, torch.Tensor]) -> None:
+        self.s, self.weight, self.out, self.shape, self.device = s, weight, out, s.shape, s.device
+        size = (s.numel(),)
+        self.scratch = (reusable(state, "band_rows", size, torch.int64, s.device),
+                        reusable(state, "band_cols", size, torch.int64, s.device),
+                        reusable(state, "band_vals", size, torch.float32, s.device))
+
+    def band(self, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return _native.band_pass(self.s, self.weight, self.out, lo, hi, self.scratch)
+
+    def magnitudes(self, rows: torch.Tensor) -> torch.Tensor:
+        return self.s[rows].abs()
+
+    def take(self, rows: torch.Tensor, cols: torch.Tensor) -> None:
+        self.out[rows, cols] = self.weight[cols]  # = W * 1.0, as keep -> float then * W gives
+
+    def take_rows(self, rows: torch.Tensor, keep: torch.Tensor) -> None:
+        self.out[rows] = keep.view(torch.uint8).to(self.out.dtype).mul_(self.weight)
+
+
+def _band_top_k(sel: _KeptSelection | _WrittenSelection, k: int, state: dict[str, torch.Tensor]) -> None:
+    """The exact top-``k`` of every row of ``sel``, from the band of :func:`top_k_rows`."""
+    n_rows, n = sel.shape
+    device = sel.device
     thr, delta, drift = state.get("thr"), state.get("delta"), state.get("drift")
     if thr is None or delta is None or drift is None or thr.shape != (n_rows,) or n >= _FLOAT_EXACT:
-        _exact_top_k(a, k, keep, torch.arange(n_rows, device=a.device), state)
-        return keep
+        _exact_top_k(sel, k, torch.arange(n_rows, device=device), state)
+        return
     centre = thr + drift
-    band = reusable(state, "band", a.shape, torch.bool, a.device)
-    counts = (torch.empty_like(a) if scratch is None else scratch).view(n_rows, n)
     for _ in range(_BAND_TRIES):
-        hi = (centre + delta)[:, None]
-        torch.gt(a, hi, out=keep)
-        torch.ge(a, (centre - delta)[:, None], out=band).logical_xor_(keep)  # keep is inside: [lo, hi] remains
-        rows, cols = _sparse_nonzero(band)
-        above = counts.copy_(keep.view(torch.uint8)).sum(dim=1).to(torch.int64)  # exact below 2**24
-        inside = torch.bincount(rows, minlength=n_rows)
+        hi = centre + delta
+        above, inside, rows, cols, vals = sel.band(centre - delta, hi)
         need = k - above
         ok = (need >= 0) & (need <= inside)
         if bool(ok.all()):
@@ -82,20 +147,19 @@ def top_k_rows(a: torch.Tensor, k: int, state: dict[str, torch.Tensor],
         delta = torch.where(ok, delta, delta * _BAND_WIDEN)
     else:
         take = ok[rows]
-        rows, cols = rows[take], cols[take]
+        rows, cols, vals = rows[take], cols[take], vals[take]
         inside = torch.where(ok, inside, 0)
-    vals = a[rows, cols]
     # Order the band by row, then value descending, then column: one stable sort of a float64 key
     # (rows apart by more than any value; the band comes row-major, so ties keep column order).
     span = 2.0 * float(vals.abs().max()) + 1.0 if len(vals) else 1.0
     order = torch.sort(rows.to(torch.float64) * span - vals.to(torch.float64), stable=True).indices
     rows, cols, vals = rows[order], cols[order], vals[order]
     start = torch.cumsum(inside, 0) - inside
-    pick = torch.arange(len(rows), device=a.device) - start[rows] < need[rows]
-    keep[rows[pick], cols[pick]] = True
+    pick = torch.arange(len(rows), device=device) - start[rows] < need[rows]
+    sel.take(rows[pick], cols[pick])
     # The new k-th value: the last band entry taken, or (none taken) the band's upper edge.
-    taken = vals[(start + need - 1).clamp(0, len(vals) - 1)] if len(vals) else hi[:, 0]
-    new_thr = torch.where(need > 0, taken, hi[:, 0])
+    taken = vals[(start + need - 1).clamp(0, len(vals) - 1)] if len(vals) else hi
+    new_thr = torch.where(need > 0, taken, hi)
     # Next band: centred on this step's move repeated (under momentum the k-th value drifts
     # smoothly: scores that start near zero grow for tens of steps, and a band around the last
     # value had to hold up to a fifth of the row to catch it), half-width room for four times
@@ -107,9 +171,7 @@ def top_k_rows(a: torch.Tensor, k: int, state: dict[str, torch.Tensor],
     state["drift"] = new_thr - thr
     state["thr"] = new_thr
     if not bool(ok.all()):
-        bad = (~ok).nonzero(as_tuple=True)[0]
-        _exact_top_k(a, k, keep, bad, state)
-    return keep
+        _exact_top_k(sel, k, (~ok).nonzero(as_tuple=True)[0], state)
 
 
 _ROW_STATE = ("thr", "delta", "drift")
@@ -150,18 +212,18 @@ def _sparse_nonzero(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.div(flat, n, rounding_mode="floor"), flat % n
 
 
-def _exact_top_k(a: torch.Tensor, k: int, keep: torch.Tensor, rows: torch.Tensor,
+def _exact_top_k(sel: _KeptSelection | _WrittenSelection, k: int, rows: torch.Tensor,
                  state: dict[str, torch.Tensor]) -> None:
-    """Full top-k of ``a[rows]`` into ``keep[rows]``; resets those rows' band in ``state``."""
-    sub = a[rows]
+    """Full top-k of ``rows`` of ``sel``; resets those rows' band in ``state``."""
+    sub = sel.magnitudes(rows)
     vals, idx = sub.topk(k, dim=1, sorted=False)
-    keep[rows] = torch.zeros_like(sub, dtype=torch.bool).scatter_(1, idx, True)
+    sel.take_rows(rows, torch.zeros_like(sub, dtype=torch.bool).scatter_(1, idx, True))
     thr = vals.min(dim=1).values
-    if "thr" not in state or state["thr"].shape != (a.shape[0],):
-        state["thr"] = torch.zeros(a.shape[0], dtype=a.dtype, device=a.device)
-        state["delta"] = torch.zeros(a.shape[0], dtype=a.dtype, device=a.device)
-        state["drift"] = torch.zeros(a.shape[0], dtype=a.dtype, device=a.device)
+    n_rows = sel.shape[0]
+    if "thr" not in state or state["thr"].shape != (n_rows,):
+        state["thr"] = torch.zeros(n_rows, dtype=sub.dtype, device=sub.device)
+        state["delta"] = torch.zeros(n_rows, dtype=sub.dtype, device=sub.device)
+        state["drift"] = torch.zeros(n_rows, dtype=sub.dtype, device=sub.device)
     state["thr"][rows] = thr
     state["delta"][rows] = (thr.abs() * 1e-3).clamp_(min=1e-12)
     state["drift"][rows] = 0.0
-

@@ -43,6 +43,8 @@ class MaskForm(ABC):
 
     name: str = ""
     straight_through: bool = False
+    ste_sign: bool = False
+    """Whether :meth:`ste_factor` is ``sign(scores)`` (the fused kernel then applies it in one pass)."""
     has_probabilities: bool = False
 
     def layer_densities(self, shapes: Sequence[tuple[int, int]], density: float) -> list[float]:
@@ -149,6 +151,7 @@ class EdgePopup(MaskForm):
 
     name = "edge_popup"
     straight_through = True
+    ste_sign = True
 
     def __init__(self, erdos_renyi: bool = False, init_scale: float = 0.01) -> None:
         if not isinstance(erdos_renyi, bool):

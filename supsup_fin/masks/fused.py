@@ -12,9 +12,14 @@ from __future__ import annotations
 
 import torch
 
+from supsup_fin.masks import _native
 from supsup_fin.masks._topk import reusable
 from supsup_fin.masks.forms import MaskForm
 from supsup_fin.masks.net import mlp
+
+
+_SIGN_OF_SCORES = object()
+"""A layer's straight-through factor when it is ``sign(S)``, left to the fused backward kernel."""
 
 
 class StepBuffers:
@@ -80,8 +85,12 @@ class _SupermaskMLP(torch.autograd.Function):
                 h = torch.bmm(h, wm.transpose(1, 2))
                 h = h.to(x.dtype) if low else h
             wms.append(wm)
-            factors.append(form.ste_factor(s, buffers.get("factor", i, s.shape, s)))
+            if form.ste_sign and s.dtype == w.dtype == torch.float32 and _native.serves(s, w):  # sign(S) applied in backward's one pass
+                factors.append(_SIGN_OF_SCORES)
+            else:
+                factors.append(form.ste_factor(s, buffers.get("factor", i, s.shape, s)))
         ctx.weights, ctx.wms, ctx.hs, ctx.factors, ctx.buffers = weights, wms, hs, factors, buffers
+        ctx.scores = [s.detach() for s in scores]
         return h
 
     @staticmethod
@@ -95,15 +104,18 @@ class _SupermaskMLP(torch.autograd.Function):
                 g = g.mul_(hs[i + 1].sign_())  # h >= 0 after ReLU; h has served its weight gradient
             if low:  # the product in the compute dtype, the score gradient in the weights' (fp32)
                 gw = torch.bmm(g.transpose(1, 2), hs[i], out=buffers.get("gw", i, wms[i].shape, g))
-                gs = gw.to(weights[i].dtype).mul_(weights[i])  # ∂(W⊙M) ⊙ W = ∂M (2x a mixed-dtype mul's speed)
             else:
-                gs = torch.bmm(g.transpose(1, 2), hs[i]).mul_(weights[i])  # ∂(W⊙M) ⊙ W = ∂M
-            if factors[i] is not None:
-                gs.mul_(factors[i])
+                gw = torch.bmm(g.transpose(1, 2), hs[i])
+            if factors[i] is _SIGN_OF_SCORES:  # ∂S = (∂(W⊙M) ⊙ W) ⊙ sign(S) in one pass
+                gs = _native.ste_grad(gw, weights[i], ctx.scores[i])
+            else:  # ∂(W⊙M) ⊙ W = ∂M; a bf16 product first as float (2x a mixed-dtype mul's speed)
+                gs = (gw.to(weights[i].dtype) if low else gw).mul_(weights[i])
+                if factors[i] is not None:
+                    gs.mul_(factors[i])
             grads[i] = gs
             if i > 0:
                 g = torch.bmm(g, wms[i], out=buffers.get("g", i, (g.shape[0], g.shape[1], wms[i].shape[2]), g))
-        del ctx.wms, ctx.hs, ctx.factors, ctx.buffers
+        del ctx.wms, ctx.hs, ctx.factors, ctx.buffers, ctx.scores
         return (None, None, None, None, None, None, *grads)
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from supsup_fin.masks import FrozenNet, MaskBank, train_masks
-from conftest import SEED
+from conftest import SEED, same_bits
 from conftest import blobs as conftest_blobs
 
 SIZES = (16, 64, 64, 3)
@@ -17,10 +17,6 @@ FAST = {"steps": 60, "batch_size": 32}
 def blobs(seed: int, n: int = 300) -> tuple[np.ndarray, np.ndarray]:
     """Three well-separated Gaussian classes in 16 dimensions (300 rows by default)."""
     return conftest_blobs(seed, n)
-
-
-def same_bits(a, b) -> bool:
-    return all(torch.equal(p, q) for p, q in zip(a.layers, b.layers))
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
