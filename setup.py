@@ -13,7 +13,9 @@ setup(
         Extension(
             "supsup_fin.masks._kernels",
             sources=["supsup_fin/masks/_kernels.c"],
-            extra_compile_args=["-O3", "-Wall", "-Werror=implicit-function-declaration"],
+            # OpenMP: the process's libgomp.so.1, torch's own where torch ships one (one thread pool)
+            extra_compile_args=["-O3", "-fopenmp", "-Wall", "-Werror=implicit-function-declaration"],
+            extra_link_args=["-fopenmp"],
             optional=True,
         )
     ]

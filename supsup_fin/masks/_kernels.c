@@ -14,13 +14,12 @@
  * they replace (products only, no contraction), so the results are bit-identical; the tests
  * compare both paths. Arguments are raw addresses (tensor.data_ptr()) of contiguous tensors
  * whose shapes and dtypes the Python side (supsup_fin/masks/_native.py) checks. Work is split
- * into (row, column chunk) items over n_threads POSIX threads; each element is computed on its
+ * into (row, column chunk) items over n_threads OpenMP threads; each element is computed on its
  * own, so the thread count never changes a result. The GIL is released meanwhile.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <math.h>
-#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -65,32 +64,43 @@ static inline float bf16_to_float(uint16_t b) {
  * A branch per entry on `|S| >= lo` is mispredicted half the time and ran 6x slower. */
 #define BLOCK 32
 
-#define BAND_ROW(NAME, WTYPE, KEEP)                                                                   \
-    VECTOR_CLONES                                                                                     \
-    static int64_t NAME(const float *s, const WTYPE *w, WTYPE *out, float lo, float hi, int64_t first, \
-                        int64_t len, int64_t *cols, float *vals, int64_t *inside_out) {               \
-        int64_t above = 0, inside = 0;                                                                \
-        for (int64_t a = 0; a < len; a += BLOCK) {                                                    \
-            int64_t b = a + BLOCK < len ? a + BLOCK : len;                                            \
-            int hit = 0;                                                                              \
-            for (int64_t j = a; j < b; j++) {                                                         \
-                float m = fabsf(s[j]);                                                                \
-                int keep = m > hi;                                                                    \
-                out[j] = KEEP;                                                                        \
-                above += keep;                                                                        \
-                hit |= (m >= lo) & (m <= hi);                                                         \
-            }                                                                                         \
-            if (hit) {                                                                                \
-                for (int64_t j = a; j < b; j++) {                                                     \
-                    float m = fabsf(s[j]);                                                            \
-                    cols[inside] = first + j;                                                         \
-                    vals[inside] = m;                                                                 \
-                    inside += (m >= lo) & (m <= hi);                                                  \
-                }                                                                                     \
-            }                                                                                         \
-        }                                                                                             \
-        *inside_out = inside;                                                                         \
-        return above;                                                                                 \
+/* One entry: write out, count it if kept, flag it if in the band. */
+#define BAND_ENTRY(KEEP)                  \
+    do {                                  \
+        float m = fabsf(s[j]);            \
+        int keep = m > hi;                \
+        out[j] = KEEP;                    \
+        above += keep;                    \
+        hit |= (m >= lo) & (m <= hi);     \
+    } while (0)
+
+/* Full blocks have a constant trip count (one unrolled vector body, an int counter per block);
+ * the row's tail block takes the same steps with a variable one. */
+#define BAND_ROW(NAME, WTYPE, KEEP)                                                                    \
+    VECTOR_CLONES                                                                                      \
+    static int64_t NAME(const float *restrict s, const WTYPE *restrict w, WTYPE *restrict out, float lo, \
+                        float hi, int64_t first, int64_t len, int64_t *restrict cols, float *restrict vals, \
+                        int64_t *inside_out) {                                                         \
+        int64_t total = 0, inside = 0;                                                                 \
+        for (int64_t a = 0; a < len; a += BLOCK, s += BLOCK, w += BLOCK, out += BLOCK) {               \
+            int above = 0, hit = 0, b = len - a < BLOCK ? (int)(len - a) : BLOCK;                      \
+            if (b == BLOCK) {                                                                          \
+                for (int j = 0; j < BLOCK; j++) BAND_ENTRY(KEEP);                                      \
+            } else {                                                                                   \
+                for (int j = 0; j < b; j++) BAND_ENTRY(KEEP);                                          \
+            }                                                                                          \
+            total += above;                                                                            \
+            if (hit) {                                                                                 \
+                for (int j = 0; j < b; j++) {                                                          \
+                    float m = fabsf(s[j]);                                                             \
+                    cols[inside] = first + a + j;                                                      \
+                    vals[inside] = m;                                                                  \
+                    inside += (m >= lo) & (m <= hi);                                                   \
+                }                                                                                      \
+            }                                                                                          \
+        }                                                                                              \
+        *inside_out = inside;                                                                          \
+        return total;                                                                                  \
     }
 
 /* float32: keep -> 1.0f / 0.0f, times W (what keep.to(float) * W computes, zeros signed alike) */
@@ -149,34 +159,29 @@ static void *grad_worker(void *arg) {
     return NULL;
 }
 
-/* Run worker over rows * chunks items on up to n_threads threads (the caller's thread included);
- * an item whose thread could not be started is done on the caller's thread. */
-/* Starting a thread costs ~40-50 us here, as much as a single-thread pass over 128K entries: a
- * call gets one thread per MIN_PER_THREAD entries at most (the loop's one-task layers run on the
- * caller's thread alone). */
-#define MIN_PER_THREAD (1 << 17)
+/* Run worker over rows * chunks items on up to n_threads threads of the OpenMP runtime: torch's
+ * own where it is the libgomp.so.1 the process has already loaded (its warm thread pool; POSIX
+ * threads of our own ran ~2x slower right after a torch op, against torch's still-spinning
+ * workers, and took ~40 us to start). Calls under MIN_PER_THREAD entries a thread stay on the
+ * caller's thread; built without OpenMP, every call does. */
+#define MIN_PER_THREAD (1 << 16)
 
 static void run_split(Job *proto, int64_t n_threads, void *(*worker)(void *)) {
     int64_t items = proto->rows * proto->chunks, wanted = proto->rows * proto->n / MIN_PER_THREAD;
     if (n_threads > wanted) n_threads = wanted;
     if (n_threads > items) n_threads = items;
+    if (n_threads > 64) n_threads = 64;
     if (n_threads < 1) n_threads = 1;
     Job jobs[64];
-    pthread_t threads[64];
-    if (n_threads > 64) n_threads = 64;
-    int started[64] = {0};
     for (int64_t k = 0; k < n_threads; k++) {
         jobs[k] = *proto;
         jobs[k].first = items * k / n_threads;
         jobs[k].last = items * (k + 1) / n_threads;
     }
-    for (int64_t k = 1; k < n_threads; k++)
-        started[k] = pthread_create(&threads[k], NULL, worker, &jobs[k]) == 0;
-    worker(&jobs[0]);
-    for (int64_t k = 1; k < n_threads; k++) {
-        if (started[k]) pthread_join(threads[k], NULL);
-        else worker(&jobs[k]);
-    }
+#ifdef _OPENMP
+#pragma omp parallel for num_threads((int)n_threads) schedule(static, 1) if (n_threads > 1)
+#endif
+    for (int64_t k = 0; k < n_threads; k++) worker(&jobs[k]);
 }
 
 static int64_t chunks_for(int64_t rows, int64_t n, int64_t n_threads) {
