@@ -71,10 +71,10 @@ def prefect_settings() -> Iterator[dict[str, str]]:
     Session-wide and first: Prefect reads them once, when it is first imported, and no test module
     imports it at collection time.
     """
-    from pipelines import PREFECT_DEFAULTS, prefect_defaults
+    from pipelines import LOGGING_SETTINGS, PREFECT_DEFAULTS, prefect_defaults
 
     with pytest.MonkeyPatch.context() as mp:
-        for key in PREFECT_DEFAULTS:  # record each variable as it is, to be restored on exit
+        for key in [*PREFECT_DEFAULTS, LOGGING_SETTINGS]:  # record each variable as it is, to be restored on exit
             if key in os.environ:
                 mp.setenv(key, os.environ[key])
             else:
