@@ -150,6 +150,13 @@ _GEMMS = {"aten::bmm", "aten::mm", "aten::addmm", "aten::matmul"}
 _ITEMSIZE = {"float": 4, "c10::BFloat16": 2, "c10::Half": 2, "double": 8, "bool": 1, "unsigned char": 1,
              "signed char": 1, "long int": 8, "int": 4}
 _SMALL_OUTPUT = ("sum", "max", "min", "mean", "nonzero", "bincount", "count", "all", "any", "item", "topk", "sort")
+# Ops that make a view, an alias or an uninitialised tensor: no bytes move (a reshape that copies
+# shows its copy as a child op, counted there).
+_NO_TRAFFIC = frozenset(f"aten::{op}" for op in (
+    "view", "_unsafe_view", "_reshape_alias", "reshape", "as_strided", "detach", "alias", "expand", "t", "transpose",
+    "permute", "unsqueeze", "squeeze", "select", "slice", "unflatten", "lift_fresh", "resolve_conj", "resolve_neg",
+    "empty", "empty_like", "empty_strided", "new_empty"))
+_SGD_BYTES_PER_WEIGHT = 20  # fused SGD with momentum: read gradient, scores, momentum; write scores, momentum
 
 
 def per_weight_traffic(net, tasks, batch, steps: int, dtype: str) -> dict:
@@ -161,8 +168,11 @@ def per_weight_traffic(net, tasks, batch, steps: int, dtype: str) -> dict:
     the optimiser) and the rest (activations, losses, bookkeeping). An op's bytes are those of its
     tensor operands (read; ``out=`` operands are written) plus, for an in-place op, its first
     operand again (written) or, for a functional elementwise op, an output the size of its
-    largest operand; reductions and index searches write little. The per-weight ops' achieved
-    bandwidth is their bytes over their own CPU time, to set beside the machine's copy bandwidth.
+    largest operand; reductions and index searches write little; views, aliases and empty
+    tensors move nothing. The fused SGD's operands are tensor lists, whose shapes the profiler
+    does not record: it is counted as its known 20 bytes per weight. A fused kernel's call names
+    its bytes. The per-weight ops' achieved bandwidth is their bytes over their own CPU time, to
+    set beside the machine's copy bandwidth.
     """
     from torch.profiler import ProfilerActivity, profile
 
@@ -198,9 +208,16 @@ def per_weight_traffic(net, tasks, batch, steps: int, dtype: str) -> dict:
         up, in_gemm = e, False
         while up is not None and not in_gemm:
             in_gemm, up = up.name in _GEMMS, up.cpu_parent
-        kind = "gemm" if in_gemm else ("per_weight" if per_weight(e) else "other")
+        sgd = e.name == "aten::_fused_sgd_"
+        kind = "gemm" if in_gemm else ("per_weight" if sgd or per_weight(e) else "other")
         seconds[kind] += e.self_cpu_time_total / 1e6
-        if kind != "per_weight" or any(c.name.startswith("aten::") and per_weight(c) for c in e.cpu_children):
+        if sgd:
+            nbytes += _SGD_BYTES_PER_WEIGHT * sum(o * i for o, i in net.shapes) * len(tasks)
+            continue
+        if e.name in _NO_TRAFFIC:
+            continue
+        if kind != "per_weight" or any(c.name.startswith("aten::") and c.name not in _NO_TRAFFIC and per_weight(c)
+                                       for c in e.cpu_children):
             continue  # the bytes are counted once, at the innermost op that moves them
         sizes = [n * b for n, b in operands(e)]
         written = sizes[0] if e.name.endswith("_") else 0
@@ -223,7 +240,7 @@ def machine_limits(bf16: bool = True) -> dict:
     """Best-of fp32 (and with ``bf16`` bf16) GEMM GFLOP/s (2048² and 1024²) and copy bandwidth GB/s
     (256 MiB). Without native bf16 (no AVX512-BF16 or AMX) a bf16 2048² product takes seconds, so
     the bf16 peak is measured only when a bf16 configuration is timed."""
-    peaks = {torch.bfloat16: float("nan")}
+    peaks: dict[torch.dtype, float | None] = {torch.bfloat16: None}
     for dtype in (torch.float32, torch.bfloat16) if bf16 else (torch.float32,):
         best = 0.0
         for n in (1024, 2048):
@@ -719,7 +736,7 @@ def main() -> None:
     limits = machine_limits(bf16="bfloat16" in args.compute_dtypes)
     bf16_peak = limits["gemm_gflops_bfloat16"]
     print(f"GEMM peak fp32 {limits['gemm_gflops']:.0f} GFLOP/s, bf16 "
-          f"{'not measured' if math.isnan(bf16_peak) else f'{bf16_peak:.0f} GFLOP/s'}, "
+          f"{'not measured' if bf16_peak is None else f'{bf16_peak:.0f} GFLOP/s'}, "
           f"copy bandwidth {limits['bandwidth_gbs']:.1f} GB/s ({torch.get_num_threads()} threads)")
     if args.quick:
         plan = [("demo", t, b, 30, 1, d, k) for b in ("128", "full") for t in (1, 8) for d in args.compute_dtypes

@@ -95,7 +95,8 @@ def _logging_settings() -> Path | None:
     console["filters"] = [*console.get("filters", []), "supsup_fin_server_shutdown"]
     text = yaml.safe_dump(config, sort_keys=False)
     user = getattr(os, "getuid", lambda: "user")()
-    path = Path(tempfile.gettempdir()) / f"supsup_fin-{user}" / f"prefect-logging-{hashlib.sha256(text.encode()).hexdigest()[:16]}.yml"
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    path = Path(tempfile.gettempdir()) / f"supsup_fin-{user}" / f"prefect-logging-{digest}.yml"
     if not path.exists():
         from supsup_fin._atomic import atomic_write_bytes
 

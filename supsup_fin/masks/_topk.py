@@ -65,8 +65,8 @@ def top_k_rows(a: torch.Tensor, k: int, state: dict[str, torch.Tensor],
     other rows.
 
     The returned mask is a buffer of ``state``, overwritten by the next call. ``scratch`` (float32,
-    ``a.numel()`` elements; otherwise a buffer of ``state``) serves the counts: summing a bool tensor casts it to int64 first,
-    10x slower than a uint8 -> float copy and a float sum here.
+    ``a.numel()`` elements; otherwise a buffer of ``state``) serves the counts: summing a bool
+    tensor casts it to int64 first, 10x slower than a uint8 -> float copy and a float sum here.
     """
     selection = _KeptSelection(a, state, scratch)
     _band_top_k(selection, k, state)

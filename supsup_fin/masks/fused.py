@@ -61,7 +61,8 @@ class _SupermaskMLP(torch.autograd.Function):
 
     Forward: ``W ⊙ M`` per layer from the scores (no graph; :meth:`MaskForm.masked_weight`),
     kept, ``h ← relu(h (W ⊙ M)ᵀ)`` with ReLU in place. Backward: ``∂S = (gᵀ h) ⊙ W ⊙ f(S)``
-    with ``f`` the form's straight-through factor (in-place products), ``g ← g (W ⊙ M)``, and the
+    with ``f`` the form's straight-through factor (in-place products, or for ``sign(S)`` on CPU one
+    pass of the fused kernel, :func:`~supsup_fin.masks._native.ste_grad`), ``g ← g (W ⊙ M)``, and the
     ReLU's gradient as ``g ⊙ sign(h)`` once ``h`` has served its weight gradient (a float
     product: masked_fill with a bool mask was 10x slower here). Gradients equal autograd's
     through ``_StraightThrough`` (a test checks).
@@ -85,8 +86,8 @@ class _SupermaskMLP(torch.autograd.Function):
                 h = torch.bmm(h, wm.transpose(1, 2))
                 h = h.to(x.dtype) if low else h
             wms.append(wm)
-            if form.ste_sign and s.dtype == w.dtype == torch.float32 and _native.serves(s, w):  # sign(S) applied in backward's one pass
-                factors.append(_SIGN_OF_SCORES)
+            if form.ste_sign and s.dtype == w.dtype == torch.float32 and _native.serves(s, w):
+                factors.append(_SIGN_OF_SCORES)  # applied in the backward's one pass
             else:
                 factors.append(form.ste_factor(s, buffers.get("factor", i, s.shape, s)))
         ctx.weights, ctx.wms, ctx.hs, ctx.factors, ctx.buffers = weights, wms, hs, factors, buffers

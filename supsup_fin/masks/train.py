@@ -32,6 +32,7 @@ from supsup_fin.masks.bank import MaskBank
 from supsup_fin.masks.early_stop import HeldOutSelector, kept_rows
 from supsup_fin.masks.forms import MaskForm, get_form
 from supsup_fin.masks.mask import Mask
+from supsup_fin.masks import _native
 from supsup_fin.masks._topk import keep_state_rows
 from supsup_fin.masks.fused import StepBuffers, batched_logits, supermask_logits
 from supsup_fin.masks.net import FrozenNet, as_tensor
@@ -174,7 +175,9 @@ def train_masks(
     if holdout is not None:
         selector = HeldOutSelector.for_tasks(names, holdout, lambda n, x, y: _validate_task(n, x, y, net),
                                              net.n_classes, steps, checkpoints, patience, dev)
-    logger.info("training %d %s masks on %s for %d steps: %s", len(names), form.name, dev, steps, names)
+    kernels = "fused kernels" if form.ste_sign and dev.type == "cpu" and _native.active() else "torch ops"
+    logger.info("training %d %s masks on %s for %d steps (per-weight work: %s): %s", len(names), form.name, dev,
+                steps, kernels, names)
 
     final, probs, losses = _train_scores(
         net, form, data, names, dev, density, steps, batch_size, lr, momentum, weight_decay, seed, progress,
