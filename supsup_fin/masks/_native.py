@@ -17,8 +17,8 @@ from contextlib import contextmanager
 import torch
 from torch.profiler import record_function
 
-try:
-    from supsup_fin.masks import _kernels
+try:  # the compiled module itself, not the package (whose __init__ is still running when this is)
+    import supsup_fin.masks._kernels as _kernels
 except ImportError:  # not built (no compiler at install time): the torch path serves
     _kernels = None
 

@@ -321,13 +321,16 @@ def test_to_dict_roundtrip_is_bitwise(two_state, fitted2):
 @pytest.mark.parametrize("name", ["return_vol_range", "return_refit"])
 def test_dict_written_by_format_version_1_still_loads(name):
     """tests/regimes/regime_model_v1.json holds to_dict() output written before from_dict moved into
-    the class, with the prices and filter probabilities it gave: they must stay bitwise equal."""
+    the class, with the prices and filter probabilities it gave. The format must load unchanged and
+    the probabilities agree to the last few ulps: bitwise on the CPU that wrote them, within ~1e-15
+    on one whose numpy/BLAS vector paths differ (measured 2.2e-16 absolute on an AVX2-only host)."""
     stored = json.loads((DATA / "regime_model_v1.json").read_text())
     prices = pd.DataFrame({"close": stored["close"]},
                           index=pd.DatetimeIndex(pd.to_datetime(stored["dates"]), name="date"))
     case = stored["models"][name]
     model = RegimeModel.from_dict(case["dict"])
-    assert np.array_equal(model.filter_proba(prices).to_numpy(), np.array(case["filter_proba"]))
+    np.testing.assert_allclose(model.filter_proba(prices).to_numpy(), np.array(case["filter_proba"]),
+                               rtol=1e-12, atol=1e-14)
     assert model.to_dict() == case["dict"]  # the format itself is unchanged
     np.testing.assert_array_equal(model.expected_durations_, 1 / (1 - np.diag(model.transmat_)))
 
