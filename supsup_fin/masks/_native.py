@@ -48,7 +48,18 @@ def disabled() -> Iterator[None]:
 
 def serves(*tensors: torch.Tensor) -> bool:
     """Whether the kernels serve these tensors: switched on, all on CPU and contiguous."""
-    return _enabled and all(t.device.type == "cpu" and t.is_contiguous() for t in tensors)
+    return _enabled and _raw(*tensors)
+
+
+def _raw(*tensors: torch.Tensor) -> bool:
+    return all(t.device.type == "cpu" and t.is_contiguous() for t in tensors)
+
+
+def _check_raw(kernel: str, **tensors: torch.Tensor) -> None:
+    """The kernels read and write through raw addresses: contiguous CPU tensors only."""
+    bad = [name for name, t in tensors.items() if not _raw(t)]
+    if bad:
+        raise ValueError(f"{kernel} needs contiguous CPU tensors; not so: {', '.join(bad)}")
 
 
 _FLOATS = (torch.float32, torch.bfloat16)
@@ -76,6 +87,7 @@ def band_pass(scores: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, lo:
     if weight.shape != (n,) or out.shape != (rows, n) or lo.shape != (rows,) or hi.shape != (rows,):
         raise ValueError(f"band_pass shapes: scores {tuple(scores.shape)}, weight {tuple(weight.shape)}, "
                          f"out {tuple(out.shape)}, lo {tuple(lo.shape)}, hi {tuple(hi.shape)}")
+    _check_raw("band_pass", scores=scores, weight=weight, out=out)
     lo, hi = lo.to(torch.float32).contiguous(), hi.to(torch.float32).contiguous()
     band_rows, band_cols, band_vals = scratch
     if any(b.numel() < rows * n or not b.is_contiguous() for b in scratch):
@@ -103,6 +115,7 @@ def ste_grad(grad_w: torch.Tensor, weight: torch.Tensor, scores: torch.Tensor) -
     if grad_w.shape != scores.shape or weight.shape != scores.shape[1:]:
         raise ValueError(f"ste_grad shapes: gradient {tuple(grad_w.shape)}, weight {tuple(weight.shape)}, "
                          f"scores {tuple(scores.shape)}")
+    _check_raw("ste_grad", gradient=grad_w, weight=weight, scores=scores)
     out = grad_w if grad_w.dtype == torch.float32 else torch.empty(scores.shape, dtype=torch.float32)
     rows, n = scores.shape[0], weight.numel()
     with record_function(f"{PROFILE_PREFIX}ste_grad(bytes={rows * n * (grad_w.element_size() + 8)})"):

@@ -92,6 +92,10 @@ def test_the_kernels_refuse_what_they_cannot_serve() -> None:
         _native.band_pass(s, w, torch.empty(2, 8), torch.zeros(2), torch.ones(2), tuple(b[:8] for b in scratch))
     with pytest.raises(ValueError, match=r"ste_grad shapes: gradient \(2, 8\), weight \(4,\)"):
         _native.ste_grad(torch.randn(2, 8), w[:4], s)
+    with pytest.raises(ValueError, match="band_pass needs contiguous CPU tensors; not so: out"):
+        _native.band_pass(s, w, torch.empty(8, 2).t(), torch.zeros(2), torch.ones(2), scratch)
+    with pytest.raises(ValueError, match="ste_grad needs contiguous CPU tensors; not so: scores"):
+        _native.ste_grad(torch.randn(2, 8), w, torch.randn(8, 2).t())
     assert not _native.serves(s.t())  # not contiguous: the torch path
 
 
