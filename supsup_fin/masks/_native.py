@@ -51,6 +51,18 @@ def serves(*tensors: torch.Tensor) -> bool:
     return _enabled and _raw(*tensors)
 
 
+def serves_band(scores: torch.Tensor, weight: torch.Tensor, out: torch.Tensor) -> bool:
+    """Whether :func:`band_pass` serves these: switched on, raw CPU tensors, float32 scores and a
+    float32 or bfloat16 weight and ``out`` of the same dtype."""
+    return (serves(scores, weight, out) and scores.dtype == torch.float32 and weight.dtype in _FLOATS
+            and out.dtype == weight.dtype)
+
+
+def serves_grad(scores: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether :func:`ste_grad` serves these scores and weight: switched on, raw CPU, float32."""
+    return serves(scores, weight) and scores.dtype == weight.dtype == torch.float32
+
+
 def _raw(*tensors: torch.Tensor) -> bool:
     return all(t.device.type == "cpu" and t.is_contiguous() for t in tensors)
 

@@ -39,8 +39,7 @@ def masked_top_k(
     """
     n_rows, n = scores.shape[0], scores.shape[1] * scores.shape[2]
     flat = scores.detach().view(n_rows, n)
-    if (_native.serves(flat, weight, out) and flat.dtype == torch.float32 and weight.dtype == out.dtype
-            and weight.dtype in (torch.float32, torch.bfloat16)):
+    if _native.serves_band(flat, weight, out):
         _band_top_k(_WrittenSelection(flat, weight.reshape(n), out.view(n_rows, n), state), k, state)
         return out
     magnitude = torch.abs(flat, out=reusable(state, "abs", flat.shape, flat.dtype, flat.device))

@@ -86,7 +86,7 @@ class _SupermaskMLP(torch.autograd.Function):
                 h = torch.bmm(h, wm.transpose(1, 2))
                 h = h.to(x.dtype) if low else h
             wms.append(wm)
-            if form.ste_sign and s.dtype == w.dtype == torch.float32 and _native.serves(s, w):
+            if form.ste_sign and _native.serves_grad(s, w):
                 factors.append(_SIGN_OF_SCORES)  # applied in the backward's one pass
             else:
                 factors.append(form.ste_factor(s, buffers.get("factor", i, s.shape, s)))

@@ -158,3 +158,19 @@ def test_a_task_trains_the_same_with_the_kernels_on_any_thread_count_alone_or_gr
     finally:
         torch.set_num_threads(before)
     assert same_bits(grouped["t1"], alone["t1"])
+
+
+@needs_kernels
+@pytest.mark.parametrize("compute_dtype", ["float32", "bfloat16"])
+def test_training_on_cpu_runs_both_kernels(compute_dtype: str) -> None:
+    """The parity tests above would pass if the trainer silently took the torch path: it must not."""
+    from torch.profiler import ProfilerActivity, profile
+
+    net = FrozenNet((16, 1024, 4, 3), seed=SEED)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        train_masks(net, _tasks(2), seed=SEED, steps=3, batch_size=32, compute_dtype=compute_dtype)
+    ran = {e.name.split("(")[0] for e in prof.events() if e.name.startswith(_native.PROFILE_PREFIX)}
+    assert ran == {"supsup_fin::band_pass", "supsup_fin::ste_grad"}
+    with _native.disabled(), profile(activities=[ProfilerActivity.CPU]) as prof:
+        train_masks(net, _tasks(2), seed=SEED, steps=3, batch_size=32, compute_dtype=compute_dtype)
+    assert not any(e.name.startswith(_native.PROFILE_PREFIX) for e in prof.events())
